@@ -1,0 +1,47 @@
+# AML classifier: see README.md. Every target runs from the repo root.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+PYTHON  := $(BIN)/python
+DATA    ?= ../shared/data
+
+.PHONY: help setup setup-train test test-fast run cell-service train-cells bench bench-cells load-cells clean
+
+help:
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(PYTHON):
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+setup: $(PYTHON) ## create .venv with everything to serve and test (no TensorFlow)
+	$(BIN)/pip install -q -e '.[test]'
+
+setup-train: setup ## add the training stack (TensorFlow, tf2onnx, scikit-learn)
+	$(BIN)/pip install -q -e '.[test,train]'
+
+test: ## the whole test suite (tests needing TensorFlow skip unless make setup-train ran)
+	$(PYTHON) -m pytest
+
+test-fast: ## unit tests only
+	$(PYTHON) -m pytest tests/unit
+
+run: ## run the system on localhost (Ctrl-C stops it)
+	$(PYTHON) -m services.cell_classifier
+
+cell-service: ## the cell classifier alone on CELL_HOST:CELL_PORT (127.0.0.1:8001)
+	$(PYTHON) -m services.cell_classifier
+
+train-cells: ## train, calibrate, evaluate and export the cell CNN (about 50 min on 2 cores)
+	PBC_DIR=$(DATA)/pbc $(PYTHON) -m training.train_cells
+
+bench: bench-cells ## all benchmarks
+
+bench-cells: ## ceiling vs running cell service (1 and 64 images per request), peak RSS
+	$(PYTHON) -m bench.bench_cells
+
+load-cells: ## headless locust run against a cell service on 127.0.0.1:8001 (bounded)
+	$(BIN)/locust -f tests/load/locustfile.py --headless --host http://127.0.0.1:8001 -u 32 -r 8 -t 60s --only-summary
+
+clean:
+	rm -rf .cache .pytest_cache artifacts

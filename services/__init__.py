@@ -1,0 +1,1 @@
+"""The back-end services: cell classifier (ONNX CNN) and subtype ensemble."""

@@ -1,0 +1,1 @@
+"""Cell-classifier service: labels single-cell images with the ONNX CNN, dynamically batched."""

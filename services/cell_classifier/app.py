@@ -1,0 +1,201 @@
+"""The cell-classifier HTTP API."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from PIL import Image
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException
+
+from services.cell_classifier.batcher import BatcherStopped, DynamicBatcher, QueueFull
+from services.cell_classifier.decoding import ImageRejected, decode_image
+from services.cell_classifier.inference import CellModel
+from services.cell_classifier.metrics import CellMetrics
+from services.cell_classifier.settings import CellServiceSettings
+from shared.body_limit import BodySizeLimitMiddleware
+from shared.problems import ProblemError, install_problem_handlers, problem_response
+from shared.schemas import (
+    CellError,
+    CellModelCard,
+    CellModelInfo,
+    CellPrediction,
+    ClassifyCellsResponse,
+    Health,
+    Problem,
+    Readiness,
+)
+
+log = logging.getLogger("services.cell_classifier")
+
+MULTIPART_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["images"],
+                    "properties": {"images": {"type": "array", "items": {"type": "string", "format": "binary"}}},
+                }
+            }
+        },
+    }
+}
+ERRORS = {status: {"model": Problem, "content": {"application/problem+json": {}}} for status in (413, 415, 422, 503)}
+
+
+def _decode_upload(data: bytes, settings: CellServiceSettings):
+    if len(data) > settings.max_image_bytes:
+        raise ImageRejected(f"file larger than {settings.max_image_bytes} bytes")
+    return decode_image(data, settings.max_pixels)
+
+
+def create_app(settings: CellServiceSettings | None = None, model: CellModel | None = None) -> FastAPI:
+    settings = settings or CellServiceSettings()
+    warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own pixel limit is lower
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        state = app.state
+        state.ready = False
+        state.metrics = CellMetrics(settings.max_batch)
+        state.decode_pool = ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="decode")
+        state.inference_pool = ThreadPoolExecutor(1, thread_name_prefix="onnx")
+        loop = asyncio.get_running_loop()
+        state.model = model or await loop.run_in_executor(
+            state.inference_pool, lambda: CellModel(settings.model_dir, settings.provider, settings.inference_threads)
+        )
+        await loop.run_in_executor(state.inference_pool, state.model.warm_up)
+        state.batcher = DynamicBatcher(
+            state.model.predict, max_batch=settings.max_batch, max_delay_s=settings.max_delay_ms / 1000.0,
+            max_queue=settings.max_queue, executor=state.inference_pool, on_batch=state.metrics.observe_batch,
+        )
+        state.batcher.start()
+        state.ready = True
+        log.info("cell service ready: %s", state.model.info)
+        try:
+            yield
+        finally:
+            state.ready = False
+            await state.batcher.stop()
+            state.decode_pool.shutdown(wait=False, cancel_futures=True)
+            state.inference_pool.shutdown(wait=True)
+
+    app = FastAPI(title="AML cell classifier", version="1.0.0", lifespan=lifespan,
+                  description="Labels single-cell blood smear images with one of 8 PBC cell types or unclassified.")
+    app.state.settings = settings
+    app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    install_problem_handlers(app)
+
+    @app.post("/v1/classify", response_model=ClassifyCellsResponse, openapi_extra=MULTIPART_BODY, responses=ERRORS)
+    async def classify(request: Request) -> ClassifyCellsResponse:
+        """Classify one or more images sent as multipart parts named `images`; results in request order."""
+        state = request.app.state
+        metrics: CellMetrics = state.metrics
+        try:
+            response = await _classify(request, state)
+        except ProblemError as problem:
+            metrics.requests.labels("error").inc()
+            metrics.errors.labels(str(problem.status)).inc()
+            raise
+        metrics.requests.labels("ok").inc()
+        return response
+
+    async def _read_images(request: Request) -> list[tuple[str, bytes]]:
+        content_type = request.headers.get("content-type", "")
+        if not content_type.startswith("multipart/form-data"):
+            raise ProblemError(415, "send the images as multipart/form-data parts named 'images'")
+        try:
+            form = await request.form(max_files=settings.max_images + 1, max_fields=64)
+        except MultiPartException as exc:
+            if "Too many files" in str(exc):
+                raise ProblemError(413, f"too many images: at most {settings.max_images} per request") from None
+            raise ProblemError(422, f"malformed multipart body: {exc}") from None
+        try:
+            parts = form.getlist("images")
+            files = [part for part in parts if isinstance(part, UploadFile)]
+            if len(files) != len(parts):
+                raise ProblemError(422, "every 'images' part must be a file upload")
+            if not files:
+                raise ProblemError(422, "no images: send one or more multipart parts named 'images'")
+            if len(files) > settings.max_images:
+                raise ProblemError(413, f"too many images: {len(files)}, at most {settings.max_images} per request")
+            return [(part.filename or f"image-{i}", await part.read()) for i, part in enumerate(files)]
+        finally:
+            await form.close()
+
+    async def _classify(request: Request, state) -> ClassifyCellsResponse:
+        if not state.ready:
+            raise ProblemError(503, "model is not loaded yet", headers={"Retry-After": str(settings.retry_after_s)})
+        uploads = await _read_images(request)
+        loop = asyncio.get_running_loop()
+        decoded = await asyncio.gather(
+            *(loop.run_in_executor(state.decode_pool, _decode_upload, data, settings) for _, data in uploads),
+            return_exceptions=True,
+        )
+        good = [i for i, item in enumerate(decoded) if not isinstance(item, BaseException)]
+        results: list[CellPrediction | CellError] = []
+        probabilities = []
+        if good:
+            try:
+                probabilities = await state.batcher.submit(np.stack([decoded[i] for i in good]))
+            except QueueFull:
+                raise ProblemError(503, "the inference queue is full; retry later",
+                                   headers={"Retry-After": str(settings.retry_after_s)}) from None
+            except BatcherStopped:
+                raise ProblemError(503, "the service is shutting down",
+                                   headers={"Retry-After": str(settings.retry_after_s)}) from None
+            except Exception:
+                log.exception("inference failed")
+                raise ProblemError(503, "inference failed for this request; retry later",
+                                   headers={"Retry-After": str(settings.retry_after_s)}) from None
+        by_index = dict(zip(good, probabilities))
+        for i, (filename, _) in enumerate(uploads):
+            item = decoded[i]
+            if i in by_index:
+                labelled = state.model.label(by_index[i])
+                results.append(CellPrediction(filename=filename, label=labelled.label,
+                                              confidence=labelled.confidence, probabilities=labelled.probabilities))
+                state.metrics.images.labels("classified").inc()
+            else:
+                message = str(item) if isinstance(item, ImageRejected) else f"could not be processed ({type(item).__name__})"
+                results.append(CellError(filename=filename, error=message))
+                state.metrics.images.labels("error").inc()
+        return ClassifyCellsResponse(model=CellModelInfo(**state.model.info), results=results)
+
+    @app.get("/v1/model", response_model=CellModelCard)
+    async def model_card(request: Request) -> CellModelCard:
+        """The model card of the model in use, with the execution provider."""
+        state = request.app.state
+        return CellModelCard(**state.model.card, provider=state.model.provider)
+
+    @app.get("/healthz", response_model=Health)
+    async def healthz() -> Health:
+        return Health()
+
+    @app.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
+    async def readyz(request: Request):
+        state = request.app.state
+        ready = bool(getattr(state, "ready", False)) and getattr(state, "batcher", None) is not None \
+            and state.batcher.running
+        body = Readiness(ready=ready, detail="model loaded and warmed up" if ready else "not ready",
+                         checks={"model": state.model.info if ready else None,
+                                 "queued_images": state.batcher.queued if ready else None})
+        return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics(request: Request) -> Response:
+        state = request.app.state
+        state.metrics.queue_depth.set(state.batcher.queued)
+        return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app

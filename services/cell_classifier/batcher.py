@@ -1,0 +1,157 @@
+"""Dynamic batching across concurrent requests, in the manner of Triton's dynamic batcher.
+
+Requests submit arrays of items; single items queue up and one background task
+takes up to ``max_batch`` of them per run, waiting at most ``max_delay_s`` after the
+first for more. The queue is bounded in items: a request that does not fit is
+refused whole with ``QueueFull`` (the service answers 503 + Retry-After). The
+handler runs in a worker thread; if it raises, only the requests with items in
+that batch fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+class QueueFull(Exception):
+    """The queue has no room for the request's items."""
+
+
+class BatcherStopped(Exception):
+    """The batcher is not running."""
+
+
+@dataclass
+class BatchStats:
+    """What one run of the handler looked like (for metrics)."""
+
+    size: int
+    queue_waits_s: list[float]
+    run_s: float
+    ok: bool
+
+
+@dataclass
+class _Item:
+    value: np.ndarray
+    future: asyncio.Future
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+class DynamicBatcher:
+    def __init__(
+        self,
+        handler: Callable[[np.ndarray], np.ndarray],
+        *,
+        max_batch: int,
+        max_delay_s: float,
+        max_queue: int,
+        executor: Executor | None = None,
+        on_batch: Callable[[BatchStats], None] | None = None,
+    ):
+        if max_batch < 1 or max_queue < 1 or max_delay_s < 0:
+            raise ValueError("max_batch and max_queue must be >= 1, max_delay_s >= 0")
+        self._handler = handler
+        self.max_batch = max_batch
+        self.max_delay_s = max_delay_s
+        self.max_queue = max_queue
+        self._executor = executor
+        self._on_batch = on_batch
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue()
+        self._task: asyncio.Task | None = None
+
+    @property
+    def queued(self) -> int:
+        return self._queue.qsize()
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def start(self) -> None:
+        if not self.running:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="dynamic-batcher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            if not item.future.done():
+                item.future.set_exception(BatcherStopped("service is shutting down"))
+
+    async def submit(self, values: np.ndarray) -> np.ndarray:
+        """Results for ``values`` (a stack of items), in order. Raises ``QueueFull`` at once if no room."""
+        if not self.running:
+            raise BatcherStopped("batcher is not running")
+        if len(values) == 0:
+            return np.empty((0,))
+        if self._queue.qsize() + len(values) > self.max_queue:
+            raise QueueFull(f"{self._queue.qsize()} items queued, limit {self.max_queue}")
+        loop = asyncio.get_running_loop()
+        items = [_Item(value, loop.create_future()) for value in values]
+        for item in items:
+            self._queue.put_nowait(item)
+        try:
+            return np.stack(await asyncio.gather(*(item.future for item in items)))
+        except BaseException:
+            for item in items:  # a cancelled or failed request leaves nothing behind to compute
+                item.future.cancel()
+            raise
+
+    async def _collect(self) -> list[_Item]:
+        batch = [await self._queue.get()]
+        deadline = time.perf_counter() + self.max_delay_s
+        while len(batch) < self.max_batch:
+            if not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+                continue
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                break
+            try:
+                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+            except TimeoutError:
+                break
+        return batch
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [item for item in await self._collect() if not item.future.done()]
+            if not batch:
+                continue
+            started = time.perf_counter()
+            waits = [started - item.enqueued for item in batch]
+            try:
+                outputs = await loop.run_in_executor(self._executor, self._handler, np.stack([i.value for i in batch]))
+                if len(outputs) != len(batch):
+                    raise RuntimeError(f"handler returned {len(outputs)} results for {len(batch)} items")
+            except Exception as exc:  # noqa: BLE001 - the failure belongs to this batch's requests only
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(exc)
+                self._report(BatchStats(len(batch), waits, time.perf_counter() - started, ok=False))
+                continue
+            for item, output in zip(batch, outputs):
+                if not item.future.done():
+                    item.future.set_result(output)
+            self._report(BatchStats(len(batch), waits, time.perf_counter() - started, ok=True))
+
+    def _report(self, stats: BatchStats) -> None:
+        if self._on_batch is not None:
+            try:
+                self._on_batch(stats)
+            except Exception:  # noqa: BLE001 - metrics must never break inference
+                pass

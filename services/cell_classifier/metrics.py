@@ -1,0 +1,34 @@
+"""Prometheus metrics of the cell service, in a registry owned by the app."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from services.cell_classifier.batcher import BatchStats
+
+
+class CellMetrics:
+    def __init__(self, max_batch: int):
+        self.registry = CollectorRegistry()
+        self.requests = Counter("cell_requests", "Classify requests by outcome", ["outcome"], registry=self.registry)
+        self.images = Counter("cell_images", "Images received by result", ["result"], registry=self.registry)
+        self.errors = Counter("cell_errors", "Requests answered with an error status", ["status"],
+                              registry=self.registry)
+        buckets = sorted({1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 256, max_batch})
+        self.batch_size = Histogram("cell_batch_size", "Images per ONNX run", buckets=buckets, registry=self.registry)
+        self.queue_wait = Histogram("cell_queue_wait_seconds", "Time an image waits before its batch runs",
+                                    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+                                    registry=self.registry)
+        self.inference = Histogram("cell_inference_seconds", "Duration of one ONNX run",
+                                   buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+                                   registry=self.registry)
+        self.failed_batches = Counter("cell_failed_batches", "ONNX runs that raised", registry=self.registry)
+        self.queue_depth = Gauge("cell_queue_depth", "Images waiting for inference", registry=self.registry)
+
+    def observe_batch(self, stats: BatchStats) -> None:
+        self.batch_size.observe(stats.size)
+        self.inference.observe(stats.run_s)
+        for wait in stats.queue_waits_s:
+            self.queue_wait.observe(wait)
+        if not stats.ok:
+            self.failed_batches.inc()

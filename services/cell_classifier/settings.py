@@ -1,0 +1,35 @@
+"""Cell-service configuration, all from the environment."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "model"
+
+
+class CellServiceSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore", populate_by_name=True)
+
+    host: str = Field("127.0.0.1", validation_alias=AliasChoices("CELL_HOST"))
+    port: int = Field(8001, validation_alias=AliasChoices("CELL_PORT"))
+    model_dir: Path = Field(DEFAULT_MODEL_DIR, validation_alias=AliasChoices("CELL_MODEL_DIR"))
+    provider: str = Field("auto", validation_alias=AliasChoices("CELL_PROVIDER"),
+                          description="auto (CUDA if available, else CPU), cuda or cpu")
+    max_batch: int = Field(64, ge=1, validation_alias=AliasChoices("MAX_BATCH", "CELL_MAX_BATCH"))
+    max_delay_ms: float = Field(5.0, ge=0, validation_alias=AliasChoices("MAX_DELAY_MS", "CELL_MAX_DELAY_MS"))
+    max_queue: int = Field(4096, ge=1, validation_alias=AliasChoices("MAX_QUEUE", "CELL_MAX_QUEUE"),
+                           description="images waiting for inference before new requests get 503")
+    max_images: int = Field(1024, ge=1, validation_alias=AliasChoices("CELL_MAX_IMAGES"))
+    max_body_bytes: int = Field(512 * 1024 * 1024, ge=1, validation_alias=AliasChoices("CELL_MAX_BODY_BYTES"))
+    max_image_bytes: int = Field(50 * 1024 * 1024, ge=1, validation_alias=AliasChoices("CELL_MAX_IMAGE_BYTES"))
+    max_pixels: int = Field(40_000_000, ge=1, validation_alias=AliasChoices("CELL_MAX_PIXELS"),
+                            description="width x height above which an image is refused (decompression bombs)")
+    decode_workers: int = Field(max(os.cpu_count() or 1, 1), ge=1, validation_alias=AliasChoices("CELL_DECODE_WORKERS"))
+    inference_threads: int = Field(0, ge=0, validation_alias=AliasChoices("CELL_INFERENCE_THREADS"),
+                                   description="onnxruntime intra-op threads; 0 = one per core")
+    retry_after_s: int = Field(1, ge=1, validation_alias=AliasChoices("CELL_RETRY_AFTER_S"))
+    log_level: str = Field("info", validation_alias=AliasChoices("LOG_LEVEL"))

@@ -1,0 +1,25 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tests.helpers.images import FULLSIZE_DIR  # noqa: E402
+
+
+def pytest_configure(config):
+    if not FULLSIZE_DIR.is_dir():
+        raise pytest.UsageError(f"test data missing: {FULLSIZE_DIR} (see README, 'Data')")
+
+
+def require_training_stack():
+    """Skip without TensorFlow, unless REQUIRE_TRAIN_TESTS=1 (CI), where its absence is a failure."""
+    if os.environ.get("REQUIRE_TRAIN_TESTS") == "1":
+        import tensorflow  # noqa: F401 - must be importable in CI
+        return
+    pytest.importorskip("tensorflow")
+    pytest.importorskip("tf2onnx")

@@ -1,0 +1,76 @@
+"""Start real service processes (uvicorn via python -m ...) on free loopback ports."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ServiceProcess:
+    """A service started with ``python -m module``; ``url`` is its base URL."""
+
+    def __init__(self, module: str, env: dict[str, str], port: int, log_path: Path):
+        self.module = module
+        self.env = env
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.log_path = log_path
+        self.process: subprocess.Popen | None = None
+
+    def start(self, ready_path: str = "/readyz", timeout: float = 90.0) -> "ServiceProcess":
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen([sys.executable, "-m", self.module], cwd=REPO_ROOT,
+                                        env={**os.environ, **self.env}, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.module} exited with {self.process.returncode}:\n{self.log_tail()}")
+            try:
+                if httpx.get(self.url + ready_path, timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"{self.module} not ready after {timeout}s:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+
+    def log_tail(self, n: int = 4000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-n:]
+        except OSError:
+            return ""
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+
+def start_cell_service(tmp_path: Path, **env: str) -> ServiceProcess:
+    port = free_port()
+    settings = {"CELL_HOST": "127.0.0.1", "CELL_PORT": str(port), "CELL_PROVIDER": "cpu", **env}
+    return ServiceProcess("services.cell_classifier", settings, port, tmp_path / f"cell-{port}.log").start()

@@ -1,0 +1,167 @@
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from services.cell_classifier.batcher import BatcherStopped, DynamicBatcher, QueueFull
+
+
+class Recorder:
+    """A handler that doubles its input and records each batch it saw."""
+
+    def __init__(self, fail_when=None, delay_s: float = 0.0):
+        self.batches: list[list[int]] = []
+        self.fail_when = fail_when
+        self.delay_s = delay_s
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        self.batches.append([int(v) for v in batch])
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        if self.fail_when is not None and self.fail_when(batch):
+            raise RuntimeError("boom")
+        return batch * 2
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_results_come_back_in_order_per_request():
+    async def main():
+        handler = Recorder()
+        batcher = DynamicBatcher(handler, max_batch=8, max_delay_s=0.01, max_queue=1000)
+        batcher.start()
+        requests = [np.arange(start, start + size) for start, size in [(0, 5), (100, 1), (200, 17), (300, 3)]]
+        results = await asyncio.gather(*(batcher.submit(r) for r in requests))
+        await batcher.stop()
+        return handler, requests, results
+
+    handler, requests, results = run(main())
+    for request, result in zip(requests, results):
+        assert result.tolist() == (request * 2).tolist()
+    assert max(len(b) for b in handler.batches) <= 8
+    assert sum(len(b) for b in handler.batches) == 26
+    assert len(handler.batches) < 26, "concurrent requests share batches"
+
+
+def test_waits_at_most_max_delay_for_more_items():
+    async def main():
+        handler = Recorder()
+        batcher = DynamicBatcher(handler, max_batch=64, max_delay_s=0.05, max_queue=100)
+        batcher.start()
+        started = time.perf_counter()
+        await batcher.submit(np.array([1]))
+        lone = time.perf_counter() - started
+        # a second request arriving within the delay joins the first one's batch
+        first = asyncio.create_task(batcher.submit(np.array([2])))
+        await asyncio.sleep(0.01)
+        await asyncio.gather(first, batcher.submit(np.array([3])))
+        await batcher.stop()
+        return handler, lone
+
+    handler, lone = run(main())
+    assert handler.batches == [[1], [2, 3]]
+    assert 0.04 <= lone < 2.0, "a lone item waits for the delay, then runs alone"
+
+
+def test_zero_delay_runs_without_waiting():
+    async def main():
+        handler = Recorder()
+        batcher = DynamicBatcher(handler, max_batch=64, max_delay_s=0.0, max_queue=100)
+        batcher.start()
+        out = await batcher.submit(np.array([7, 8]))
+        await batcher.stop()
+        return out
+
+    assert run(main()).tolist() == [14, 16]
+
+
+def test_full_queue_refuses_whole_request():
+    async def main():
+        gate = threading.Event()
+        handler = Recorder()
+
+        def slow(batch):
+            gate.wait(5)
+            return handler(batch)
+
+        batcher = DynamicBatcher(slow, max_batch=2, max_delay_s=0.0, max_queue=4)
+        batcher.start()
+        running = asyncio.create_task(batcher.submit(np.array([1, 2])))  # taken by the handler
+        await asyncio.sleep(0.05)
+        waiting = asyncio.create_task(batcher.submit(np.array([3, 4, 5])))  # queued: 3 of 4
+        await asyncio.sleep(0.01)
+        with pytest.raises(QueueFull):
+            await batcher.submit(np.array([6, 7]))
+        gate.set()
+        results = await asyncio.gather(running, waiting)
+        await batcher.stop()
+        return handler, results
+
+    handler, results = run(main())
+    assert [r.tolist() for r in results] == [[2, 4], [6, 8, 10]]
+    assert all(6 not in b and 7 not in b for b in handler.batches)
+
+
+def test_failing_batch_fails_only_its_requests():
+    async def main():
+        handler = Recorder(fail_when=lambda batch: 13 in batch)
+        batcher = DynamicBatcher(handler, max_batch=4, max_delay_s=0.0, max_queue=100)
+        batcher.start()
+        bad = await asyncio.gather(batcher.submit(np.array([13])), return_exceptions=True)
+        good = await batcher.submit(np.array([1, 2, 3]))
+        await batcher.stop()
+        return bad[0], good
+
+    bad, good = run(main())
+    assert isinstance(bad, RuntimeError)
+    assert good.tolist() == [2, 4, 6], "the batcher keeps serving after a failed batch"
+
+
+def test_cancelled_request_is_not_computed():
+    async def main():
+        gate = threading.Event()
+        handler = Recorder()
+
+        def slow(batch):
+            gate.wait(5)
+            return handler(batch)
+
+        batcher = DynamicBatcher(slow, max_batch=1, max_delay_s=0.0, max_queue=100)
+        batcher.start()
+        first = asyncio.create_task(batcher.submit(np.array([1])))
+        await asyncio.sleep(0.05)
+        abandoned = asyncio.create_task(batcher.submit(np.array([2, 3])))
+        await asyncio.sleep(0.01)
+        abandoned.cancel()
+        await asyncio.sleep(0.01)
+        gate.set()
+        await first
+        after = await batcher.submit(np.array([4]))
+        await batcher.stop()
+        return handler, after
+
+    handler, after = run(main())
+    assert after.tolist() == [8]
+    assert [2] not in handler.batches and [3] not in handler.batches
+
+
+def test_submit_before_start_and_after_stop():
+    async def main():
+        batcher = DynamicBatcher(Recorder(), max_batch=4, max_delay_s=0.0, max_queue=10)
+        with pytest.raises(BatcherStopped):
+            await batcher.submit(np.array([1]))
+        batcher.start()
+        await batcher.stop()
+        with pytest.raises(BatcherStopped):
+            await batcher.submit(np.array([1]))
+
+    run(main())
+
+
+def test_invalid_configuration():
+    with pytest.raises(ValueError):
+        DynamicBatcher(Recorder(), max_batch=0, max_delay_s=0.0, max_queue=10)

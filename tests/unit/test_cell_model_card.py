@@ -1,0 +1,44 @@
+"""The committed cell model: file matches card, card holds what the model card must hold."""
+
+import json
+
+import pytest
+
+from services.cell_classifier.inference import CellModel, ModelIntegrityError, file_sha256
+from services.cell_classifier.settings import DEFAULT_MODEL_DIR
+from shared.vocabulary import CELL_TYPES
+
+
+@pytest.fixture(scope="module")
+def card() -> dict:
+    return json.loads((DEFAULT_MODEL_DIR / "model_card.json").read_text())
+
+
+def test_onnx_file_matches_card(card):
+    assert file_sha256(DEFAULT_MODEL_DIR / card["file"]) == card["sha256"]
+
+
+def test_card_is_complete(card):
+    for key in ("name", "version", "sha256", "input", "class_order", "unclassified_rule", "data", "training",
+                "metrics"):
+        assert key in card
+    assert card["class_order"] == list(CELL_TYPES)
+    assert card["input"]["dtype"] == "uint8"
+    assert "CC BY 4.0" in card["data"]["licence"]
+    assert card["training"]["total_seconds"] <= 3600, "the committed model trains within 60 minutes"
+    for split in ("validation", "test"):
+        metrics = card["metrics"][split]
+        assert set(metrics["per_class"]) == set(CELL_TYPES)
+        assert {"accuracy", "macro_f1", "confusion_matrix"} <= set(metrics)
+    assert card["metrics"]["validation"]["unclassified_fraction"] <= 0.01
+    for name in ("MODEL_CARD.md", "confusion_matrix.png", "cell_cnn.keras"):
+        assert (DEFAULT_MODEL_DIR / name).is_file()
+
+
+def test_tampered_model_is_refused(tmp_path, card):
+    for name in ("model_card.json", card["file"]):
+        (tmp_path / name).write_bytes((DEFAULT_MODEL_DIR / name).read_bytes())
+    with open(tmp_path / card["file"], "ab") as handle:
+        handle.write(b"\0")
+    with pytest.raises(ModelIntegrityError, match="sha256"):
+        CellModel(tmp_path, "cpu")

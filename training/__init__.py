@@ -1,0 +1,1 @@
+"""Training code (TensorFlow/Keras, scikit-learn). Never imported by a serving process."""

@@ -1,0 +1,132 @@
+"""The cell CNN (a small ResNet trained from scratch) and its training-time augmentation.
+
+Augmentation lives in its own layer, placed in front of the network only in the
+training model, so the exported network holds no random ops.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import tensorflow as tf
+from keras import layers
+
+from shared.preprocessing import IMAGE_SIZE
+from shared.vocabulary import CELL_TYPES
+
+
+class CellAugmentation(layers.Layer):
+    """Per-image random geometry, stain/colour jitter, blur and noise (training only).
+
+    - geometry: any rotation, horizontal flip, scale jitter (zoom 0.75x to 1.45x, so cells
+      at other magnifications look familiar), translation up to 8 %, reflected borders;
+    - colour: per-channel gain (stain), brightness, contrast, saturation and hue;
+    - blur: a Gaussian blur of random strength on about a third of the images;
+    - sensor noise.
+    Input and output are float32 in [0, 255].
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        sigma = 1.2
+        grid = tf.range(-2, 3, dtype=tf.float32)
+        kernel_1d = tf.exp(-(grid**2) / (2 * sigma**2))
+        kernel_1d /= tf.reduce_sum(kernel_1d)
+        kernel = kernel_1d[:, None] * kernel_1d[None, :]
+        self._blur_kernel = tf.tile(kernel[:, :, None, None], [1, 1, 3, 1])
+
+    def _geometry(self, images, batch):
+        size = tf.cast(tf.shape(images)[1], tf.float32)
+        centre = (size - 1.0) / 2.0
+        angle = tf.random.uniform([batch], 0.0, 2.0 * math.pi)
+        zoom = tf.exp(tf.random.uniform([batch], math.log(0.75), math.log(1.45)))
+        flip = tf.where(tf.random.uniform([batch]) < 0.5, -1.0, 1.0)
+        shift = tf.random.uniform([batch, 2], -0.08, 0.08) * size
+        cos, sin = tf.cos(angle) / zoom, tf.sin(angle) / zoom
+        # output pixel -> input pixel: M (p - c) + c + t, with M = R(angle) diag(flip, 1) / zoom
+        a0, a1 = cos * flip, -sin
+        b0, b1 = sin * flip, cos
+        a2 = centre - a0 * centre - a1 * centre + shift[:, 0]
+        b2 = centre - b0 * centre - b1 * centre + shift[:, 1]
+        zeros = tf.zeros([batch])
+        transforms = tf.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
+        return tf.raw_ops.ImageProjectiveTransformV3(
+            images=images, transforms=transforms, output_shape=tf.shape(images)[1:3],
+            fill_value=0.0, interpolation="BILINEAR", fill_mode="REFLECT",
+        )
+
+    def _colour(self, images, batch):
+        """One random 3x3 colour matrix per image: stain gain, saturation, hue rotation (in YIQ)."""
+        to_yiq = tf.constant([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+        from_yiq = tf.linalg.inv(to_yiq)
+        hue = tf.random.uniform([batch], -0.15, 0.15)  # radians
+        saturation = tf.random.uniform([batch], 0.7, 1.3)
+        cos, sin = tf.cos(hue) * saturation, tf.sin(hue) * saturation
+        ones, zeros = tf.ones([batch]), tf.zeros([batch])
+        rotate = tf.reshape(tf.stack([ones, zeros, zeros, zeros, cos, -sin, zeros, sin, cos], axis=1), [batch, 3, 3])
+        gain = tf.linalg.diag(tf.random.uniform([batch, 3], 0.88, 1.12))
+        matrix = gain @ from_yiq @ rotate @ to_yiq  # applied to column vectors
+        x = tf.einsum("bhwc,bdc->bhwd", images, matrix)
+        brightness = tf.random.uniform([batch, 1, 1, 1], 0.85, 1.15)
+        mean = tf.reduce_mean(x, axis=[1, 2, 3], keepdims=True)
+        contrast = tf.random.uniform([batch, 1, 1, 1], 0.8, 1.25)
+        return ((x - mean) * contrast + mean) * brightness
+
+    def _blur_and_noise(self, images, batch):
+        blurred = tf.nn.depthwise_conv2d(images, self._blur_kernel, [1, 1, 1, 1], "SAME")
+        strength = tf.where(tf.random.uniform([batch, 1, 1, 1]) < 0.35, tf.random.uniform([batch, 1, 1, 1]), 0.0)
+        x = images + strength * (blurred - images)
+        noise_level = tf.random.uniform([batch, 1, 1, 1], 0.0, 4.0)
+        x = x + tf.random.normal(tf.shape(x)) * noise_level
+        return tf.clip_by_value(x, 0.0, 255.0)
+
+    def call(self, inputs, training=None):
+        images = tf.cast(inputs, tf.float32)
+        if not training:
+            return images
+        batch = tf.shape(images)[0]
+        images = self._geometry(images, batch)
+        images = self._colour(images, batch)
+        return self._blur_and_noise(images, batch)
+
+
+def _residual_block(x, filters: int, stride: int):
+    shortcut = x
+    y = layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False)(x)
+    y = layers.BatchNormalization()(y)
+    y = layers.ReLU()(y)
+    y = layers.Conv2D(filters, 3, padding="same", use_bias=False)(y)
+    y = layers.BatchNormalization(gamma_initializer="zeros")(y)
+    if stride != 1 or shortcut.shape[-1] != filters:
+        shortcut = layers.Conv2D(filters, 1, strides=stride, use_bias=False)(shortcut)
+        shortcut = layers.BatchNormalization()(shortcut)
+    return layers.ReLU()(layers.Add()([y, shortcut]))
+
+
+def build_network(widths: tuple[int, ...] = (32, 64, 128, 256), dropout: float = 0.2) -> keras.Model:
+    """ResNet-style CNN: float32 RGB in [0, 255] -> logits over ``CELL_TYPES``."""
+    inputs = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3), dtype="float32", name="pixels")
+    x = layers.Rescaling(1.0 / 127.5, offset=-1.0)(inputs)
+    x = layers.Conv2D(widths[0], 3, strides=2, padding="same", use_bias=False)(x)
+    x = layers.BatchNormalization()(x)
+    x = layers.ReLU()(x)
+    for stage, filters in enumerate(widths):
+        x = _residual_block(x, filters, stride=1 if stage == 0 else 2)
+    x = layers.GlobalAveragePooling2D()(x)
+    x = layers.Dropout(dropout)(x)
+    logits = layers.Dense(len(CELL_TYPES), name="logits")(x)
+    return keras.Model(inputs, logits, name="cell_resnet")
+
+
+def build_training_model(network: keras.Model) -> keras.Model:
+    inputs = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3), dtype="uint8", name="image")
+    return keras.Model(inputs, network(CellAugmentation()(inputs)), name="cell_resnet_train")
+
+
+def build_serving_model(network: keras.Model, temperature: float) -> keras.Model:
+    """uint8 image batch -> calibrated probabilities softmax(logits / temperature)."""
+    inputs = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3), dtype="uint8", name="image")
+    logits = network(keras.ops.cast(inputs, "float32"))
+    probabilities = layers.Softmax(name="probabilities")(logits / temperature)
+    return keras.Model(inputs, probabilities, name="cell_resnet_serving")

@@ -1,0 +1,50 @@
+"""Classification metrics, temperature scaling and the ``unclassified`` threshold."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    z = logits / temperature
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Temperature minimising the validation negative log-likelihood (grid over log T)."""
+    candidates = np.exp(np.linspace(np.log(0.25), np.log(8.0), 400))
+    rows = np.arange(len(labels))
+    nll = [-np.log(softmax(logits, t)[rows, labels] + 1e-12).mean() for t in candidates]
+    return float(candidates[int(np.argmin(nll))])
+
+
+def confidence_threshold(confidences: np.ndarray, max_unclassified_fraction: float) -> float:
+    """Largest threshold on max-softmax that leaves at most that fraction of cells below it."""
+    ordered = np.sort(confidences)
+    allowed = int(np.floor(max_unclassified_fraction * len(ordered)))
+    return float(ordered[allowed]) if allowed < len(ordered) else float(ordered[-1])
+
+
+def classification_report(labels: np.ndarray, predicted: np.ndarray, class_names: list[str]) -> dict:
+    """Accuracy, macro-F1, per-class precision/recall/F1/support and the confusion matrix.
+
+    ``predicted`` may hold ``len(class_names)`` for ``unclassified``: it counts as wrong.
+    """
+    known = list(range(len(class_names)))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        labels, predicted, labels=known, zero_division=0
+    )
+    return {
+        "n": int(len(labels)),
+        "accuracy": float(accuracy_score(labels, predicted)),
+        "macro_f1": float(f1_score(labels, predicted, labels=known, average="macro", zero_division=0)),
+        "unclassified_fraction": float(np.mean(predicted == len(class_names))),
+        "per_class": {
+            name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+            for name, p, r, f, s in zip(class_names, precision, recall, f1, support)
+        },
+        "confusion_matrix": confusion_matrix(labels, predicted, labels=known + [len(class_names)]).tolist(),
+    }

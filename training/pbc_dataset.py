@@ -1,0 +1,84 @@
+"""Load the PBC single-cell images as preprocessed uint8 arrays, split with a fixed seed."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from sklearn.model_selection import train_test_split
+
+from shared.preprocessing import IMAGE_SIZE, preprocess
+from shared.vocabulary import CELL_TYPES
+
+DEFAULT_DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pbc"
+SPLIT_SEED = 20261126
+
+
+@dataclass(frozen=True)
+class Split:
+    images: np.ndarray  # (n, IMAGE_SIZE, IMAGE_SIZE, 3) uint8
+    labels: np.ndarray  # (n,) int, index into CELL_TYPES
+    paths: list[str]
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get("PBC_DIR", DEFAULT_DATA_DIR))
+
+
+def list_images(root: Path, per_class_limit: int | None = None) -> tuple[list[Path], np.ndarray]:
+    """All image files under ``root/<class>/`` in a stable order, with their class index."""
+    paths: list[Path] = []
+    labels: list[int] = []
+    for index, cell_type in enumerate(CELL_TYPES):
+        folder = root / cell_type
+        if not folder.is_dir():
+            raise FileNotFoundError(f"missing class folder {folder}: see README, 'Data'")
+        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".tif", ".tiff"))
+        if per_class_limit is not None:
+            files = files[:per_class_limit]
+        paths.extend(files)
+        labels.extend([index] * len(files))
+    return paths, np.asarray(labels, dtype=np.int64)
+
+
+def _load(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return preprocess(image)
+
+
+def load_arrays(paths: list[Path], cache_dir: Path | None) -> np.ndarray:
+    """Decode and preprocess every image (cached as .npy keyed by the file list)."""
+    key = hashlib.sha256(("\n".join(map(str, paths)) + f"|{IMAGE_SIZE}").encode()).hexdigest()[:16]
+    cache = cache_dir / f"pbc_{IMAGE_SIZE}_{key}.npy" if cache_dir else None
+    if cache is not None and cache.exists():
+        return np.load(cache)
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        images = np.stack(list(pool.map(_load, paths)))
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.save(cache, images)
+    return images
+
+
+def split_dataset(
+    root: Path, cache_dir: Path | None = None, per_class_limit: int | None = None,
+    val_fraction: float = 0.1, test_fraction: float = 0.1,
+) -> tuple[Split, Split, Split]:
+    """Stratified train/validation/test split with the fixed seed ``SPLIT_SEED``."""
+    paths, labels = list_images(root, per_class_limit)
+    images = load_arrays(paths, cache_dir)
+    index = np.arange(len(paths))
+    train_val, test = train_test_split(index, test_size=test_fraction, stratify=labels, random_state=SPLIT_SEED)
+    train, val = train_test_split(
+        train_val, test_size=val_fraction / (1 - test_fraction), stratify=labels[train_val], random_state=SPLIT_SEED
+    )
+
+    def subset(rows: np.ndarray) -> Split:
+        return Split(images[rows], labels[rows], [str(paths[i]) for i in rows])
+
+    return subset(train), subset(val), subset(test)

@@ -1,0 +1,149 @@
+"""Train the cell CNN on PBC, calibrate it, evaluate it and export it to ONNX.
+
+    python -m training.train_cells [--epochs 30] [--out services/cell_classifier/model]
+
+Writes into ``--out``: ``cell_cnn.onnx`` (served), ``cell_cnn.keras`` (the network, for
+the Keras/ONNX agreement test), ``model_card.json``, ``MODEL_CARD.md`` and
+``confusion_matrix.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = REPO_ROOT / "services" / "cell_classifier" / "model"
+MAX_UNCLASSIFIED_FRACTION = 0.005  # of validation cells; the requirement is at most 1 %
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", type=Path, default=None, help="PBC folder (default ../shared/data/pbc)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--learning-rate", type=float, default=2e-3)
+    parser.add_argument("--per-class-limit", type=int, default=None, help="use only N images per class (smoke runs)")
+    parser.add_argument("--cache-dir", default=str(REPO_ROOT / ".cache"), help="decoded-array cache; '' for none")
+    parser.add_argument("--version", default="1.0.0")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--verbose", type=int, default=1, help="Keras progress: 1 bar, 2 line per epoch")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    started = time.perf_counter()
+
+    import keras
+    import tensorflow as tf
+
+    from shared.preprocessing import IMAGE_SIZE
+    from shared.vocabulary import CELL_TYPES
+    from training import cnn, export_onnx, model_card, pbc_dataset
+    from training.metrics import classification_report, confidence_threshold, fit_temperature, softmax
+
+    keras.utils.set_random_seed(args.seed)
+    data_dir = args.data_dir or pbc_dataset.data_dir()
+    cache_dir = Path(args.cache_dir) if args.cache_dir else None
+    print(f"loading images from {data_dir} ...", flush=True)
+    train, val, test = pbc_dataset.split_dataset(data_dir, cache_dir, args.per_class_limit)
+    print(f"train {len(train.labels)}, validation {len(val.labels)}, test {len(test.labels)} images", flush=True)
+
+    counts = np.bincount(train.labels, minlength=len(CELL_TYPES))
+    class_weight = {i: float(len(train.labels) / (len(CELL_TYPES) * c)) for i, c in enumerate(counts)}
+
+    network = cnn.build_network()
+    training_model = cnn.build_training_model(network)
+    steps_per_epoch = int(np.ceil(len(train.labels) / args.batch_size))
+    total_steps = steps_per_epoch * args.epochs
+    warmup = min(2 * steps_per_epoch, total_steps // 5)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=args.learning_rate / 20, decay_steps=max(total_steps - warmup, 1),
+        warmup_target=args.learning_rate, warmup_steps=warmup, alpha=0.01,
+    )
+    optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=0.05, use_ema=True, ema_momentum=0.995)
+    training_model.compile(
+        optimizer=optimizer,
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    print(f"network: {network.count_params():,} parameters, input {IMAGE_SIZE}x{IMAGE_SIZE} uint8", flush=True)
+    fit_started = time.perf_counter()
+    history = training_model.fit(
+        train.images, train.labels, batch_size=args.batch_size, epochs=args.epochs,
+        validation_data=(val.images, val.labels), class_weight=class_weight, shuffle=True, verbose=args.verbose,
+    )
+    fit_seconds = time.perf_counter() - fit_started
+    # AdamW(use_ema=True) swaps in the averaged weights at the end of fit().
+
+    def logits_of(images: np.ndarray) -> np.ndarray:
+        return network.predict(images.astype(np.float32), batch_size=256, verbose=0)
+
+    val_logits, test_logits = logits_of(val.images), logits_of(test.images)
+    temperature = fit_temperature(val_logits, val.labels)
+    val_probabilities = softmax(val_logits, temperature)
+    threshold = confidence_threshold(val_probabilities.max(axis=1), MAX_UNCLASSIFIED_FRACTION)
+
+    def predict_with_rule(probabilities: np.ndarray) -> np.ndarray:
+        predicted = probabilities.argmax(axis=1)
+        return np.where(probabilities.max(axis=1) >= threshold, predicted, len(CELL_TYPES))
+
+    test_probabilities = softmax(test_logits, temperature)
+    names = list(CELL_TYPES)
+    metrics = {
+        "validation": classification_report(val.labels, predict_with_rule(val_probabilities), names),
+        "test": classification_report(test.labels, predict_with_rule(test_probabilities), names),
+        "test_without_unclassified_rule": classification_report(test.labels, test_probabilities.argmax(axis=1), names),
+    }
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    onnx_path = args.out / model_card.ONNX_FILE
+    serving = cnn.build_serving_model(network, temperature)
+    output_name = export_onnx.export(serving, onnx_path)
+    agreement = export_onnx.max_abs_difference(serving, onnx_path, val.images[:256])
+    network.save(args.out / model_card.KERAS_FILE)
+    seconds = time.perf_counter() - started
+
+    card = model_card.build_card(
+        version=args.version,
+        onnx_path=onnx_path,
+        output_name=output_name,
+        temperature=temperature,
+        threshold=threshold,
+        max_unclassified_fraction=MAX_UNCLASSIFIED_FRACTION,
+        metrics=metrics,
+        training={
+            "epochs": args.epochs,
+            "batch_size": args.batch_size,
+            "peak_learning_rate": args.learning_rate,
+            "seed": args.seed,
+            "split_seed": pbc_dataset.SPLIT_SEED,
+            "n_train": int(len(train.labels)),
+            "n_validation": int(len(val.labels)),
+            "n_test": int(len(test.labels)),
+            "per_class_limit": args.per_class_limit,
+            "class_weight": {names[i]: round(w, 4) for i, w in class_weight.items()},
+            "parameters": int(network.count_params()),
+            "fit_seconds": round(fit_seconds, 1),
+            "total_seconds": round(seconds, 1),
+            "machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPU cores, tensorflow {tf.__version__}",
+            "history": {k: [round(float(v), 4) for v in vals] for k, vals in history.history.items()},
+            "onnx_keras_max_abs_difference": agreement,
+        },
+    )
+    model_card.write(card, args.out)
+    summary = {k: {m: metrics[k][m] for m in ("accuracy", "macro_f1", "unclassified_fraction")} for k in metrics}
+    print(json.dumps({"total_seconds": round(seconds, 1), "temperature": temperature, "threshold": threshold,
+                      "onnx_keras_max_abs_difference": agreement, **summary}, indent=2), flush=True)
+    return card
+
+
+if __name__ == "__main__":
+    main()
