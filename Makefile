@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 PYTHON  := $(BIN)/python
 DATA    ?= ../shared/data
 
-.PHONY: help setup setup-train test test-fast run cell-service train-cells bench bench-cells load-cells clean
+.PHONY: help setup setup-train test test-fast run cell-service subtype-service train-cells train-subtype bench bench-cells bench-subtype bench-gateway load-cells gateway clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -26,19 +26,34 @@ test: ## the whole test suite (tests needing TensorFlow skip unless make setup-t
 test-fast: ## unit tests only
 	$(PYTHON) -m pytest tests/unit
 
-run: ## run the system on localhost (Ctrl-C stops it)
-	$(PYTHON) -m services.cell_classifier
+run: ## run the system on localhost: every service, ready-checked (Ctrl-C stops all)
+	$(PYTHON) -m services.run_all
 
 cell-service: ## the cell classifier alone on CELL_HOST:CELL_PORT (127.0.0.1:8001)
 	$(PYTHON) -m services.cell_classifier
 
+gateway: ## the gateway alone on GATEWAY_HOST:GATEWAY_PORT (127.0.0.1:8000)
+	$(PYTHON) -m gateway
+
+subtype-service: ## the subtype service alone on SUBTYPE_HOST:SUBTYPE_PORT (127.0.0.1:8002)
+	$(PYTHON) -m services.subtype
+
+train-subtype: ## cross-validate, train and export the subtype ensemble; report in docs/
+	AML_PATIENTS_CSV=$(DATA)/aml_patients/expert_differentials.csv $(PYTHON) -m training.train_subtype
+
 train-cells: ## train, calibrate, evaluate and export the cell CNN (about 50 min on 2 cores)
 	PBC_DIR=$(DATA)/pbc $(PYTHON) -m training.train_cells
 
-bench: bench-cells ## all benchmarks
+bench: bench-cells bench-subtype bench-gateway ## all benchmarks
 
 bench-cells: ## ceiling vs running cell service (1 and 64 images per request), peak RSS
 	$(PYTHON) -m bench.bench_cells
+
+bench-subtype: ## p50/p99 latency of one-patient subtype requests
+	$(PYTHON) -m bench.bench_subtype
+
+bench-gateway: ## one 500-image patient through the gateway, cold and warm, vs in-process
+	$(PYTHON) -m bench.bench_gateway
 
 load-cells: ## headless locust run against a cell service on 127.0.0.1:8001 (bounded)
 	$(BIN)/locust -f tests/load/locustfile.py --headless --host http://127.0.0.1:8001 -u 32 -r 8 -t 60s --only-summary

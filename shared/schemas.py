@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from shared.subtypes import PATIENT_CLASSES
 from shared.vocabulary import CELL_LABELS, CELL_TYPES
 
 CellLabel = Literal[CELL_LABELS]  # type: ignore[valid-type]
@@ -65,3 +66,84 @@ class Readiness(BaseModel):
     ready: bool
     detail: str
     checks: dict[str, Any] = Field(default_factory=dict)
+
+
+# --- subtype service -------------------------------------------------------------------------
+
+CellCount = Annotated[int, Field(strict=True, ge=0, le=10_000_000)]
+PatientClass = Literal[PATIENT_CLASSES]  # type: ignore[valid-type]
+
+
+class SubtypeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    counts: dict[CellLabel, CellCount] = Field(
+        description=f"cells counted per label ({', '.join(CELL_LABELS)}); missing labels count 0",
+        examples=[{"neutrophil": 12, "lymphocyte": 30, "monocyte": 8, "unclassified": 41}],
+    )
+
+
+class SubtypeModelInfo(BaseModel):
+    name: str
+    version: str
+    sha256: str
+
+
+class SubtypePrediction(BaseModel):
+    model: SubtypeModelInfo
+    aml_probability: float = Field(ge=0.0, le=1.0)
+    prediction: PatientClass
+    probabilities: dict[str, float] = Field(description=f"one per class: {', '.join(PATIENT_CLASSES)}")
+    features: dict[str, float]
+    per_100_leukocytes: dict[str, float] = Field(description="erythroblasts and platelets per 100 leukocytes")
+    warnings: list[str]
+
+
+class SubtypeModelCard(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str
+    version: str
+    sha256: str
+    classes: list[str]
+    feature_names: list[str]
+
+
+# --- gateway ---------------------------------------------------------------------------------
+
+PATIENT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+
+class FailedImage(BaseModel):
+    filename: str
+    error: str
+
+
+class ClassifiedCell(BaseModel):
+    filename: str
+    sha256: str
+    label: CellLabel
+    confidence: float
+
+
+class ModelsUsed(BaseModel):
+    cell: dict[str, str]
+    subtype: dict[str, str]
+
+
+class PatientReport(BaseModel):
+    patient_id: str
+    request_id: str
+    created_at: str = Field(description="UTC, ISO 8601")
+    n_images: int
+    n_classified: int = Field(description="images labelled with one of the 8 cell types")
+    n_unclassified: int
+    n_failed: int
+    failed: list[FailedImage]
+    cell_counts: dict[str, int] = Field(description=f"one per label: {', '.join(CELL_LABELS)}")
+    leukocyte_differential: dict[str, float] = Field(description="percent of leukocytes, 7 categories")
+    aml_probability: float
+    prediction: PatientClass
+    probabilities: dict[str, float]
+    models: ModelsUsed
+    cached: bool
+    warnings: list[str]
+    cells: list[ClassifiedCell] | None = Field(None, description="with ?include=cells")

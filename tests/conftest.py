@@ -19,7 +19,7 @@ def pytest_configure(config):
 def require_training_stack():
     """Skip without TensorFlow, unless REQUIRE_TRAIN_TESTS=1 (CI), where its absence is a failure."""
     if os.environ.get("REQUIRE_TRAIN_TESTS") == "1":
-        import tensorflow  # noqa: F401 - must be importable in CI
+        import catboost, imblearn, onnxmltools, skl2onnx, sklearn, tensorflow, tf2onnx, xgboost  # noqa: F401, E401
         return
-    pytest.importorskip("tensorflow")
-    pytest.importorskip("tf2onnx")
+    for module in ("tensorflow", "tf2onnx", "sklearn", "xgboost", "catboost", "imblearn", "skl2onnx", "onnxmltools"):
+        pytest.importorskip(module)

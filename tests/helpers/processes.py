@@ -70,7 +70,25 @@ class ServiceProcess:
         return self.process.pid
 
 
-def start_cell_service(tmp_path: Path, **env: str) -> ServiceProcess:
+def start_service(module: str, prefix: str, tmp_path: Path, **env: str) -> ServiceProcess:
+    """``python -m module`` with ``{prefix}_HOST``/``{prefix}_PORT`` on a free loopback port, ready."""
     port = free_port()
-    settings = {"CELL_HOST": "127.0.0.1", "CELL_PORT": str(port), "CELL_PROVIDER": "cpu", **env}
-    return ServiceProcess("services.cell_classifier", settings, port, tmp_path / f"cell-{port}.log").start()
+    settings = {f"{prefix}_HOST": "127.0.0.1", f"{prefix}_PORT": str(port), **env}
+    name = module.rsplit(".", 1)[-1]
+    return ServiceProcess(module, settings, port, tmp_path / f"{name}-{port}.log").start()
+
+
+def start_cell_service(tmp_path: Path, **env: str) -> ServiceProcess:
+    return start_service("services.cell_classifier", "CELL", tmp_path, **{"CELL_PROVIDER": "cpu", **env})
+
+
+def start_subtype_service(tmp_path: Path, **env: str) -> ServiceProcess:
+    return start_service("services.subtype", "SUBTYPE", tmp_path, **env)
+
+
+def start_gateway(tmp_path: Path, cell_url: str, subtype_url: str, redis_url: str | None = None,
+                  ready_path: str = "/healthz", **env: str) -> ServiceProcess:
+    settings = {"CELL_URL": cell_url, "SUBTYPE_URL": subtype_url, "REDIS_URL": redis_url or "", **env}
+    port = free_port()
+    settings.update({"GATEWAY_HOST": "127.0.0.1", "GATEWAY_PORT": str(port)})
+    return ServiceProcess("gateway", settings, port, tmp_path / f"gateway-{port}.log").start(ready_path)

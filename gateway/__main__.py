@@ -1,0 +1,8 @@
+"""python -m gateway  (GATEWAY_HOST / GATEWAY_PORT, default 127.0.0.1:8000)."""
+
+from gateway.app import create_app
+from gateway.settings import GatewaySettings
+from shared.serving import run
+
+if __name__ == "__main__":
+    run(create_app, GatewaySettings())

@@ -1,0 +1,187 @@
+"""The gateway HTTP API and the web page."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException
+
+from gateway.cache import make_cache
+from gateway.clients import CellServiceClient, SubtypeServiceClient, UpstreamError, UpstreamRejected
+from gateway.fhir import FHIR_MEDIA_TYPE, to_diagnostic_report
+from gateway.pipeline import PatientClassifier
+from gateway.settings import GatewaySettings
+from shared.body_limit import BodySizeLimitMiddleware
+from shared.problems import ProblemError, install_problem_handlers
+from shared.schemas import PATIENT_ID_PATTERN, Health, PatientReport, Problem, Readiness
+
+log = logging.getLogger("gateway")
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+PATIENT_ID = re.compile(PATIENT_ID_PATTERN)
+MULTIPART_BODY = {
+    "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+        "type": "object", "required": ["images"],
+        "properties": {"images": {"type": "array", "items": {"type": "string", "format": "binary"}}}}}}},
+}
+REPORT_RESPONSES = {
+    200: {"content": {FHIR_MEDIA_TYPE: {"schema": {"type": "object"}}},
+          "description": "the report; a FHIR R4 DiagnosticReport with Accept: application/fhir+json"},
+    **{s: {"model": Problem, "content": {"application/problem+json": {}}} for s in (404, 413, 415, 422, 502, 503, 504)},
+}
+
+
+class GatewayMetrics:
+    def __init__(self):
+        self.registry = CollectorRegistry()
+        self.requests = Counter("gateway_requests", "Patient requests by outcome", ["endpoint", "status"],
+                                registry=self.registry)
+        self.images = Counter("gateway_images", "Images received", registry=self.registry)
+        self.cache_hits = Counter("gateway_report_cache_hits", "Reports served from the cache", registry=self.registry)
+        self.latency = Histogram("gateway_classify_seconds", "Time to answer a classify request",
+                                 buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120), registry=self.registry)
+
+
+def _check_patient_id(patient_id: str) -> None:
+    if not PATIENT_ID.fullmatch(patient_id):
+        raise ProblemError(422, "invalid patient id: 1-64 characters, letters, digits, '.', '_' or '-', "
+                                "starting with a letter or digit")
+
+
+def _wants_fhir(request: Request) -> bool:
+    return FHIR_MEDIA_TYPE in request.headers.get("accept", "")
+
+
+def _render(request: Request, report: PatientReport, include_cells: bool) -> Response:
+    if _wants_fhir(request):
+        return JSONResponse(to_diagnostic_report(report), media_type=FHIR_MEDIA_TYPE)
+    body = report.model_dump(exclude={"cells"} if not include_cells else None)
+    return JSONResponse(body)
+
+
+def create_app(settings: GatewaySettings | None = None) -> FastAPI:
+    settings = settings or GatewaySettings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        state = app.state
+        state.metrics = GatewayMetrics()
+        state.cache = make_cache(settings.redis_url, settings.cache_ttl_s, settings.redis_timeout_s)
+        state.cells = CellServiceClient(settings.cell_url, settings.cell_timeout_s, settings.retry_backoff_s)
+        state.subtype = SubtypeServiceClient(settings.subtype_url, settings.subtype_timeout_s, settings.retry_backoff_s)
+        state.classifier = PatientClassifier(state.cache, state.cells, state.subtype,
+                                             chunk_size=settings.chunk_size,
+                                             chunk_concurrency=settings.chunk_concurrency)
+        log.info("gateway up: cell %s, subtype %s, cache %s", settings.cell_url, settings.subtype_url,
+                 state.cache.kind)
+        yield
+        await state.cells.close()
+        await state.subtype.close()
+        await state.cache.close()
+
+    app = FastAPI(title="AML classifier gateway", version="1.0.0", lifespan=lifespan,
+                  description="Upload one patient's single-cell images; get cell counts, the leukocyte "
+                              "differential and the AML subtype prediction. Decision support only.")
+    app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    install_problem_handlers(app)
+
+    @app.middleware("http")
+    async def request_id(request: Request, call_next):
+        given = request.headers.get("x-request-id", "")
+        request.state.request_id = given if re.fullmatch(r"[A-Za-z0-9._-]{1,64}", given) else uuid.uuid4().hex
+        response = await call_next(request)
+        response.headers["X-Request-ID"] = request.state.request_id
+        return response
+
+    async def _read_images(request: Request) -> list[tuple[str, bytes]]:
+        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+            raise ProblemError(415, "send the images as multipart/form-data parts named 'images'")
+        try:
+            form = await request.form(max_files=settings.max_images + 1, max_fields=64)
+        except MultiPartException as exc:
+            if "Too many files" in str(exc):
+                raise ProblemError(413, f"too many images: at most {settings.max_images} per patient") from None
+            raise ProblemError(422, f"malformed multipart body: {exc}") from None
+        try:
+            files = [p for p in form.getlist("images") if isinstance(p, UploadFile)]
+            if not files:
+                raise ProblemError(422, "no images: send one or more multipart parts named 'images'")
+            if len(files) > settings.max_images:
+                raise ProblemError(413, f"too many images: {len(files)}, at most {settings.max_images} per patient")
+            return [(f.filename or f"image-{i}", await f.read()) for i, f in enumerate(files)]
+        finally:
+            await form.close()
+
+    @app.post("/patients/{patient_id}/classify", response_model=PatientReport, openapi_extra=MULTIPART_BODY,
+              responses=REPORT_RESPONSES)
+    async def classify_patient(request: Request, patient_id: str,
+                               include: str | None = Query(None, description="'cells' adds the per-image labels")):
+        """Classify one patient's images (parts named `images`) into a report."""
+        state = request.app.state
+        started = time.perf_counter()
+        status = 200
+        try:
+            _check_patient_id(patient_id)
+            images = await _read_images(request)
+            state.metrics.images.inc(len(images))
+            try:
+                report = await state.classifier.classify(patient_id, images, request.state.request_id)
+            except UpstreamError as exc:
+                raise ProblemError(exc.status, exc.detail) from None
+            except UpstreamRejected as exc:
+                raise ProblemError(502, f"a service behind the gateway refused the request: {exc.detail}") from None
+            if report.cached:
+                state.metrics.cache_hits.inc()
+            return _render(request, report, include == "cells")
+        except ProblemError as exc:
+            status = exc.status
+            raise
+        finally:
+            state.metrics.requests.labels("classify", str(status)).inc()
+            state.metrics.latency.observe(time.perf_counter() - started)
+
+    @app.get("/patients/{patient_id}/classification", response_model=PatientReport, responses=REPORT_RESPONSES)
+    async def latest_classification(request: Request, patient_id: str,
+                                    include: str | None = Query(None, description="'cells' adds per-image labels")):
+        """The latest report for this patient."""
+        _check_patient_id(patient_id)
+        report = await request.app.state.classifier.latest(patient_id)
+        if report is None:
+            raise ProblemError(404, f"no classification for patient {patient_id} (or it has expired)")
+        return _render(request, report, include == "cells")
+
+    @app.get("/healthz", response_model=Health)
+    async def healthz() -> Health:
+        return Health()
+
+    @app.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
+    async def readyz(request: Request):
+        state = request.app.state
+        checks = {"cell": await state.cells.ready(), "subtype": await state.subtype.ready(),
+                  "cache": {"kind": state.cache.kind, "available": await state.cache.ping()}}
+        ready = checks["cell"] and checks["subtype"]
+        detail = "ready" if ready else "a service behind the gateway is not ready"
+        if not checks["cache"]["available"]:
+            detail += "; cache unavailable (answers are not cached)"
+        return JSONResponse(Readiness(ready=ready, detail=detail, checks=checks).model_dump(),
+                            status_code=200 if ready else 503)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    return app

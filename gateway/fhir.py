@@ -1,0 +1,96 @@
+"""A patient report as a FHIR R4 DiagnosticReport with contained Observations and Devices.
+
+Validated in the tests with the ``fhir.resources`` package's R4B models (R4B shares R4's
+DiagnosticReport, Observation and Device structure).
+"""
+
+from __future__ import annotations
+
+from shared.schemas import PatientReport
+
+FHIR_MEDIA_TYPE = "application/fhir+json"
+LOINC = "http://loinc.org"
+LOCAL = "urn:aml-classifier:codes"
+PATIENT_IDENTIFIER_SYSTEM = "urn:aml-classifier:patient-id"
+
+# leukocyte category -> (LOINC code, display); per 100 leukocytes
+DIFFERENTIAL_LOINC: dict[str, tuple[str, str]] = {
+    "neutrophil": ("770-8", "Neutrophils/100 leukocytes in Blood by Automated count"),
+    "lymphocyte": ("736-9", "Lymphocytes/100 leukocytes in Blood by Automated count"),
+    "monocyte": ("5905-5", "Monocytes/100 leukocytes in Blood by Automated count"),
+    "eosinophil": ("713-8", "Eosinophils/100 leukocytes in Blood by Automated count"),
+    "basophil": ("706-2", "Basophils/100 leukocytes in Blood by Automated count"),
+    "ig": ("71695-1", "Immature granulocytes/100 leukocytes in Blood by Automated count"),
+}
+NUCLEATED_RBC_LOINC = ("58413-6", "Nucleated erythrocytes/100 leukocytes [Ratio] in Blood by Automated count")
+
+
+def _percent(value: float) -> dict:
+    return {"value": round(float(value), 2), "unit": "%", "system": "http://unitsofmeasure.org", "code": "%"}
+
+
+def _observation(ident: str, code: dict, value: dict, device: str) -> dict:
+    return {"resourceType": "Observation", "id": ident, "status": "final",
+            "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                                      "code": "laboratory"}]}],
+            "code": code, "device": {"reference": f"#{device}"}, **value}
+
+
+def to_diagnostic_report(report: PatientReport) -> dict:
+    devices = [
+        {"resourceType": "Device", "id": f"{kind}-model",
+         "deviceName": [{"name": info["name"], "type": "model-name"}],
+         "version": [{"value": info["version"]}, {"type": {"text": "sha256"}, "value": info["sha256"]}]}
+        for kind, info in (("cell", report.models.cell), ("subtype", report.models.subtype))
+    ]
+    observations = []
+    for category, (code, display) in DIFFERENTIAL_LOINC.items():
+        observations.append(_observation(
+            f"diff-{category}", {"coding": [{"system": LOINC, "code": code, "display": display}], "text": display},
+            {"valueQuantity": _percent(report.leukocyte_differential[category])}, "cell-model"))
+    unclassified = report.leukocyte_differential["unclassified"]
+    observations.append(_observation(
+        "diff-unclassified",
+        {"coding": [{"system": LOCAL, "code": "unclassified-per-100-leukocytes"}],
+         "text": "Unclassified leukocytes (not one of the normal types, e.g. blasts)/100 leukocytes"},
+        {"valueQuantity": _percent(unclassified)}, "cell-model"))
+    leukocytes = sum(report.cell_counts[c] for c in report.leukocyte_differential)
+    nrbc = 100.0 * report.cell_counts["erythroblast"] / leukocytes if leukocytes else 0.0
+    observations.append(_observation(
+        "nrbc", {"coding": [{"system": LOINC, "code": NUCLEATED_RBC_LOINC[0], "display": NUCLEATED_RBC_LOINC[1]}],
+                 "text": NUCLEATED_RBC_LOINC[1]},
+        {"valueQuantity": {"value": round(nrbc, 2), "unit": "/100 WBC", "system": "http://unitsofmeasure.org",
+                           "code": "/100{WBCs}"}}, "cell-model"))
+    observations.append(_observation(
+        "aml-probability", {"coding": [{"system": LOCAL, "code": "aml-probability"}],
+                            "text": "Probability of AML (vs control) from the leukocyte differential"},
+        {"valueQuantity": {"value": round(report.aml_probability, 4), "unit": "probability",
+                           "system": "http://unitsofmeasure.org", "code": "1"}}, "subtype-model"))
+    observations.append(_observation(
+        "subtype", {"coding": [{"system": LOCAL, "code": "aml-genetic-subtype"}],
+                    "text": "Predicted AML genetic subtype (or control)"},
+        {"valueCodeableConcept": {"coding": [{"system": LOCAL, "code": report.prediction}], "text": report.prediction},
+         "component": [{"code": {"coding": [{"system": LOCAL, "code": f"probability-{name}"}],
+                                 "text": f"P({name})"},
+                        "valueQuantity": {"value": round(p, 4), "unit": "probability",
+                                          "system": "http://unitsofmeasure.org", "code": "1"}}
+                       for name, p in report.probabilities.items()]}, "subtype-model"))
+    conclusion = (f"Model prediction: {report.prediction} (P(AML) = {report.aml_probability:.2f}) from "
+                  f"{report.n_images} images, {report.n_classified} classified, {report.n_unclassified} unclassified, "
+                  f"{report.n_failed} failed. Decision support only; to be reviewed by a haematologist.")
+    if report.warnings:
+        conclusion += " Warnings: " + "; ".join(report.warnings)
+    return {
+        "resourceType": "DiagnosticReport",
+        "id": report.request_id,
+        "status": "final",
+        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0074", "code": "LAB",
+                                  "display": "Laboratory"}]}],
+        "code": {"coding": [{"system": LOINC, "code": "57021-8", "display": "CBC W Auto Differential panel - Blood"}],
+                 "text": "Automated leukocyte differential and AML subtype prediction from smear images"},
+        "subject": {"identifier": {"system": PATIENT_IDENTIFIER_SYSTEM, "value": report.patient_id}},
+        "issued": report.created_at,
+        "contained": devices + observations,
+        "result": [{"reference": f"#{o['id']}"} for o in observations],
+        "conclusion": conclusion,
+    }

@@ -1,0 +1,146 @@
+"""One patient's classification: cached cell predictions, chunks to the cell service, counts,
+the subtype service, and the report (cached per patient and content)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from datetime import datetime, timezone
+
+from gateway.cache import Cache
+from gateway.clients import CellServiceClient, SubtypeServiceClient, UpstreamError
+from shared.differential import LEUKOCYTE_TYPES
+from shared.problems import ProblemError
+from shared.schemas import PatientReport
+from shared.vocabulary import CELL_LABELS, CELL_TYPES, UNCLASSIFIED
+
+log = logging.getLogger("gateway.pipeline")
+
+
+def latest_key(patient_id: str) -> str:
+    return f"latest:{patient_id}"
+
+
+def _models_info(card: dict) -> dict[str, str]:
+    return {"name": card["name"], "version": card["version"], "sha256": card["sha256"]}
+
+
+class PatientClassifier:
+    def __init__(self, cache: Cache, cells: CellServiceClient, subtype: SubtypeServiceClient, *,
+                 chunk_size: int, chunk_concurrency: int):
+        self.cache = cache
+        self.cells = cells
+        self.subtype = subtype
+        self.chunk_size = chunk_size
+        self.chunk_concurrency = chunk_concurrency
+        self._models: dict[str, dict[str, str]] = {}
+
+    async def models(self) -> dict[str, dict[str, str]]:
+        """Names, versions and hashes of the models behind the services (asked once, then kept)."""
+        if "cell" not in self._models:
+            self._models["cell"] = _models_info(await self.cells.model())
+        if "subtype" not in self._models:
+            self._models["subtype"] = _models_info(await self.subtype.model())
+        return self._models
+
+    async def _classify_missing(self, missing: list[tuple[str, str, bytes]], request_id: str) -> dict[str, dict]:
+        """(sha256, filename, bytes) of images not in the cache -> per-hash result from the cell service."""
+        semaphore = asyncio.Semaphore(self.chunk_concurrency)
+        chunks = [missing[i: i + self.chunk_size] for i in range(0, len(missing), self.chunk_size)]
+
+        async def run(chunk):
+            async with semaphore:
+                return chunk, await self.cells.classify([(name, data) for _, name, data in chunk], request_id)
+
+        results: dict[str, dict] = {}
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(run(chunk)) for chunk in chunks]
+        except* UpstreamError as failures:
+            raise failures.exceptions[0] from None
+        for task in tasks:
+            chunk, body = task.result()
+            if len(body["results"]) != len(chunk):
+                raise UpstreamError(502, "cell service returned a wrong number of results")
+            if body["model"]["sha256"] != self._models["cell"]["sha256"]:
+                self._models["cell"] = _models_info(body["model"])  # the service was upgraded
+            for (sha, _, _), result in zip(chunk, body["results"]):
+                results[sha] = result
+        return results
+
+    async def classify(self, patient_id: str, images: list[tuple[str, bytes]], request_id: str) -> PatientReport:
+        hashes = await asyncio.to_thread(lambda: [hashlib.sha256(data).hexdigest() for _, data in images])
+        models = await self.models()
+        content = hashlib.sha256("\n".join(
+            [models["cell"]["sha256"], models["subtype"]["sha256"]]
+            + sorted(f"{sha} {name}" for sha, (name, _) in zip(hashes, images))).encode()).hexdigest()
+        report_key = f"report:{patient_id}:{content}"
+        cached = (await self.cache.get_many([report_key]))[0]
+        if cached is not None:
+            report = PatientReport(**{**cached, "cached": True})
+            await self.cache.set_many({latest_key(patient_id): report.model_dump()})
+            return report
+
+        cell_sha = models["cell"]["sha256"]
+        unique = list(dict.fromkeys(hashes))
+        known = dict(zip(unique, await self.cache.get_many([f"cell:{cell_sha}:{sha}" for sha in unique])))
+        first_of = {}
+        for sha, (name, data) in zip(hashes, images):
+            first_of.setdefault(sha, (sha, name, data))
+        missing = [first_of[sha] for sha in unique if known[sha] is None]
+        fresh = await self._classify_missing(missing, request_id) if missing else {}
+        cell_sha = self._models["cell"]["sha256"]
+        await self.cache.set_many({f"cell:{cell_sha}:{sha}": {"label": r["label"], "confidence": r["confidence"]}
+                                   for sha, r in fresh.items() if "label" in r})
+        per_hash = {**{sha: v for sha, v in known.items() if v is not None}, **fresh}
+        return await self._report(patient_id, request_id, images, hashes, per_hash, report_key)
+
+    async def _report(self, patient_id, request_id, images, hashes, per_hash, report_key) -> PatientReport:
+        counts = {label: 0 for label in CELL_LABELS}
+        cells, failed = [], []
+        for sha, (name, _) in zip(hashes, images):
+            result = per_hash[sha]
+            if "label" in result:
+                counts[result["label"]] += 1
+                cells.append({"filename": name, "sha256": sha, "label": result["label"],
+                              "confidence": result["confidence"]})
+            else:
+                failed.append({"filename": name, "error": result.get("error", "not classified")})
+        leukocytes = sum(counts[t] for t in LEUKOCYTE_TYPES)
+        if leukocytes == 0:
+            raise ProblemError(422, f"no leukocytes among the {len(images)} images ({len(failed)} could not be "
+                                    "read): a differential needs white cells")
+        subtype = await self.subtype.predict(counts, request_id)
+        self._models["subtype"] = _models_info(subtype["model"])
+        warnings = list(subtype.get("warnings", []))
+        if failed:
+            warnings.append(f"{len(failed)} of {len(images)} images could not be classified (see failed)")
+        if not self.cache.available:
+            warnings.append("cache unavailable: this report was not cached")
+        report = PatientReport(
+            patient_id=patient_id,
+            request_id=request_id,
+            created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            n_images=len(images),
+            n_classified=sum(counts[t] for t in CELL_TYPES),
+            n_unclassified=counts[UNCLASSIFIED],
+            n_failed=len(failed),
+            failed=failed,
+            cell_counts=counts,
+            leukocyte_differential={t: round(100.0 * counts[t] / leukocytes, 2) for t in LEUKOCYTE_TYPES},
+            aml_probability=subtype["aml_probability"],
+            prediction=subtype["prediction"],
+            probabilities=subtype["probabilities"],
+            models={"cell": self._models["cell"], "subtype": self._models["subtype"]},
+            cached=False,
+            warnings=warnings,
+            cells=cells,
+        )
+        stored = report.model_dump()
+        await self.cache.set_many({report_key: stored, latest_key(patient_id): stored})
+        return report
+
+    async def latest(self, patient_id: str) -> PatientReport | None:
+        stored = (await self.cache.get_many([latest_key(patient_id)]))[0]
+        return PatientReport(**stored) if stored is not None else None

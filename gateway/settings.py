@@ -1,0 +1,27 @@
+"""Gateway configuration, all from the environment."""
+
+from __future__ import annotations
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class GatewaySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore", populate_by_name=True)
+
+    host: str = Field("127.0.0.1", validation_alias=AliasChoices("GATEWAY_HOST"))
+    port: int = Field(8000, validation_alias=AliasChoices("GATEWAY_PORT"))
+    cell_url: str = Field("http://127.0.0.1:8001", validation_alias=AliasChoices("CELL_URL"))
+    subtype_url: str = Field("http://127.0.0.1:8002", validation_alias=AliasChoices("SUBTYPE_URL"))
+    redis_url: str | None = Field(None, validation_alias=AliasChoices("REDIS_URL"),
+                                  description="unset: in-process cache")
+    cache_ttl_s: int = Field(7 * 24 * 3600, ge=1, validation_alias=AliasChoices("CACHE_TTL_S"))
+    max_images: int = Field(2000, ge=1, validation_alias=AliasChoices("MAX_IMAGES", "GATEWAY_MAX_IMAGES"))
+    max_body_bytes: int = Field(1024 * 1024 * 1024, ge=1, validation_alias=AliasChoices("GATEWAY_MAX_BODY_BYTES"))
+    chunk_size: int = Field(64, ge=1, validation_alias=AliasChoices("CHUNK_SIZE"))
+    chunk_concurrency: int = Field(4, ge=1, validation_alias=AliasChoices("CHUNK_CONCURRENCY"))
+    cell_timeout_s: float = Field(60.0, gt=0, validation_alias=AliasChoices("CELL_TIMEOUT_S"))
+    subtype_timeout_s: float = Field(10.0, gt=0, validation_alias=AliasChoices("SUBTYPE_TIMEOUT_S"))
+    retry_backoff_s: float = Field(0.2, ge=0, validation_alias=AliasChoices("RETRY_BACKOFF_S"))
+    redis_timeout_s: float = Field(0.5, gt=0, validation_alias=AliasChoices("REDIS_TIMEOUT_S"))
+    log_level: str = Field("info", validation_alias=AliasChoices("LOG_LEVEL"))

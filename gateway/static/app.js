@@ -1,0 +1,116 @@
+// The lab page: upload one patient's images, show counts, differential, subtype and a gallery.
+// Plain JavaScript, no external resources (hospital networks are offline).
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+let chosen = [];
+
+function updateSelection() {
+  const files = [...$("images").files, ...$("folder").files].filter((f) => /\.(jpe?g|png|tiff?|bmp)$/i.test(f.name));
+  chosen = files;
+  $("selection").textContent = files.length ? `${files.length} image(s) selected` : "";
+}
+$("images").addEventListener("change", updateSelection);
+$("folder").addEventListener("change", updateSelection);
+
+function showError(message) {
+  $("error").textContent = message;
+  $("error").hidden = false;
+}
+
+function barChart(svg, entries, format) {
+  const width = svg.clientWidth || 500, height = svg.clientHeight || 260;
+  const max = Math.max(...entries.map(([, v]) => v), 1e-9);
+  const band = (height - 20) / entries.length;
+  const ns = "http://www.w3.org/2000/svg";
+  svg.replaceChildren();
+  svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
+  entries.forEach(([label, value], i) => {
+    const y = 10 + i * band;
+    const w = Math.max(1, (width - 220) * value / max);
+    const text = document.createElementNS(ns, "text");
+    text.setAttribute("x", 8); text.setAttribute("y", y + band * 0.65); text.setAttribute("font-size", "12");
+    text.textContent = label;
+    const rect = document.createElementNS(ns, "rect");
+    rect.setAttribute("x", 120); rect.setAttribute("y", y + band * 0.15);
+    rect.setAttribute("width", w); rect.setAttribute("height", band * 0.7); rect.setAttribute("fill", "#3c6fd1");
+    const val = document.createElementNS(ns, "text");
+    val.setAttribute("x", 126 + w); val.setAttribute("y", y + band * 0.65); val.setAttribute("font-size", "12");
+    val.textContent = format(value);
+    svg.append(text, rect, val);
+  });
+}
+
+function render(report, files) {
+  $("result").hidden = false;
+  $("r-patient").textContent = report.patient_id;
+  $("r-prediction").textContent = `${report.prediction} (P(AML) ${(report.aml_probability * 100).toFixed(1)}%)`;
+  $("r-summary").textContent = `${report.n_images} images: ${report.n_classified} classified, ` +
+    `${report.n_unclassified} unclassified, ${report.n_failed} failed` + (report.cached ? " (from cache)" : "");
+  $("r-warnings").replaceChildren(...report.warnings.map((w) => Object.assign(document.createElement("li"), { textContent: w })));
+  barChart($("chart-counts"), Object.entries(report.cell_counts), (v) => String(v));
+  barChart($("chart-probabilities"), Object.entries(report.probabilities), (v) => `${(v * 100).toFixed(1)}%`);
+  const rows = Object.entries(report.leukocyte_differential).map(([k, v]) => {
+    const tr = document.createElement("tr");
+    tr.append(Object.assign(document.createElement("td"), { textContent: k }),
+              Object.assign(document.createElement("td"), { textContent: v.toFixed(1) }));
+    return tr;
+  });
+  $("r-differential").querySelector("tbody").replaceChildren(...rows);
+  const byName = new Map();
+  files.forEach((f) => { if (!byName.has(f.name)) byName.set(f.name, f); });
+  const groups = new Map();
+  (report.cells || []).forEach((c) => { if (!groups.has(c.label)) groups.set(c.label, []); groups.get(c.label).push(c); });
+  const sections = [...groups.entries()].sort((a, b) => b[1].length - a[1].length).map(([label, cells]) => {
+    const section = document.createElement("div");
+    section.className = "group";
+    section.dataset.label = label;
+    section.append(Object.assign(document.createElement("h4"), { textContent: `${label} (${cells.length})` }));
+    const strip = document.createElement("div");
+    strip.className = "cells";
+    cells.slice(0, 60).forEach((c) => {
+      const box = document.createElement("div");
+      box.className = "cell";
+      const file = byName.get(c.filename);
+      if (file) box.append(Object.assign(document.createElement("img"), { src: URL.createObjectURL(file), alt: c.filename }));
+      box.append(document.createTextNode(`${(c.confidence * 100).toFixed(0)}%`));
+      strip.append(box);
+    });
+    section.append(strip);
+    return section;
+  });
+  $("gallery").replaceChildren(...sections);
+  $("r-models").textContent = `cell model ${report.models.cell.name} ${report.models.cell.version}; ` +
+    `subtype model ${report.models.subtype.name} ${report.models.subtype.version}; request ${report.request_id}`;
+}
+
+$("upload-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  $("error").hidden = true;
+  const patient = $("patient-id").value.trim();
+  if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(patient)) return showError("Invalid patient id.");
+  if (!chosen.length) return showError("Choose at least one image.");
+  const form = new FormData();
+  chosen.forEach((f) => form.append("images", f, f.name));
+  const xhr = new XMLHttpRequest();
+  xhr.open("POST", `/patients/${encodeURIComponent(patient)}/classify?include=cells`);
+  $("progress-box").hidden = false;
+  $("submit").disabled = true;
+  xhr.upload.onprogress = (e) => {
+    if (e.lengthComputable) {
+      $("progress").value = (100 * e.loaded) / e.total;
+      $("progress-text").textContent = `uploading ${Math.round((100 * e.loaded) / e.total)}%`;
+    }
+  };
+  xhr.upload.onload = () => { $("progress-text").textContent = "classifying…"; };
+  xhr.onload = () => {
+    $("submit").disabled = false;
+    $("progress-box").hidden = true;
+    let body = null;
+    try { body = JSON.parse(xhr.responseText); } catch (e) { /* not JSON */ }
+    if (xhr.status === 200 && body) render(body, chosen);
+    else showError(body && body.detail ? `${body.title || "Error"} (${xhr.status}): ${body.detail}` : `HTTP ${xhr.status}`);
+  };
+  xhr.onerror = () => { $("submit").disabled = false; showError("Network error: the gateway could not be reached."); };
+  xhr.send(form);
+});

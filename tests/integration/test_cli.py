@@ -1,0 +1,45 @@
+"""aml-classify against a real gateway: one CSV row per patient, resumes where it stopped."""
+
+import csv
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers.images import fullsize_images
+from tests.helpers.processes import REPO_ROOT, start_gateway
+
+pytestmark = pytest.mark.integration
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "gateway.cli", *args], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_batch_reanalysis_and_resume(tmp_path, cell_service, subtype_service):
+    gateway = start_gateway(tmp_path, cell_service.url, subtype_service.url)
+    try:
+        root = tmp_path / "patients"
+        images = fullsize_images()
+        for index, patient in enumerate(["PAT-A", "PAT-B"]):
+            folder = root / patient
+            folder.mkdir(parents=True)
+            for _, path in images[index::4]:
+                (folder / path.name).write_bytes(path.read_bytes())
+        (root / "PAT-EMPTY").mkdir()
+        out = tmp_path / "results.csv"
+        first = run_cli(str(root), "--out", str(out), "--gateway", gateway.url)
+        assert first.returncode == 1, "the empty folder is reported as a failure"
+        rows = list(csv.DictReader(open(out)))
+        by_patient = {r["patient_id"]: r for r in rows}
+        assert by_patient["PAT-A"]["status"] == "ok" and by_patient["PAT-B"]["status"] == "ok"
+        assert int(by_patient["PAT-A"]["n_images"]) == 16
+        assert by_patient["PAT-EMPTY"]["status"] == "error" and "no images" in by_patient["PAT-EMPTY"]["error"]
+        assert "3 patients, 0 already" in first.stderr and "3/3 patients" in first.stderr
+
+        second = run_cli(str(root), "--out", str(out), "--gateway", gateway.url)
+        assert "2 already in" in second.stderr and "1 to do" in second.stderr
+        assert len(list(csv.DictReader(open(out)))) == 4, "done patients are not sent again"
+    finally:
+        gateway.stop()

@@ -1,0 +1,189 @@
+"""The gateway over real processes: cell service, subtype service, redis-server, gateway."""
+
+from __future__ import annotations
+
+import io
+import re
+
+import httpx
+import pytest
+from PIL import Image
+
+from shared.subtypes import PATIENT_CLASSES
+from shared.vocabulary import CELL_LABELS
+from tests.helpers.images import encode, fullsize_images, png_bomb
+from tests.helpers.processes import free_port, start_gateway
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory, cell_service, subtype_service, redis_server):
+    process = start_gateway(tmp_path_factory.mktemp("gateway"), cell_service.url, subtype_service.url,
+                            redis_server.url, MAX_IMAGES="80", CHUNK_SIZE="16")
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="module")
+def originals() -> list[tuple[str, bytes]]:
+    return [(path.name, path.read_bytes()) for _, path in fullsize_images()]
+
+
+def post_patient(url: str, patient: str, files: list[tuple[str, bytes]], **kwargs) -> httpx.Response:
+    parts = [("images", (name, data, "image/jpeg")) for name, data in files]
+    return httpx.post(f"{url}/patients/{patient}/classify", files=parts, timeout=120, **kwargs)
+
+
+def cell_images_seen(cell_url: str) -> float:
+    text = httpx.get(f"{cell_url}/metrics", timeout=10).text
+    match = re.search(r'^cell_images_total\{result="classified"\} (\S+)$', text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+def test_patient_round_trip_then_cache_hit(gateway, cell_service, originals):
+    before = cell_images_seen(cell_service.url)
+    response = post_patient(gateway.url, "P-roundtrip.1", originals)
+    assert response.status_code == 200, response.text
+    report = response.json()
+    assert report["patient_id"] == "P-roundtrip.1"
+    assert report["n_images"] == 64 and report["n_failed"] == 0 and report["cached"] is False
+    assert set(report["cell_counts"]) == set(CELL_LABELS)
+    assert sum(report["cell_counts"].values()) == 64
+    assert report["n_classified"] + report["n_unclassified"] == 64
+    assert sum(report["leukocyte_differential"].values()) == pytest.approx(100.0, abs=0.1)
+    assert report["prediction"] in PATIENT_CLASSES
+    assert sum(report["probabilities"].values()) == pytest.approx(1.0, abs=1e-6)
+    assert report["models"]["cell"]["name"] and report["models"]["subtype"]["name"]
+    assert "cells" not in report
+    assert response.headers["x-request-id"] == report["request_id"]
+    assert cell_images_seen(cell_service.url) - before == 64
+
+    again = post_patient(gateway.url, "P-roundtrip.1", originals)
+    assert again.status_code == 200
+    second = again.json()
+    assert second["cached"] is True
+    assert {k: v for k, v in second.items() if k != "cached"} == {k: v for k, v in report.items() if k != "cached"}
+    assert cell_images_seen(cell_service.url) - before == 64, "a cache hit never calls the cell service"
+
+
+def test_known_images_are_not_classified_twice(gateway, cell_service, originals):
+    fresh = [(f"q93-{name}", encode(Image.open(io.BytesIO(data)), "JPEG", quality=93)) for name, data in originals[:30]]
+    post_patient(gateway.url, "P-partial-a", fresh[:20])
+    before = cell_images_seen(cell_service.url)
+    response = post_patient(gateway.url, "P-partial-b", fresh[10:30], params={"include": "cells"})
+    assert response.status_code == 200
+    assert cell_images_seen(cell_service.url) - before == 10, "only the 10 new images go to the cell service"
+    cells = response.json()["cells"]
+    assert [c["filename"] for c in cells] == [name for name, _ in fresh[10:30]]
+    assert all(len(c["sha256"]) == 64 and c["label"] in CELL_LABELS for c in cells)
+
+
+def test_latest_report_and_404(gateway, originals):
+    post_patient(gateway.url, "P-latest", originals[:16])
+    latest = httpx.get(f"{gateway.url}/patients/P-latest/classification", timeout=10)
+    assert latest.status_code == 200 and latest.json()["n_images"] == 16
+    missing = httpx.get(f"{gateway.url}/patients/P-nobody/classification", timeout=10)
+    assert missing.status_code == 404
+    assert missing.headers["content-type"].startswith("application/problem+json")
+    assert "P-nobody" in missing.json()["detail"]
+
+
+def test_fhir_diagnostic_report_validates(gateway, originals):
+    from fhir.resources.R4B.diagnosticreport import DiagnosticReport
+
+    headers = {"Accept": "application/fhir+json"}
+    response = post_patient(gateway.url, "P-fhir", originals[:24], headers=headers)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("application/fhir+json")
+    resource = DiagnosticReport.model_validate(response.json())
+    assert resource.status == "final"
+    assert resource.category[0].coding[0].code == "LAB"
+    assert resource.subject.identifier.value == "P-fhir"
+    codes = {c.coding[0].code for c in [r.code for r in resource.contained if r.get_resource_type() == "Observation"]}
+    assert {"770-8", "736-9", "5905-5", "713-8", "706-2", "71695-1", "58413-6"} <= codes
+    assert resource.conclusion
+    devices = [r for r in resource.contained if r.get_resource_type() == "Device"]
+    assert len(devices) == 2
+    latest = httpx.get(f"{gateway.url}/patients/P-fhir/classification", headers=headers, timeout=10)
+    assert DiagnosticReport.model_validate(latest.json()).subject.identifier.value == "P-fhir"
+
+
+def test_bad_images_are_listed_not_fatal(gateway, originals):
+    files = originals[:8] + [("broken.jpg", b"\xff\xd8garbage"), ("bomb.png", png_bomb())]
+    report = post_patient(gateway.url, "P-bad-images", files).json()
+    assert report["n_images"] == 10 and report["n_failed"] == 2
+    assert {f["filename"] for f in report["failed"]} == {"broken.jpg", "bomb.png"}
+    assert any("could not be classified" in w for w in report["warnings"])
+
+
+@pytest.mark.parametrize("patient", ["../etc", "-starts-with-dash", "x" * 65, "sp ace", "ü"])
+def test_invalid_patient_ids(gateway, originals, patient):
+    response = post_patient(gateway.url, patient, originals[:1])
+    assert response.status_code in (404, 422)
+    if response.status_code == 422:
+        assert response.headers["content-type"].startswith("application/problem+json")
+
+
+def test_request_errors(gateway, originals):
+    not_multipart = httpx.post(f"{gateway.url}/patients/P1/classify", json={}, timeout=10)
+    assert not_multipart.status_code == 415
+    no_images = httpx.post(f"{gateway.url}/patients/P1/classify", files=[("x", ("a", b"1"))], timeout=10)
+    assert no_images.status_code == 422
+    too_many = post_patient(gateway.url, "P1", [(f"{i}.jpg", originals[0][1]) for i in range(81)])
+    assert too_many.status_code == 413
+    for response in (not_multipart, no_images, too_many):
+        body = response.json()
+        assert {"type", "title", "status", "detail", "request_id"} <= set(body)
+    nothing_readable = post_patient(gateway.url, "P-noleuk", [("x.jpg", b"nope")])
+    assert nothing_readable.status_code == 422 and "no leukocytes" in nothing_readable.json()["detail"]
+
+
+def test_services_down_give_503_and_cache_nothing(tmp_path, subtype_service, cell_service, originals):
+    dead = f"http://127.0.0.1:{free_port()}"
+    no_cells = start_gateway(tmp_path, dead, subtype_service.url, RETRY_BACKOFF_S="0.01")
+    try:
+        response = post_patient(no_cells.url, "P-down", originals[:4])
+        assert response.status_code == 503
+        assert response.headers["content-type"].startswith("application/problem+json")
+        assert "cell service" in response.json()["detail"]
+        assert httpx.get(f"{no_cells.url}/patients/P-down/classification", timeout=10).status_code == 404
+        ready = httpx.get(f"{no_cells.url}/readyz", timeout=10)
+        assert ready.status_code == 503 and ready.json()["checks"]["cell"] is False
+    finally:
+        no_cells.stop()
+    no_subtype = start_gateway(tmp_path, cell_service.url, dead, RETRY_BACKOFF_S="0.01")
+    try:
+        response = post_patient(no_subtype.url, "P-down2", originals[:4])
+        assert response.status_code == 503 and "subtype service" in response.json()["detail"]
+    finally:
+        no_subtype.stop()
+
+
+def test_redis_stopped_then_restarted(gateway, redis_server, originals):
+    redis_server.stop()
+    try:
+        response = post_patient(gateway.url, "P-redis", originals[:12])
+        assert response.status_code == 200
+        report = response.json()
+        assert report["cached"] is False
+        assert any("cache unavailable" in w for w in report["warnings"])
+        ready = httpx.get(f"{gateway.url}/readyz", timeout=10).json()
+        assert ready["checks"]["cache"] == {"kind": "redis", "available": False}
+    finally:
+        redis_server.start()
+    first = post_patient(gateway.url, "P-redis", originals[:12]).json()
+    assert first["cached"] is False and not any("cache unavailable" in w for w in first["warnings"])
+    assert post_patient(gateway.url, "P-redis", originals[:12]).json()["cached"] is True
+    assert httpx.get(f"{gateway.url}/readyz", timeout=10).json()["checks"]["cache"]["available"] is True
+
+
+def test_health_metrics_docs_and_page(gateway):
+    assert httpx.get(f"{gateway.url}/healthz", timeout=10).json() == {"status": "ok"}
+    ready = httpx.get(f"{gateway.url}/readyz", timeout=10).json()
+    assert ready["ready"] is True and ready["checks"]["cell"] and ready["checks"]["subtype"]
+    assert "gateway_requests_total" in httpx.get(f"{gateway.url}/metrics", timeout=10).text
+    assert httpx.get(f"{gateway.url}/docs", timeout=10).status_code == 200
+    page = httpx.get(f"{gateway.url}/", timeout=10)
+    assert page.status_code == 200 and "AML classifier" in page.text
+    assert "http" not in re.sub(r"http://www\.w3\.org/2000/svg", "", httpx.get(f"{gateway.url}/static/app.js").text)

@@ -1,0 +1,66 @@
+"""The lab web page in a real headless Chromium (Debian's, driven by playwright)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.images import fullsize_images
+from tests.helpers.processes import REPO_ROOT, start_gateway
+
+pytestmark = pytest.mark.integration
+CHROMIUM = os.environ.get("CHROMIUM_PATH", shutil.which("chromium") or "/usr/bin/chromium")
+ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS_DIR", REPO_ROOT / "artifacts"))
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("REQUIRE_BROWSER_TESTS") == "1":
+            pytest.fail(f"Chromium not found at {CHROMIUM}")
+        pytest.skip("Chromium not installed (apt-get install chromium; .ci/run does it)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory, cell_service, subtype_service):
+    process = start_gateway(tmp_path_factory.mktemp("gateway-page"), cell_service.url, subtype_service.url)
+    yield process
+    process.stop()
+
+
+def test_upload_images_and_see_the_result(browser, gateway):
+    page = browser.new_page(viewport={"width": 1200, "height": 1600})
+    outside = []
+    page.on("request", lambda r: outside.append(r.url) if not r.url.startswith((gateway.url, "blob:", "data:")) else None)
+    page.goto(gateway.url + "/")
+    page.fill("#patient-id", "WEB-001")
+    page.set_input_files("#images", [str(path) for _, path in fullsize_images()[::2]])
+    assert "32 image(s) selected" in page.inner_text("#selection")
+    page.click("#submit")
+    page.wait_for_selector("#result:not([hidden])", timeout=120_000)
+    assert "WEB-001" in page.inner_text("#r-patient")
+    assert "32 images" in page.inner_text("#r-summary")
+    assert page.locator("#chart-counts rect").count() == 9
+    assert page.locator("#chart-probabilities rect").count() == 5
+    assert page.locator("#r-differential tbody tr").count() == 7
+    assert page.locator("#gallery .cell img").count() == 32
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "web_page.png"), full_page=True)
+    assert outside == [], "the page loads nothing from outside the gateway"
+
+    page.fill("#patient-id", "../bad")
+    page.click("#submit")
+    assert "Invalid patient id" in page.inner_text("#error")
+    page.close()
