@@ -24,6 +24,7 @@ from services.cell_classifier.settings import CellServiceSettings
 from services.subtype.ensemble import SubtypeEnsemble
 from services.subtype.predictor import SubtypePredictor
 from services.subtype.settings import DEFAULT_MODEL_DIR as SUBTYPE_MODEL_DIR
+from tests.helpers.keys import AUTH
 from tests.helpers.processes import start_cell_service, start_gateway, start_subtype_service
 
 
@@ -57,7 +58,7 @@ def main() -> None:
         gateway = start_gateway(tmp_path, cell.url, subtype.url, ready_path="/readyz")
         try:
             url = f"{gateway.url}/patients/BENCH-1/classify"
-            headers = {"content-type": content_type}
+            headers = {"content-type": content_type, **AUTH}
             started = time.perf_counter()
             cold = httpx.post(url, content=body, headers=headers, timeout=600)
             cold_s = time.perf_counter() - started

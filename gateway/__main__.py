@@ -5,4 +5,4 @@ from gateway.settings import GatewaySettings
 from shared.serving import run
 
 if __name__ == "__main__":
-    run(create_app, GatewaySettings())
+    run(create_app, GatewaySettings(), access_log=False)

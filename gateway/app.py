@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 import re
+import secrets
 import time
-import uuid
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -13,16 +15,18 @@ from fastapi import FastAPI, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from starlette.datastructures import UploadFile
-from starlette.formparsers import MultiPartException
 
+from gateway.audit import AuditLog
 from gateway.cache import make_cache
 from gateway.clients import CellServiceClient, SubtypeServiceClient, UpstreamError, UpstreamRejected
 from gateway.fhir import FHIR_MEDIA_TYPE, to_diagnostic_report
 from gateway.pipeline import PatientClassifier
+from gateway.security import KeyStore, RateLimiter
 from gateway.settings import GatewaySettings
 from shared.body_limit import BodySizeLimitMiddleware
 from shared.problems import ProblemError, install_problem_handlers
+from shared.request_id import install_request_id
+from shared.uploads import read_image_parts
 from shared.schemas import PATIENT_ID_PATTERN, Health, PatientReport, Problem, Readiness
 
 log = logging.getLogger("gateway")
@@ -57,6 +61,29 @@ def _check_patient_id(patient_id: str) -> None:
                                 "starting with a letter or digit")
 
 
+def _presented_key(request: Request) -> str | None:
+    authorization = request.headers.get("authorization", "")
+    if authorization.lower().startswith("bearer "):
+        return authorization[7:].strip()
+    return request.headers.get("x-api-key")
+
+
+def authorize(request: Request, scope: str) -> str:
+    """The caller's key id; 401 without a valid key, 403 without ``scope``, 429 over its rate."""
+    state = request.app.state
+    key = state.keys.authenticate(_presented_key(request))
+    if key is None:
+        raise ProblemError(401, "a valid API key is required (Authorization: Bearer <key> or X-API-Key)",
+                           headers={"WWW-Authenticate": 'Bearer realm="aml-classifier"'})
+    request.state.key_id = key.key_id
+    if scope not in key.scopes:
+        raise ProblemError(403, f"this key may not {scope} (its scopes: {', '.join(sorted(key.scopes))})")
+    wait_s = state.rate_limiter.acquire(key.key_id)
+    if wait_s > 0:
+        raise ProblemError(429, "rate limit exceeded for this key", headers={"Retry-After": str(math.ceil(wait_s))})
+    return key.key_id
+
+
 def _wants_fhir(request: Request) -> bool:
     return FHIR_MEDIA_TYPE in request.headers.get("accept", "")
 
@@ -76,8 +103,15 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         state = app.state
         state.metrics = GatewayMetrics()
         state.cache = make_cache(settings.redis_url, settings.cache_ttl_s, settings.redis_timeout_s)
-        state.cells = CellServiceClient(settings.cell_url, settings.cell_timeout_s, settings.retry_backoff_s)
-        state.subtype = SubtypeServiceClient(settings.subtype_url, settings.subtype_timeout_s, settings.retry_backoff_s)
+        state.cells = CellServiceClient(settings.cell_url, settings.cell_timeout_s, settings.retry_backoff_s,
+                                        settings.internal_token)
+        state.subtype = SubtypeServiceClient(settings.subtype_url, settings.subtype_timeout_s, settings.retry_backoff_s,
+                                             settings.internal_token)
+        state.keys = KeyStore.from_config(settings.api_keys, settings.api_keys_file)
+        if not len(state.keys):
+            log.warning("no API keys configured: every protected call will be refused (401)")
+        state.rate_limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
+        state.audit = AuditLog(settings.audit_log_path, settings.audit_hmac_key or secrets.token_hex(32))
         state.classifier = PatientClassifier(state.cache, state.cells, state.subtype,
                                              chunk_size=settings.chunk_size,
                                              chunk_concurrency=settings.chunk_concurrency)
@@ -87,6 +121,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         await state.cells.close()
         await state.subtype.close()
         await state.cache.close()
+        state.audit.close()
 
     app = FastAPI(title="AML classifier gateway", version="1.0.0", lifespan=lifespan,
                   description="Upload one patient's single-cell images; get cell counts, the leukocyte "
@@ -94,32 +129,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     install_problem_handlers(app)
 
-    @app.middleware("http")
-    async def request_id(request: Request, call_next):
-        given = request.headers.get("x-request-id", "")
-        request.state.request_id = given if re.fullmatch(r"[A-Za-z0-9._-]{1,64}", given) else uuid.uuid4().hex
-        response = await call_next(request)
-        response.headers["X-Request-ID"] = request.state.request_id
-        return response
-
-    async def _read_images(request: Request) -> list[tuple[str, bytes]]:
-        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-            raise ProblemError(415, "send the images as multipart/form-data parts named 'images'")
-        try:
-            form = await request.form(max_files=settings.max_images + 1, max_fields=64)
-        except MultiPartException as exc:
-            if "Too many files" in str(exc):
-                raise ProblemError(413, f"too many images: at most {settings.max_images} per patient") from None
-            raise ProblemError(422, f"malformed multipart body: {exc}") from None
-        try:
-            files = [p for p in form.getlist("images") if isinstance(p, UploadFile)]
-            if not files:
-                raise ProblemError(422, "no images: send one or more multipart parts named 'images'")
-            if len(files) > settings.max_images:
-                raise ProblemError(413, f"too many images: {len(files)}, at most {settings.max_images} per patient")
-            return [(f.filename or f"image-{i}", await f.read()) for i, f in enumerate(files)]
-        finally:
-            await form.close()
+    install_request_id(app)
 
     @app.post("/patients/{patient_id}/classify", response_model=PatientReport, openapi_extra=MULTIPART_BODY,
               responses=REPORT_RESPONSES)
@@ -128,10 +138,11 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         """Classify one patient's images (parts named `images`) into a report."""
         state = request.app.state
         started = time.perf_counter()
-        status = 200
+        status, images, report = 200, None, None
         try:
+            authorize(request, "classify")
             _check_patient_id(patient_id)
-            images = await _read_images(request)
+            images = await read_image_parts(request, settings.max_images, per="patient")
             state.metrics.images.inc(len(images))
             try:
                 report = await state.classifier.classify(patient_id, images, request.state.request_id)
@@ -145,19 +156,42 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         except ProblemError as exc:
             status = exc.status
             raise
+        except asyncio.CancelledError:
+            status = 499  # the client went away; the work was cancelled, nothing was cached
+            raise
+        except Exception:
+            status = 500
+            raise
         finally:
             state.metrics.requests.labels("classify", str(status)).inc()
             state.metrics.latency.observe(time.perf_counter() - started)
+            state.audit.record(request_id=request.state.request_id, key_id=getattr(request.state, "key_id", None),
+                               patient_id=patient_id if PATIENT_ID.fullmatch(patient_id) else None,
+                               endpoint="classify", outcome=status, n_images=len(images) if images else None,
+                               prediction=report.prediction if report else None,
+                               models=report.models.model_dump() if report else None)
 
     @app.get("/patients/{patient_id}/classification", response_model=PatientReport, responses=REPORT_RESPONSES)
     async def latest_classification(request: Request, patient_id: str,
                                     include: str | None = Query(None, description="'cells' adds per-image labels")):
         """The latest report for this patient."""
-        _check_patient_id(patient_id)
-        report = await request.app.state.classifier.latest(patient_id)
-        if report is None:
-            raise ProblemError(404, f"no classification for patient {patient_id} (or it has expired)")
-        return _render(request, report, include == "cells")
+        status, report = 200, None
+        try:
+            authorize(request, "read")
+            _check_patient_id(patient_id)
+            report = await request.app.state.classifier.latest(patient_id)
+            if report is None:
+                raise ProblemError(404, f"no classification for patient {patient_id} (or it has expired)")
+            return _render(request, report, include == "cells")
+        except ProblemError as exc:
+            status = exc.status
+            raise
+        finally:
+            request.app.state.audit.record(
+                request_id=request.state.request_id, key_id=getattr(request.state, "key_id", None),
+                patient_id=patient_id if PATIENT_ID.fullmatch(patient_id) else None, endpoint="read",
+                outcome=status, prediction=report.prediction if report else None,
+                models=report.models.model_dump() if report else None)
 
     @app.get("/healthz", response_model=Health)
     async def healthz() -> Health:
@@ -177,6 +211,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics(request: Request) -> Response:
+        authorize(request, "read")
         return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/", include_in_schema=False)

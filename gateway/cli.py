@@ -1,6 +1,6 @@
 """aml-classify: batch re-analysis through the gateway.
 
-    aml-classify DIR [--out results.csv] [--gateway http://127.0.0.1:8000]
+    AML_API_KEY=... aml-classify DIR [--out results.csv] [--gateway http://127.0.0.1:8000]
 
 DIR holds one folder of images per patient (the folder name is the patient id). Each
 patient is sent to the gateway, one CSV row per patient is appended to --out (counts,
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import sys
 import time
 from pathlib import Path
@@ -82,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("aml_results.csv"))
     parser.add_argument("--gateway", default="http://127.0.0.1:8000")
     parser.add_argument("--timeout", type=float, default=600.0)
+    parser.add_argument("--api-key", default=os.environ.get("AML_API_KEY"),
+                        help="API key with the classify scope (default: $AML_API_KEY)")
     args = parser.parse_args(argv)
     if not args.directory.is_dir():
         parser.error(f"{args.directory} is not a directory")
@@ -92,7 +95,10 @@ def main(argv: list[str] | None = None) -> int:
     new_file = not args.out.exists()
     failures = 0
     started = time.monotonic()
-    with httpx.Client(base_url=args.gateway, timeout=args.timeout) as client, open(args.out, "a", newline="") as out:
+    if not args.api_key:
+        parser.error("an API key is needed: --api-key or AML_API_KEY")
+    headers = {"Authorization": f"Bearer {args.api_key}"}
+    with httpx.Client(base_url=args.gateway, timeout=args.timeout, headers=headers) as client, open(args.out, "a", newline="") as out:
         writer = csv.DictWriter(out, fieldnames=COLUMNS)
         if new_file:
             writer.writeheader()

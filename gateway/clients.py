@@ -62,8 +62,10 @@ async def _call(name: str, send, retries: int, backoff_s: float, request_id: str
 
 
 class _ServiceClient:
-    def __init__(self, base_url: str, timeout_s: float, backoff_s: float, max_connections: int = 32):
-        self._client = httpx.AsyncClient(base_url=base_url, timeout=timeout_s,
+    def __init__(self, base_url: str, timeout_s: float, backoff_s: float, internal_token: str | None = None,
+                 max_connections: int = 32):
+        headers = {"X-Internal-Token": internal_token} if internal_token else {}
+        self._client = httpx.AsyncClient(base_url=base_url, timeout=timeout_s, headers=headers,
                                          limits=httpx.Limits(max_connections=max_connections))
         self.backoff_s = backoff_s
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -25,3 +27,14 @@ class GatewaySettings(BaseSettings):
     retry_backoff_s: float = Field(0.2, ge=0, validation_alias=AliasChoices("RETRY_BACKOFF_S"))
     redis_timeout_s: float = Field(0.5, gt=0, validation_alias=AliasChoices("REDIS_TIMEOUT_S"))
     log_level: str = Field("info", validation_alias=AliasChoices("LOG_LEVEL"))
+    api_keys: str | None = Field(None, validation_alias=AliasChoices("API_KEYS"),
+                                 description="JSON list of key entries (python -m gateway.keys new)")
+    api_keys_file: Path | None = Field(None, validation_alias=AliasChoices("API_KEYS_FILE"))
+    rate_limit_per_minute: float = Field(600, gt=0, validation_alias=AliasChoices("RATE_LIMIT_PER_MINUTE"))
+    rate_limit_burst: int = Field(60, ge=1, validation_alias=AliasChoices("RATE_LIMIT_BURST"))
+    internal_token: str | None = Field(None, validation_alias=AliasChoices("INTERNAL_TOKEN"),
+                                       description="sent to the services as X-Internal-Token")
+    audit_log_path: Path | None = Field(None, validation_alias=AliasChoices("AUDIT_LOG_PATH"),
+                                        description="JSON-lines audit file; unset: stderr")
+    audit_hmac_key: str | None = Field(None, validation_alias=AliasChoices("AUDIT_HMAC_KEY"),
+                                       description="keys the patient-id hash in the audit log; unset: random")

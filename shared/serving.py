@@ -9,8 +9,9 @@ import uvicorn
 from fastapi import FastAPI
 
 
-def run(create_app: Callable[..., FastAPI], settings) -> None:
-    """``settings`` has host, port and log_level; uvicorn stops gracefully on SIGTERM/Ctrl-C."""
+def run(create_app: Callable[..., FastAPI], settings, access_log: bool = True) -> None:
+    """``settings`` has host, port and log_level; uvicorn stops gracefully on SIGTERM/Ctrl-C.
+    ``access_log=False`` where paths carry patient ids (the gateway: its audit log records requests)."""
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
-                timeout_graceful_shutdown=10)
+                timeout_graceful_shutdown=10, access_log=access_log)

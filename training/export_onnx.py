@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import keras
@@ -14,14 +13,6 @@ from shared.preprocessing import IMAGE_SIZE
 
 ONNX_INPUT_NAME = "image"
 ONNX_OPSET = 17
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def export(serving_model: keras.Model, path: Path) -> str:

@@ -9,7 +9,8 @@ import numpy as np
 
 from shared.preprocessing import IMAGE_SIZE
 from shared.vocabulary import CELL_TYPES, UNCLASSIFIED
-from training.export_onnx import ONNX_INPUT_NAME, ONNX_OPSET, sha256_of
+from shared.hashing import file_sha256
+from training.export_onnx import ONNX_INPUT_NAME, ONNX_OPSET
 
 MODEL_NAME = "aml-cell-resnet"
 ONNX_FILE = "cell_cnn.onnx"
@@ -32,7 +33,7 @@ def build_card(*, version, onnx_path: Path, output_name, temperature, threshold,
         "name": MODEL_NAME,
         "version": version,
         "file": onnx_path.name,
-        "sha256": sha256_of(onnx_path),
+        "sha256": file_sha256(onnx_path),
         "format": f"ONNX opset {ONNX_OPSET} (tf2onnx from Keras)",
         "input": {
             "name": ONNX_INPUT_NAME,

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
 from catboost import CatBoostClassifier
 from sklearn.ensemble import RandomForestClassifier
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import Pipeline
@@ -63,5 +65,7 @@ def to_onnx(name: str, model, n_features: int, path: Path) -> None:
 
 def fit_member(name: str, seed: int, x: np.ndarray, y: np.ndarray):
     model = make_member(name, seed)
-    model.fit(x, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # lbfgs at max_iter is the intended regularisation
+        model.fit(x, y)
     return model

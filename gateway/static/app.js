@@ -4,6 +4,9 @@
 
 const $ = (id) => document.getElementById(id);
 let chosen = [];
+// the key lives in this tab's sessionStorage only: gone when the tab closes
+$("api-key").value = sessionStorage.getItem("aml-api-key") || "";
+$("api-key").addEventListener("change", () => sessionStorage.setItem("aml-api-key", $("api-key").value.trim()));
 
 function updateSelection() {
   const files = [...$("images").files, ...$("folder").files].filter((f) => /\.(jpe?g|png|tiff?|bmp)$/i.test(f.name));
@@ -90,10 +93,14 @@ $("upload-form").addEventListener("submit", (event) => {
   const patient = $("patient-id").value.trim();
   if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(patient)) return showError("Invalid patient id.");
   if (!chosen.length) return showError("Choose at least one image.");
+  const key = $("api-key").value.trim();
+  if (!key) return showError("Enter your API key.");
+  sessionStorage.setItem("aml-api-key", key);
   const form = new FormData();
   chosen.forEach((f) => form.append("images", f, f.name));
   const xhr = new XMLHttpRequest();
   xhr.open("POST", `/patients/${encodeURIComponent(patient)}/classify?include=cells`);
+  xhr.setRequestHeader("X-API-Key", key);
   $("progress-box").hidden = false;
   $("submit").disabled = true;
   xhr.upload.onprogress = (e) => {

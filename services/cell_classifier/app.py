@@ -13,8 +13,6 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from PIL import Image
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.datastructures import UploadFile
-from starlette.formparsers import MultiPartException
 
 from services.cell_classifier.batcher import BatcherStopped, DynamicBatcher, QueueFull
 from services.cell_classifier.decoding import ImageRejected, decode_image
@@ -22,7 +20,10 @@ from services.cell_classifier.inference import CellModel
 from services.cell_classifier.metrics import CellMetrics
 from services.cell_classifier.settings import CellServiceSettings
 from shared.body_limit import BodySizeLimitMiddleware
-from shared.problems import ProblemError, install_problem_handlers, problem_response
+from shared.internal_auth import InternalTokenMiddleware
+from shared.request_id import install_request_id
+from shared.problems import ProblemError, install_problem_handlers
+from shared.uploads import read_image_parts
 from shared.schemas import (
     CellError,
     CellModelCard,
@@ -94,7 +95,9 @@ def create_app(settings: CellServiceSettings | None = None, model: CellModel | N
                   description="Labels single-cell blood smear images with one of 8 PBC cell types or unclassified.")
     app.state.settings = settings
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(InternalTokenMiddleware, token=settings.internal_token)
     install_problem_handlers(app)
+    install_request_id(app)
 
     @app.post("/v1/classify", response_model=ClassifyCellsResponse, openapi_extra=MULTIPART_BODY, responses=ERRORS)
     async def classify(request: Request) -> ClassifyCellsResponse:
@@ -110,33 +113,10 @@ def create_app(settings: CellServiceSettings | None = None, model: CellModel | N
         metrics.requests.labels("ok").inc()
         return response
 
-    async def _read_images(request: Request) -> list[tuple[str, bytes]]:
-        content_type = request.headers.get("content-type", "")
-        if not content_type.startswith("multipart/form-data"):
-            raise ProblemError(415, "send the images as multipart/form-data parts named 'images'")
-        try:
-            form = await request.form(max_files=settings.max_images + 1, max_fields=64)
-        except MultiPartException as exc:
-            if "Too many files" in str(exc):
-                raise ProblemError(413, f"too many images: at most {settings.max_images} per request") from None
-            raise ProblemError(422, f"malformed multipart body: {exc}") from None
-        try:
-            parts = form.getlist("images")
-            files = [part for part in parts if isinstance(part, UploadFile)]
-            if len(files) != len(parts):
-                raise ProblemError(422, "every 'images' part must be a file upload")
-            if not files:
-                raise ProblemError(422, "no images: send one or more multipart parts named 'images'")
-            if len(files) > settings.max_images:
-                raise ProblemError(413, f"too many images: {len(files)}, at most {settings.max_images} per request")
-            return [(part.filename or f"image-{i}", await part.read()) for i, part in enumerate(files)]
-        finally:
-            await form.close()
-
     async def _classify(request: Request, state) -> ClassifyCellsResponse:
         if not state.ready:
             raise ProblemError(503, "model is not loaded yet", headers={"Retry-After": str(settings.retry_after_s)})
-        uploads = await _read_images(request)
+        uploads = await read_image_parts(request, settings.max_images)
         loop = asyncio.get_running_loop()
         decoded = await asyncio.gather(
             *(loop.run_in_executor(state.decode_pool, _decode_upload, data, settings) for _, data in uploads),

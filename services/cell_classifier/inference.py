@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -11,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from shared.hashing import file_sha256
 from shared.preprocessing import IMAGE_SIZE
 from shared.vocabulary import CELL_TYPES, UNCLASSIFIED
 
@@ -20,14 +20,6 @@ CARD_FILE = "model_card.json"
 
 class ModelIntegrityError(RuntimeError):
     """The model file does not match its card."""
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def choose_providers(preference: str) -> list[str]:

@@ -33,3 +33,5 @@ class CellServiceSettings(BaseSettings):
                                    description="onnxruntime intra-op threads; 0 = one per core")
     retry_after_s: int = Field(1, ge=1, validation_alias=AliasChoices("CELL_RETRY_AFTER_S"))
     log_level: str = Field("info", validation_alias=AliasChoices("LOG_LEVEL"))
+    internal_token: str | None = Field(None, validation_alias=AliasChoices("INTERNAL_TOKEN"),
+                                       description="when set, every call but /healthz and /readyz must carry it")

@@ -14,6 +14,8 @@ from services.subtype.ensemble import SubtypeEnsemble
 from services.subtype.predictor import NoLeukocytes, SubtypePredictor
 from services.subtype.settings import SubtypeServiceSettings
 from shared.body_limit import BodySizeLimitMiddleware
+from shared.internal_auth import InternalTokenMiddleware
+from shared.request_id import install_request_id
 from shared.problems import ProblemError, install_problem_handlers
 from shared.schemas import Health, Problem, Readiness, SubtypeModelCard, SubtypePrediction, SubtypeRequest
 
@@ -49,7 +51,9 @@ def create_app(settings: SubtypeServiceSettings | None = None) -> FastAPI:
     app = FastAPI(title="AML subtype", version="1.0.0", lifespan=lifespan,
                   description="AML vs control, then the genetic subtype, from one patient's cell counts.")
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(InternalTokenMiddleware, token=settings.internal_token)
     install_problem_handlers(app)
+    install_request_id(app)
 
     def _predict(request: Request, endpoint: str, items: list[dict[str, int]]) -> list[SubtypePrediction]:
         state = request.app.state

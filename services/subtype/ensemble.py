@@ -14,6 +14,7 @@ import numpy as np
 import onnxruntime as ort
 
 from shared.differential import FEATURE_NAMES
+from shared.hashing import file_sha256
 
 CARD_FILE = "model_card.json"
 STAGES = ("aml_vs_control", "subtype")
@@ -21,10 +22,6 @@ STAGES = ("aml_vs_control", "subtype")
 
 class ModelIntegrityError(RuntimeError):
     """An artifact does not match the sha256 in its card."""
-
-
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def combined_sha256(member_hashes: list[str]) -> str:
@@ -83,8 +80,11 @@ class SubtypeEnsemble:
         return {"name": self.card["name"], "version": self.card["version"], "sha256": self.sha256}
 
     def stage_probabilities(self, stage: str, x: np.ndarray) -> np.ndarray:
-        members = self.stages[stage].values()
-        return np.mean([member.predict_proba(x) for member in members], axis=0)
+        """Soft vote of the stage's members, weighted as in the card."""
+        weights = self.card["stages"][stage].get("weights", {})
+        names = list(self.stages[stage])
+        return np.average([self.stages[stage][n].predict_proba(x) for n in names], axis=0,
+                          weights=[weights.get(n, 1.0) for n in names])
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """(n, features) -> (n, 5) probabilities in ``PATIENT_CLASSES`` order."""

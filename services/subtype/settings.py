@@ -19,3 +19,5 @@ class SubtypeServiceSettings(BaseSettings):
     max_batch_items: int = Field(1000, ge=1, validation_alias=AliasChoices("SUBTYPE_MAX_BATCH_ITEMS"))
     max_body_bytes: int = Field(5 * 1024 * 1024, ge=1, validation_alias=AliasChoices("SUBTYPE_MAX_BODY_BYTES"))
     log_level: str = Field("info", validation_alias=AliasChoices("LOG_LEVEL"))
+    internal_token: str | None = Field(None, validation_alias=AliasChoices("INTERNAL_TOKEN"),
+                                       description="when set, every call but /healthz and /readyz must carry it")

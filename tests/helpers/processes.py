@@ -88,7 +88,10 @@ def start_subtype_service(tmp_path: Path, **env: str) -> ServiceProcess:
 
 def start_gateway(tmp_path: Path, cell_url: str, subtype_url: str, redis_url: str | None = None,
                   ready_path: str = "/healthz", **env: str) -> ServiceProcess:
-    settings = {"CELL_URL": cell_url, "SUBTYPE_URL": subtype_url, "REDIS_URL": redis_url or "", **env}
+    from tests.helpers.keys import API_KEYS_JSON
+
+    settings = {"CELL_URL": cell_url, "SUBTYPE_URL": subtype_url, "REDIS_URL": redis_url or "",
+                "API_KEYS": API_KEYS_JSON, **env}
     port = free_port()
     settings.update({"GATEWAY_HOST": "127.0.0.1", "GATEWAY_PORT": str(port)})
     return ServiceProcess("gateway", settings, port, tmp_path / f"gateway-{port}.log").start(ready_path)

@@ -1,12 +1,14 @@
 """aml-classify against a real gateway: one CSV row per patient, resumes where it stopped."""
 
 import csv
+import os
 import subprocess
 import sys
 
 import pytest
 
 from tests.helpers.images import fullsize_images
+from tests.helpers.keys import CLASSIFY_KEY
 from tests.helpers.processes import REPO_ROOT, start_gateway
 
 pytestmark = pytest.mark.integration
@@ -14,7 +16,7 @@ pytestmark = pytest.mark.integration
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "gateway.cli", *args], cwd=REPO_ROOT, capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=300, env={**os.environ, "AML_API_KEY": CLASSIFY_KEY})
 
 
 def test_batch_reanalysis_and_resume(tmp_path, cell_service, subtype_service):

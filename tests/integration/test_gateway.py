@@ -12,6 +12,7 @@ from PIL import Image
 from shared.subtypes import PATIENT_CLASSES
 from shared.vocabulary import CELL_LABELS
 from tests.helpers.images import encode, fullsize_images, png_bomb
+from tests.helpers.keys import AUTH
 from tests.helpers.processes import free_port, start_gateway
 
 pytestmark = pytest.mark.integration
@@ -30,9 +31,15 @@ def originals() -> list[tuple[str, bytes]]:
     return [(path.name, path.read_bytes()) for _, path in fullsize_images()]
 
 
-def post_patient(url: str, patient: str, files: list[tuple[str, bytes]], **kwargs) -> httpx.Response:
+def post_patient(url: str, patient: str, files: list[tuple[str, bytes]], headers: dict | None = None,
+                 **kwargs) -> httpx.Response:
     parts = [("images", (name, data, "image/jpeg")) for name, data in files]
-    return httpx.post(f"{url}/patients/{patient}/classify", files=parts, timeout=120, **kwargs)
+    return httpx.post(f"{url}/patients/{patient}/classify", files=parts, timeout=120,
+                      headers={**AUTH, **(headers or {})}, **kwargs)
+
+
+def get(url: str, headers: dict | None = None) -> httpx.Response:
+    return httpx.get(url, headers={**AUTH, **(headers or {})}, timeout=10)
 
 
 def cell_images_seen(cell_url: str) -> float:
@@ -81,9 +88,9 @@ def test_known_images_are_not_classified_twice(gateway, cell_service, originals)
 
 def test_latest_report_and_404(gateway, originals):
     post_patient(gateway.url, "P-latest", originals[:16])
-    latest = httpx.get(f"{gateway.url}/patients/P-latest/classification", timeout=10)
+    latest = get(f"{gateway.url}/patients/P-latest/classification")
     assert latest.status_code == 200 and latest.json()["n_images"] == 16
-    missing = httpx.get(f"{gateway.url}/patients/P-nobody/classification", timeout=10)
+    missing = get(f"{gateway.url}/patients/P-nobody/classification")
     assert missing.status_code == 404
     assert missing.headers["content-type"].startswith("application/problem+json")
     assert "P-nobody" in missing.json()["detail"]
@@ -105,7 +112,7 @@ def test_fhir_diagnostic_report_validates(gateway, originals):
     assert resource.conclusion
     devices = [r for r in resource.contained if r.get_resource_type() == "Device"]
     assert len(devices) == 2
-    latest = httpx.get(f"{gateway.url}/patients/P-fhir/classification", headers=headers, timeout=10)
+    latest = get(f"{gateway.url}/patients/P-fhir/classification", headers)
     assert DiagnosticReport.model_validate(latest.json()).subject.identifier.value == "P-fhir"
 
 
@@ -126,9 +133,10 @@ def test_invalid_patient_ids(gateway, originals, patient):
 
 
 def test_request_errors(gateway, originals):
-    not_multipart = httpx.post(f"{gateway.url}/patients/P1/classify", json={}, timeout=10)
+    not_multipart = httpx.post(f"{gateway.url}/patients/P1/classify", json={}, headers=AUTH, timeout=10)
     assert not_multipart.status_code == 415
-    no_images = httpx.post(f"{gateway.url}/patients/P1/classify", files=[("x", ("a", b"1"))], timeout=10)
+    no_images = httpx.post(f"{gateway.url}/patients/P1/classify", files=[("x", ("a", b"1"))], headers=AUTH,
+                           timeout=10)
     assert no_images.status_code == 422
     too_many = post_patient(gateway.url, "P1", [(f"{i}.jpg", originals[0][1]) for i in range(81)])
     assert too_many.status_code == 413
@@ -147,7 +155,7 @@ def test_services_down_give_503_and_cache_nothing(tmp_path, subtype_service, cel
         assert response.status_code == 503
         assert response.headers["content-type"].startswith("application/problem+json")
         assert "cell service" in response.json()["detail"]
-        assert httpx.get(f"{no_cells.url}/patients/P-down/classification", timeout=10).status_code == 404
+        assert get(f"{no_cells.url}/patients/P-down/classification").status_code == 404
         ready = httpx.get(f"{no_cells.url}/readyz", timeout=10)
         assert ready.status_code == 503 and ready.json()["checks"]["cell"] is False
     finally:
@@ -182,8 +190,30 @@ def test_health_metrics_docs_and_page(gateway):
     assert httpx.get(f"{gateway.url}/healthz", timeout=10).json() == {"status": "ok"}
     ready = httpx.get(f"{gateway.url}/readyz", timeout=10).json()
     assert ready["ready"] is True and ready["checks"]["cell"] and ready["checks"]["subtype"]
-    assert "gateway_requests_total" in httpx.get(f"{gateway.url}/metrics", timeout=10).text
+    assert "gateway_requests_total" in get(f"{gateway.url}/metrics").text
     assert httpx.get(f"{gateway.url}/docs", timeout=10).status_code == 200
     page = httpx.get(f"{gateway.url}/", timeout=10)
     assert page.status_code == 200 and "AML classifier" in page.text
     assert "http" not in re.sub(r"http://www\.w3\.org/2000/svg", "", httpx.get(f"{gateway.url}/static/app.js").text)
+
+
+def test_timeout_wrong_upstream_and_body_limit(tmp_path, cell_service, subtype_service, originals):
+    slow = start_gateway(tmp_path, cell_service.url, subtype_service.url, CELL_TIMEOUT_S="0.001",
+                         RETRY_BACKOFF_S="0.01", GATEWAY_MAX_BODY_BYTES="300000")
+    try:
+        timed_out = post_patient(slow.url, "P-slow", [(f"t{i}-{n}", d) for i, (n, d) in enumerate(originals[:4])])
+        assert timed_out.status_code == 504, timed_out.text
+        assert "did not answer in time" in timed_out.json()["detail"]
+        too_big = post_patient(slow.url, "P-big", [("big.jpg", originals[0][1] + b"\0" * 400_000)])
+        assert too_big.status_code == 413
+        assert too_big.headers["content-type"].startswith("application/problem+json")
+    finally:
+        slow.stop()
+    # a "cell service" that is something else answers 404 to /v1/classify: a bad gateway, not a 500
+    wrong = start_gateway(tmp_path, subtype_service.url, subtype_service.url)
+    try:
+        response = post_patient(wrong.url, "P-wrong", originals[:2])
+        assert response.status_code == 502
+        assert response.headers["content-type"].startswith("application/problem+json")
+    finally:
+        wrong.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 
 import httpx
@@ -37,7 +38,7 @@ def test_predict_one_patient(service):
     assert body["prediction"] in PATIENT_CLASSES and body["prediction"] != "control"
     assert body["aml_probability"] > 0.9
     assert body["model"]["name"] == "aml-subtype-ensemble" and len(body["model"]["sha256"]) == 64
-    assert body["features"]["frac_unclassified"] == pytest.approx(0.65)
+    assert body["features"]["log_frac_unclassified"] == pytest.approx(math.log(0.65 + 0.005))
     assert body["warnings"] == []
 
     control = predict(service.url, {"counts": CONTROL_LIKE}).json()

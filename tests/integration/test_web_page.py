@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.images import fullsize_images
+from tests.helpers.keys import CLASSIFY_KEY
 from tests.helpers.processes import REPO_ROOT, start_gateway
 
 pytestmark = pytest.mark.integration
@@ -46,6 +47,7 @@ def test_upload_images_and_see_the_result(browser, gateway):
     page.on("request", lambda r: outside.append(r.url) if not r.url.startswith((gateway.url, "blob:", "data:")) else None)
     page.goto(gateway.url + "/")
     page.fill("#patient-id", "WEB-001")
+    page.fill("#api-key", CLASSIFY_KEY)
     page.set_input_files("#images", [str(path) for _, path in fullsize_images()[::2]])
     assert "32 image(s) selected" in page.inner_text("#selection")
     page.click("#submit")
@@ -60,7 +62,13 @@ def test_upload_images_and_see_the_result(browser, gateway):
     page.screenshot(path=str(ARTIFACTS / "web_page.png"), full_page=True)
     assert outside == [], "the page loads nothing from outside the gateway"
 
+    assert page.evaluate("sessionStorage.getItem('aml-api-key')") == CLASSIFY_KEY
     page.fill("#patient-id", "../bad")
     page.click("#submit")
     assert "Invalid patient id" in page.inner_text("#error")
+    page.fill("#patient-id", "WEB-002")
+    page.fill("#api-key", "aml_wrong_" + "x" * 40)
+    page.click("#submit")
+    page.wait_for_selector("#error:not([hidden])")
+    assert "401" in page.inner_text("#error")
     page.close()

@@ -29,6 +29,17 @@ def run(coro):
     return asyncio.run(coro)
 
 
+def gated(handler: Recorder) -> tuple[threading.Event, object]:
+    """A handler that blocks until the returned event is set (to hold a batch in flight)."""
+    gate = threading.Event()
+
+    def slow(batch):
+        gate.wait(5)
+        return handler(batch)
+
+    return gate, slow
+
+
 def test_results_come_back_in_order_per_request():
     async def main():
         handler = Recorder()
@@ -81,13 +92,8 @@ def test_zero_delay_runs_without_waiting():
 
 def test_full_queue_refuses_whole_request():
     async def main():
-        gate = threading.Event()
         handler = Recorder()
-
-        def slow(batch):
-            gate.wait(5)
-            return handler(batch)
-
+        gate, slow = gated(handler)
         batcher = DynamicBatcher(slow, max_batch=2, max_delay_s=0.0, max_queue=4)
         batcher.start()
         running = asyncio.create_task(batcher.submit(np.array([1, 2])))  # taken by the handler
@@ -123,13 +129,8 @@ def test_failing_batch_fails_only_its_requests():
 
 def test_cancelled_request_is_not_computed():
     async def main():
-        gate = threading.Event()
         handler = Recorder()
-
-        def slow(batch):
-            gate.wait(5)
-            return handler(batch)
-
+        gate, slow = gated(handler)
         batcher = DynamicBatcher(slow, max_batch=1, max_delay_s=0.0, max_queue=100)
         batcher.start()
         first = asyncio.create_task(batcher.submit(np.array([1])))

@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from services.cell_classifier.inference import CellModel, ModelIntegrityError, file_sha256
+from services.cell_classifier.inference import CellModel, ModelIntegrityError
+from shared.hashing import file_sha256
 from services.cell_classifier.settings import DEFAULT_MODEL_DIR
 from shared.vocabulary import CELL_TYPES
 

@@ -4,7 +4,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.differential import FEATURE_NAMES, LEUKOCYTE_TYPES, expert_counts, features, per_100_leukocytes
+from shared.differential import (
+    FEATURE_NAMES, LEUKOCYTE_TYPES, PSEUDO_FRACTION, expert_counts, features, per_100_leukocytes,
+)
 
 ROW = {  # patient AQK of expert_differentials.csv, with pb_lymph_atyp_neopl empty
     "pb_myeloblast": "23", "pb_promyelocyte": "1", "pb_myelocyte": "2", "pb_metamyelocyte": "3",
@@ -24,12 +26,13 @@ def test_expert_columns_map_to_the_vocabulary():
     assert counts["erythroblast"] == counts["platelet"] == 0
 
 
-def test_features_are_fractions_and_centred_log_ratios():
+def test_features_are_log_fractions_of_leukocytes():
     f = features({"neutrophil": 30, "lymphocyte": 10, "unclassified": 60, "platelet": 500})
     assert list(f) == list(FEATURE_NAMES)
-    assert sum(f[f"frac_{t}"] for t in LEUKOCYTE_TYPES) == pytest.approx(1.0)
-    assert f["frac_unclassified"] == pytest.approx(0.6), "platelets are not leukocytes"
-    assert sum(f[f"clr_{t}"] for t in LEUKOCYTE_TYPES) == pytest.approx(0.0, abs=1e-9)
+    fractions = {t: math.exp(f[f"log_frac_{t}"]) - PSEUDO_FRACTION for t in LEUKOCYTE_TYPES}
+    assert sum(fractions.values()) == pytest.approx(1.0)
+    assert fractions["unclassified"] == pytest.approx(0.6), "platelets are not leukocytes"
+    assert fractions["basophil"] == pytest.approx(0.0, abs=1e-12)
 
 
 def test_features_do_not_depend_on_how_many_cells_were_counted():

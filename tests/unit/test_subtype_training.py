@@ -25,7 +25,8 @@ def test_short_subtype_training_run(tmp_path):
     assert card["version"] == "smoke"
     assert card["training"]["onnx_vs_native_max_abs_difference"] < 1e-3
     cv = card["cross_validation"]["expert_counts"]
-    assert set(cv) == {"xgboost", "catboost", "random_forest", "neural_net", "logistic_regression", "ensemble"}
+    assert set(cv) == {"xgboost", "catboost", "random_forest", "neural_net", "logistic_regression",
+                       "ensemble_equal_weights", "ensemble"}
     assert (docs / "subtype_model.md").is_file() and (docs / "subtype_confusion_matrix.png").is_file()
     answer = SubtypePredictor(SubtypeEnsemble(out)).predict_many([{"neutrophil": 50, "unclassified": 50}])[0]
     assert sum(answer.probabilities.values()) == pytest.approx(1.0)

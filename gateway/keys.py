@@ -1,0 +1,35 @@
+"""python -m gateway.keys new --id lab1 --scopes classify,read
+
+Prints a new API key (give it to the client; it is not stored anywhere) and the entry to add
+to the gateway's API_KEYS (JSON list) or API_KEYS_FILE. Rotating a key: add the new entry,
+hand out the new key, then remove the old entry.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from gateway.security import SCOPES, new_key
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m gateway.keys", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    create = sub.add_parser("new", help="create a key")
+    create.add_argument("--id", required=True, help="key id, e.g. the client's name (1-32 letters, digits, -)")
+    create.add_argument("--scopes", default="classify,read", help=f"comma-separated, from {sorted(SCOPES)}")
+    args = parser.parse_args(argv)
+    try:
+        key, entry = new_key(args.id, {s.strip() for s in args.scopes.split(",") if s.strip()})
+    except ValueError as exc:
+        parser.error(str(exc))
+    print(f"key:   {key}")
+    print(f"entry: {json.dumps(entry)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""Keys, scopes, rate limits, the internal token, the audit log, request ids."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from tests.helpers.images import fullsize_images
+from tests.helpers.keys import AUTH, CLASSIFY_KEY, READ_ONLY_KEY
+from tests.helpers.processes import start_cell_service, start_gateway, start_subtype_service
+
+pytestmark = pytest.mark.integration
+TOKEN = "internal-test-token-0123456789"
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    """Services that demand the internal token, and a gateway that has it and writes an audit file."""
+    tmp = tmp_path_factory.mktemp("secure")
+    cell = start_cell_service(tmp, INTERNAL_TOKEN=TOKEN)
+    subtype = start_subtype_service(tmp, INTERNAL_TOKEN=TOKEN)
+    audit = tmp / "audit" / "audit.jsonl"
+    gateway = start_gateway(tmp, cell.url, subtype.url, INTERNAL_TOKEN=TOKEN, AUDIT_LOG_PATH=str(audit),
+                            AUDIT_HMAC_KEY="audit-key", RATE_LIMIT_PER_MINUTE="6000", RATE_LIMIT_BURST="100")
+    yield {"cell": cell, "subtype": subtype, "gateway": gateway, "audit": audit}
+    for process in (gateway, subtype, cell):
+        process.stop()
+
+
+def classify(url: str, headers: dict, patient: str = "SEC-1", n: int = 8) -> httpx.Response:
+    files = [("images", (p.name, p.read_bytes(), "image/jpeg")) for _, p in fullsize_images()[:n]]
+    return httpx.post(f"{url}/patients/{patient}/classify", files=files, headers=headers, timeout=120)
+
+
+def test_no_key_wrong_key_wrong_scope(stack):
+    url = stack["gateway"].url
+    missing = classify(url, {})
+    assert missing.status_code == 401
+    assert missing.headers["www-authenticate"].startswith("Bearer")
+    assert missing.headers["content-type"].startswith("application/problem+json")
+    assert classify(url, {"Authorization": "Bearer " + CLASSIFY_KEY[:-2] + "xx"}).status_code == 401
+    assert classify(url, {"X-API-Key": "aml_nobody_" + "a" * 43}).status_code == 401
+    read_only = classify(url, {"X-API-Key": READ_ONLY_KEY})
+    assert read_only.status_code == 403 and "classify" in read_only.json()["detail"]
+    assert httpx.get(f"{url}/patients/SEC-none/classification", headers={"X-API-Key": READ_ONLY_KEY},
+                     timeout=10).status_code == 404
+    assert httpx.get(f"{url}/patients/SEC-none/classification", timeout=10).status_code == 401
+    assert httpx.get(f"{url}/metrics", timeout=10).status_code == 401
+    for open_path in ("/healthz", "/readyz", "/"):
+        assert httpx.get(url + open_path, timeout=10).status_code == 200
+
+
+def test_internal_services_refuse_direct_calls(stack):
+    cell, subtype = stack["cell"].url, stack["subtype"].url
+    image = fullsize_images()[0][1].read_bytes()
+    direct = httpx.post(f"{cell}/v1/classify", files=[("images", ("a.jpg", image))], timeout=10)
+    assert direct.status_code == 401
+    assert httpx.post(f"{subtype}/v1/predict", json={"counts": {"neutrophil": 1}}, timeout=10).status_code == 401
+    assert httpx.get(f"{cell}/readyz", timeout=10).status_code == 200
+    with_token = httpx.post(f"{cell}/v1/classify", files=[("images", ("a.jpg", image))],
+                            headers={"X-Internal-Token": TOKEN, "X-Request-ID": "trace-42"}, timeout=30)
+    assert with_token.status_code == 200 and with_token.headers["x-request-id"] == "trace-42"
+
+
+def test_audit_log_and_request_id(stack):
+    response = classify(stack["gateway"].url, {**AUTH, "X-Request-ID": "audit-req-1"}, patient="SEC-AUDIT-77")
+    assert response.status_code == 200
+    assert response.headers["x-request-id"] == "audit-req-1"
+    lines = [json.loads(line) for line in stack["audit"].read_text().splitlines()]
+    entry = next(e for e in lines if e["request_id"] == "audit-req-1")
+    assert entry["key_id"] == "tests" and entry["outcome"] == 200 and entry["n_images"] == 8
+    assert entry["prediction"] == response.json()["prediction"]
+    assert set(entry["models"]) == {"cell", "subtype"}
+    assert len(entry["patient"]) == 32
+    raw = stack["audit"].read_text() + stack["gateway"].log_tail(200_000)
+    assert "SEC-AUDIT-77" not in raw, "no raw patient id in the audit or the gateway's logs"
+    assert CLASSIFY_KEY not in raw and CLASSIFY_KEY.rsplit("_", 1)[1] not in raw
+    refused = [e for e in lines if e["outcome"] == 401]
+    assert refused and all(e["key_id"] is None for e in refused)
+
+
+def test_rate_limit_per_key(tmp_path, cell_service, subtype_service):
+    gateway = start_gateway(tmp_path, cell_service.url, subtype_service.url, RATE_LIMIT_PER_MINUTE="6",
+                            RATE_LIMIT_BURST="2")
+    try:
+        url = f"{gateway.url}/patients/RL-1/classification"
+        statuses = [httpx.get(url, headers=AUTH, timeout=10).status_code for _ in range(3)]
+        assert statuses[:2] == [404, 404]
+        limited = httpx.get(url, headers=AUTH, timeout=10)
+        assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
+        other_key = httpx.get(url, headers={"X-API-Key": READ_ONLY_KEY}, timeout=10)
+        assert other_key.status_code == 404, "limits are per key"
+    finally:
+        gateway.stop()
