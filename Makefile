@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 PYTHON  := $(BIN)/python
 DATA    ?= ../shared/data
 
-.PHONY: help setup setup-train test test-fast run cell-service subtype-service train-cells train-subtype bench bench-cells bench-subtype bench-gateway load-cells gateway clean
+.PHONY: help setup setup-train test test-fast run cell-service subtype-service train-cells train-subtype bench bench-cells bench-subtype bench-gateway load load-cells gateway clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -55,8 +55,11 @@ bench-subtype: ## p50/p99 latency of one-patient subtype requests
 bench-gateway: ## one 500-image patient through the gateway, cold and warm, vs in-process
 	$(PYTHON) -m bench.bench_gateway
 
+load: ## locust scenarios at 1, 8, 32, 64 users; writes docs/load_report.md (a few minutes)
+	$(PYTHON) -m bench.load_report
+
 load-cells: ## headless locust run against a cell service on 127.0.0.1:8001 (bounded)
-	$(BIN)/locust -f tests/load/locustfile.py --headless --host http://127.0.0.1:8001 -u 32 -r 8 -t 60s --only-summary
+	$(BIN)/locust -f tests/load/locustfile.py CellClient --headless --host http://127.0.0.1:8001 -u 32 -r 8 -t 60s --only-summary
 
 clean:
 	rm -rf .cache .pytest_cache artifacts

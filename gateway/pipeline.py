@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import math
+import time
 from datetime import datetime, timezone
 
 from gateway.cache import Cache
@@ -16,6 +18,7 @@ from shared.schemas import PatientReport
 from shared.vocabulary import CELL_LABELS, CELL_TYPES, UNCLASSIFIED
 
 log = logging.getLogger("gateway.pipeline")
+MODELS_RECHECK_S = 30.0
 
 
 def latest_key(patient_id: str) -> str:
@@ -35,13 +38,15 @@ class PatientClassifier:
         self.chunk_size = chunk_size
         self.chunk_concurrency = chunk_concurrency
         self._models: dict[str, dict[str, str]] = {}
+        self._models_checked = -math.inf
 
     async def models(self) -> dict[str, dict[str, str]]:
-        """Names, versions and hashes of the models behind the services (asked once, then kept)."""
-        if "cell" not in self._models:
-            self._models["cell"] = _models_info(await self.cells.model())
-        if "subtype" not in self._models:
-            self._models["subtype"] = _models_info(await self.subtype.model())
+        """Names, versions and hashes of the models behind the services, asked again every
+        ``MODELS_RECHECK_S`` so that an upgraded service never gets a stale cached report."""
+        if time.monotonic() - self._models_checked > MODELS_RECHECK_S or len(self._models) < 2:
+            cell, subtype = await asyncio.gather(self.cells.model(), self.subtype.model())
+            self._models = {"cell": _models_info(cell), "subtype": _models_info(subtype)}
+            self._models_checked = time.monotonic()
         return self._models
 
     async def _classify_missing(self, missing: list[tuple[str, str, bytes]], request_id: str) -> dict[str, dict]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import Request
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
+from starlette.requests import ClientDisconnect
 
 from shared.problems import ProblemError
 
@@ -19,6 +20,9 @@ async def read_image_parts(request: Request, max_images: int, per: str = "reques
         raise ProblemError(415, "send the images as multipart/form-data parts named 'images'")
     try:
         form = await request.form(max_files=max_images + 1, max_fields=64)
+    except ClientDisconnect:
+        raise ProblemError(400, "the client disconnected during the upload; nothing was processed",
+                           title="Client Closed Request") from None
     except MultiPartException as exc:
         if "Too many files" in str(exc):
             raise ProblemError(413, f"too many images: at most {max_images} per {per}") from None

@@ -7,6 +7,7 @@ training model, so the exported network holds no random ops.
 from __future__ import annotations
 
 import math
+import time
 
 import keras
 import tensorflow as tf
@@ -130,3 +131,26 @@ def build_serving_model(network: keras.Model, temperature: float) -> keras.Model
     logits = network(keras.ops.cast(inputs, "float32"))
     probabilities = layers.Softmax(name="probabilities")(logits / temperature)
     return keras.Model(inputs, probabilities, name="cell_resnet_serving")
+
+
+class EpochClock(keras.callbacks.Callback):
+    """Records each epoch's duration and stops training when one more epoch (plus ~2 minutes for
+    evaluation and export) would overrun the time budget counted from ``started``."""
+
+    def __init__(self, started: float, budget_s: float):
+        super().__init__()
+        self.started = started
+        self.budget_s = budget_s
+        self.epoch_seconds: list[float] = []
+        self.stopped = False
+        self._epoch_started = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epoch_seconds.append(time.perf_counter() - self._epoch_started)
+        if time.perf_counter() - self.started + max(self.epoch_seconds) + 120.0 > self.budget_s:
+            print(f"time budget: stopping after epoch {epoch + 1}", flush=True)
+            self.stopped = True
+            self.model.stop_training = True

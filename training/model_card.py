@@ -118,7 +118,9 @@ def _markdown(card: dict) -> str:
         f"- Data: {card['data']['training']}; stratified split with seed {t['split_seed']}: "
         f"{t['n_train']} train / {t['n_validation']} validation / {t['n_test']} test images"
         + (f" (smoke run, {t['per_class_limit']} per class)" if t["per_class_limit"] else ""),
-        f"- {t['epochs']} epochs, batch {t['batch_size']}, AdamW (weight decay 0.05, EMA of weights), cosine "
+        f"- {t.get('epochs_run', t['epochs'])} of {t['epochs']} planned epochs"
+        + (" (stopped by the time budget)" if t.get("stopped_by_time_budget") else "")
+        + f", batch {t['batch_size']}, AdamW (weight decay 0.05, EMA of weights), cosine "
         f"schedule with warm-up to {t['peak_learning_rate']}, class weights {t['class_weight']}",
         "- Augmentation: any rotation, flips, scale jitter 0.75-1.45x, translation, per-channel stain gain, "
         "brightness/contrast/saturation/hue jitter, random Gaussian blur, sensor noise",

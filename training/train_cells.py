@@ -1,6 +1,6 @@
 """Train the cell CNN on PBC, calibrate it, evaluate it and export it to ONNX.
 
-    python -m training.train_cells [--epochs 30] [--out services/cell_classifier/model]
+    python -m training.train_cells [--epochs 22] [--out services/cell_classifier/model]
 
 Writes into ``--out``: ``cell_cnn.onnx`` (served), ``cell_cnn.keras`` (the network, for
 the Keras/ONNX agreement test), ``model_card.json``, ``MODEL_CARD.md`` and
@@ -26,7 +26,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", type=Path, default=None, help="PBC folder (default ../shared/data/pbc)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--epochs", type=int, default=22)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--per-class-limit", type=int, default=None, help="use only N images per class (smoke runs)")
@@ -34,6 +34,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--version", default="1.0.0")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--verbose", type=int, default=1, help="Keras progress: 1 bar, 2 line per epoch")
+    parser.add_argument("--time-budget-min", type=float, default=57.0,
+                        help="stop after the epoch that would leave too little time to finish within this")
     return parser.parse_args(argv)
 
 
@@ -76,9 +78,11 @@ def main(argv: list[str] | None = None) -> dict:
     )
     print(f"network: {network.count_params():,} parameters, input {IMAGE_SIZE}x{IMAGE_SIZE} uint8", flush=True)
     fit_started = time.perf_counter()
+    budget = cnn.EpochClock(started, args.time_budget_min * 60.0)
     history = training_model.fit(
         train.images, train.labels, batch_size=args.batch_size, epochs=args.epochs,
         validation_data=(val.images, val.labels), class_weight=class_weight, shuffle=True, verbose=args.verbose,
+        callbacks=[budget],
     )
     fit_seconds = time.perf_counter() - fit_started
     # AdamW(use_ema=True) swaps in the averaged weights at the end of fit().
@@ -132,6 +136,9 @@ def main(argv: list[str] | None = None) -> dict:
             "class_weight": {names[i]: round(w, 4) for i, w in class_weight.items()},
             "parameters": int(network.count_params()),
             "fit_seconds": round(fit_seconds, 1),
+            "epoch_seconds": [round(t, 1) for t in budget.epoch_seconds],
+            "epochs_run": len(budget.epoch_seconds),
+            "stopped_by_time_budget": budget.stopped,
             "total_seconds": round(seconds, 1),
             "machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPU cores, tensorflow {tf.__version__}",
             "history": {k: [round(float(v), 4) for v in vals] for k, vals in history.history.items()},

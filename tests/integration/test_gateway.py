@@ -217,3 +217,46 @@ def test_timeout_wrong_upstream_and_body_limit(tmp_path, cell_service, subtype_s
         assert response.headers["content-type"].startswith("application/problem+json")
     finally:
         wrong.stop()
+
+
+def test_path_and_header_abuse(gateway, originals):
+    long_id = post_patient(gateway.url, "A" * 10_000, originals[:1])
+    assert long_id.status_code in (414, 422, 431)
+    unicode_id = post_patient(gateway.url, "患者-1", originals[:1])
+    assert unicode_id.status_code == 422
+    dotted = httpx.post(f"{gateway.url}/patients/..%2F..%2Fetc/classify", headers=AUTH, timeout=10,
+                        files=[("images", ("a.jpg", originals[0][1]))])
+    assert dotted.status_code in (404, 422)
+    wrong_type = httpx.post(f"{gateway.url}/patients/P1/classify", content=b"<xml/>", timeout=10,
+                            headers={**AUTH, "content-type": "application/xml"})
+    assert wrong_type.status_code == 415
+    bad_boundary = httpx.post(f"{gateway.url}/patients/P1/classify", content=b"--x\r\nnonsense", timeout=10,
+                              headers={**AUTH, "content-type": "multipart/form-data; boundary=y"})
+    assert bad_boundary.status_code in (400, 422)
+    duplicates = post_patient(gateway.url, "P-dupes", [("same.jpg", d) for _, d in originals[:3]],
+                              params={"include": "cells"})
+    assert duplicates.status_code == 200
+    cells = duplicates.json()["cells"]
+    assert [c["filename"] for c in cells] == ["same.jpg"] * 3
+    assert len({c["sha256"] for c in cells}) == 3
+    odd_request_id = post_patient(gateway.url, "P-rid", originals[:1], headers={"X-Request-ID": "../!" * 40})
+    assert odd_request_id.status_code == 200
+    assert re.fullmatch(r"[0-9a-f]{32}", odd_request_id.headers["x-request-id"]), "a malformed id is replaced"
+
+
+def test_thousands_of_tiny_images(tmp_path, cell_service, subtype_service):
+    big = start_gateway(tmp_path, cell_service.url, subtype_service.url)
+    try:
+        tiny = [(f"t{i}.png", encode(Image.new("RGB", (2, 2), (i % 256, (i // 256) % 256, 120)), "PNG"))
+                for i in range(2000)]
+        response = post_patient(big.url, "P-tiny", tiny)
+        if response.status_code == 422:  # the CNN may see no white cell in 2x2 pixels at all
+            assert "no leukocytes among the 2000 images" in response.json()["detail"]
+        else:
+            assert response.status_code == 200, response.text[:300]
+            report = response.json()
+            assert report["n_images"] == 2000 and sum(report["cell_counts"].values()) + report["n_failed"] == 2000
+        too_many = post_patient(big.url, "P-tiny", tiny + tiny[:1])
+        assert too_many.status_code == 413
+    finally:
+        big.stop()

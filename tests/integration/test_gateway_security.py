@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import socket
+import time
+from urllib.parse import urlparse
 
 import httpx
 import pytest
@@ -94,3 +97,24 @@ def test_rate_limit_per_key(tmp_path, cell_service, subtype_service):
         assert other_key.status_code == 404, "limits are per key"
     finally:
         gateway.stop()
+
+
+def test_client_disconnect_mid_upload(stack):
+    gateway = urlparse(stack["gateway"].url)
+    body_start = b"--b\r\nContent-Disposition: form-data; name=\"images\"; filename=\"a.jpg\"\r\n\r\n" + b"\xff" * 5000
+    head = (f"POST /patients/SEC-GONE/classify HTTP/1.1\r\nHost: {gateway.hostname}\r\n"
+            f"X-API-Key: {CLASSIFY_KEY}\r\nX-Request-ID: gone-1\r\n"
+            "Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 10000000\r\n\r\n").encode()
+    with socket.create_connection((gateway.hostname, gateway.port), timeout=10) as sock:
+        sock.sendall(head + body_start)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        lines = [json.loads(line) for line in stack["audit"].read_text().splitlines()]
+        gone = [e for e in lines if e["request_id"] == "gone-1"]
+        if gone:
+            break
+        time.sleep(0.1)
+    assert gone and gone[0]["outcome"] == 400 and gone[0]["n_images"] is None
+    assert httpx.get(f"{stack['gateway'].url}/patients/SEC-GONE/classification", headers=AUTH,
+                     timeout=10).status_code == 404
+    assert httpx.get(f"{stack['gateway'].url}/readyz", timeout=10).status_code == 200
