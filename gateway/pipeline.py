@@ -11,7 +11,7 @@ import time
 from datetime import datetime, timezone
 
 from gateway.cache import Cache
-from gateway.clients import CellServiceClient, SubtypeServiceClient, UpstreamError
+from gateway.clients import CellServiceClient, SubtypeServiceClient, UpstreamError, UpstreamRejected
 from shared.differential import LEUKOCYTE_TYPES
 from shared.problems import ProblemError
 from shared.schemas import PatientReport
@@ -62,10 +62,12 @@ class PatientClassifier:
         try:
             async with asyncio.TaskGroup() as group:
                 tasks = [group.create_task(run(chunk)) for chunk in chunks]
-        except* UpstreamError as failures:
+        except* (UpstreamError, UpstreamRejected) as failures:
             raise failures.exceptions[0] from None
         for task in tasks:
             chunk, body = task.result()
+            if not isinstance(body, dict) or not isinstance(body.get("results"), list) or "model" not in body:
+                raise UpstreamError(502, "cell service returned an answer that is not a classification")
             if len(body["results"]) != len(chunk):
                 raise UpstreamError(502, "cell service returned a wrong number of results")
             if body["model"]["sha256"] != self._models["cell"]["sha256"]:

@@ -120,11 +120,16 @@ def _markdown(card: dict) -> str:
         + (f" (smoke run, {t['per_class_limit']} per class)" if t["per_class_limit"] else ""),
         f"- {t.get('epochs_run', t['epochs'])} of {t['epochs']} planned epochs"
         + (" (stopped by the time budget)" if t.get("stopped_by_time_budget") else "")
-        + f", batch {t['batch_size']}, AdamW (weight decay 0.05, EMA of weights), cosine "
+        + f", batch {t['batch_size']}, AdamW (weight decay 0.05), cosine "
         f"schedule with warm-up to {t['peak_learning_rate']}, class weights {t['class_weight']}",
-        "- Augmentation: any rotation, flips, scale jitter 0.75-1.45x, translation, per-channel stain gain, "
+        "- Augmentation: any rotation, flips, scale jitter 0.8-1.25x, translation up to 6%, per-channel stain gain, "
         "brightness/contrast/saturation/hue jitter, random Gaussian blur, sensor noise",
-        f"- Time: {t['total_seconds'] / 60:.1f} min in all ({t['fit_seconds'] / 60:.1f} min fitting) on {t['machine']}",
+        f"- After the fit, the batch-norm statistics were re-estimated on "
+        f"{t.get('batch_norm_recalibration_images', 0)} clean (un-augmented) training images",
+        f"- Time: {t['total_seconds'] / 60:.1f} min in all ({t['fit_seconds'] / 60:.1f} min fitting) on {t['machine']}"
+        + (f"; the fit ran first ({t['fitted_in_earlier_run']['total_seconds'] / 60:.1f} min with its own "
+           "evaluation and export), the rest in a second run (`--from-network`); the total is the sum"
+           if t.get("fitted_in_earlier_run") else ""),
         f"- ONNX vs Keras, max |difference| of probabilities on 256 validation images: "
         f"{t['onnx_keras_max_abs_difference']:.2e}",
         "",

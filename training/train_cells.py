@@ -1,6 +1,13 @@
 """Train the cell CNN on PBC, calibrate it, evaluate it and export it to ONNX.
 
-    python -m training.train_cells [--epochs 22] [--out services/cell_classifier/model]
+    python -m training.train_cells [--epochs 21] [--out services/cell_classifier/model]
+    python -m training.train_cells --from-network DIR/cell_cnn.keras   (finish an already fitted network)
+
+Steps: fit (Keras progress shown), re-estimate the batch-norm statistics on clean training
+images, fit the temperature and the ``unclassified`` threshold on the validation split,
+evaluate on the test split, export to ONNX and check it against Keras, write the card.
+``--from-network`` skips the fit and takes its record (epochs, history, time) from the
+``model_card.json`` beside the network; the card's total time is then the sum of both runs.
 
 Writes into ``--out``: ``cell_cnn.onnx`` (served), ``cell_cnn.keras`` (the network, for
 the Keras/ONNX agreement test), ``model_card.json``, ``MODEL_CARD.md`` and
@@ -26,7 +33,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", type=Path, default=None, help="PBC folder (default ../shared/data/pbc)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--epochs", type=int, default=22)
+    parser.add_argument("--epochs", type=int, default=21)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--per-class-limit", type=int, default=None, help="use only N images per class (smoke runs)")
@@ -34,33 +41,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--version", default="1.0.0")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--verbose", type=int, default=1, help="Keras progress: 1 bar, 2 line per epoch")
+    parser.add_argument("--from-network", type=Path, default=None,
+                        help="a fitted cell_cnn.keras with its model_card.json beside it: skip the fit")
     parser.add_argument("--time-budget-min", type=float, default=57.0,
                         help="stop after the epoch that would leave too little time to finish within this")
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
-    started = time.perf_counter()
+FIT_RECORD_KEYS = ("epochs", "batch_size", "peak_learning_rate", "seed", "class_weight", "fit_seconds",
+                   "epoch_seconds", "epochs_run", "stopped_by_time_budget", "history")
 
+
+def fit(args: argparse.Namespace, train, val, started: float):
+    """Train a new network on ``train``; returns it and the record of its fit for the card."""
     import keras
-    import tensorflow as tf
 
     from shared.preprocessing import IMAGE_SIZE
     from shared.vocabulary import CELL_TYPES
-    from training import cnn, export_onnx, model_card, pbc_dataset
-    from training.metrics import classification_report, confidence_threshold, fit_temperature, softmax
-
-    keras.utils.set_random_seed(args.seed)
-    data_dir = args.data_dir or pbc_dataset.data_dir()
-    cache_dir = Path(args.cache_dir) if args.cache_dir else None
-    print(f"loading images from {data_dir} ...", flush=True)
-    train, val, test = pbc_dataset.split_dataset(data_dir, cache_dir, args.per_class_limit)
-    print(f"train {len(train.labels)}, validation {len(val.labels)}, test {len(test.labels)} images", flush=True)
+    from training import cnn
 
     counts = np.bincount(train.labels, minlength=len(CELL_TYPES))
     class_weight = {i: float(len(train.labels) / (len(CELL_TYPES) * c)) for i, c in enumerate(counts)}
-
     network = cnn.build_network()
     training_model = cnn.build_training_model(network)
     steps_per_epoch = int(np.ceil(len(train.labels) / args.batch_size))
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> dict:
         initial_learning_rate=args.learning_rate / 20, decay_steps=max(total_steps - warmup, 1),
         warmup_target=args.learning_rate, warmup_steps=warmup, alpha=0.01,
     )
-    optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=0.05, use_ema=True, ema_momentum=0.995)
+    optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=0.05)
     training_model.compile(
         optimizer=optimizer,
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -85,7 +86,52 @@ def main(argv: list[str] | None = None) -> dict:
         callbacks=[budget],
     )
     fit_seconds = time.perf_counter() - fit_started
-    # AdamW(use_ema=True) swaps in the averaged weights at the end of fit().
+
+    return network, {
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "peak_learning_rate": args.learning_rate,
+        "seed": args.seed,
+        "class_weight": {CELL_TYPES[i]: round(w, 4) for i, w in class_weight.items()},
+        "fit_seconds": round(fit_seconds, 1),
+        "epoch_seconds": [round(t, 1) for t in budget.epoch_seconds],
+        "epochs_run": len(budget.epoch_seconds),
+        "stopped_by_time_budget": budget.stopped,
+        "history": {k: [round(float(v), 4) for v in vals] for k, vals in history.history.items()},
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    started = time.perf_counter()
+
+    import keras
+    import tensorflow as tf
+
+    from shared.vocabulary import CELL_TYPES
+    from training import cnn, export_onnx, model_card, pbc_dataset
+    from training.metrics import classification_report, confidence_threshold, fit_temperature, softmax
+
+    keras.utils.set_random_seed(args.seed)
+    data_dir = args.data_dir or pbc_dataset.data_dir()
+    cache_dir = Path(args.cache_dir) if args.cache_dir else None
+    print(f"loading images from {data_dir} ...", flush=True)
+    train, val, test = pbc_dataset.split_dataset(data_dir, cache_dir, args.per_class_limit)
+    print(f"train {len(train.labels)}, validation {len(val.labels)}, test {len(test.labels)} images", flush=True)
+
+    if args.from_network:
+        network = keras.models.load_model(args.from_network, compile=False)
+        fit_record = json.loads((args.from_network.parent / model_card.CARD_JSON).read_text())["training"]
+        fit_record = {k: fit_record[k] for k in FIT_RECORD_KEYS} | {
+            "fitted_in_earlier_run": {"network": args.from_network.name, "total_seconds": fit_record["total_seconds"]}}
+        print(f"fit skipped: network from {args.from_network}", flush=True)
+    else:
+        network, fit_record = fit(args, train, val, started)
+    earlier_seconds = fit_record.get("fitted_in_earlier_run", {}).get("total_seconds", 0.0)
+    names = list(CELL_TYPES)
+
+    recalibrated = cnn.recalibrate_batch_norm(network, train.images)
+    print(f"batch-norm statistics re-estimated on {recalibrated} clean training images", flush=True)
 
     def logits_of(images: np.ndarray) -> np.ndarray:
         return network.predict(images.astype(np.float32), batch_size=256, verbose=0)
@@ -100,7 +146,6 @@ def main(argv: list[str] | None = None) -> dict:
         return np.where(probabilities.max(axis=1) >= threshold, predicted, len(CELL_TYPES))
 
     test_probabilities = softmax(test_logits, temperature)
-    names = list(CELL_TYPES)
     metrics = {
         "validation": classification_report(val.labels, predict_with_rule(val_probabilities), names),
         "test": classification_report(test.labels, predict_with_rule(test_probabilities), names),
@@ -113,7 +158,7 @@ def main(argv: list[str] | None = None) -> dict:
     output_name = export_onnx.export(serving, onnx_path)
     agreement = export_onnx.max_abs_difference(serving, onnx_path, val.images[:256])
     network.save(args.out / model_card.KERAS_FILE)
-    seconds = time.perf_counter() - started
+    seconds = time.perf_counter() - started + earlier_seconds
 
     card = model_card.build_card(
         version=args.version,
@@ -124,24 +169,16 @@ def main(argv: list[str] | None = None) -> dict:
         max_unclassified_fraction=MAX_UNCLASSIFIED_FRACTION,
         metrics=metrics,
         training={
-            "epochs": args.epochs,
-            "batch_size": args.batch_size,
-            "peak_learning_rate": args.learning_rate,
-            "seed": args.seed,
+            **fit_record,
             "split_seed": pbc_dataset.SPLIT_SEED,
             "n_train": int(len(train.labels)),
             "n_validation": int(len(val.labels)),
             "n_test": int(len(test.labels)),
             "per_class_limit": args.per_class_limit,
-            "class_weight": {names[i]: round(w, 4) for i, w in class_weight.items()},
             "parameters": int(network.count_params()),
-            "fit_seconds": round(fit_seconds, 1),
-            "epoch_seconds": [round(t, 1) for t in budget.epoch_seconds],
-            "epochs_run": len(budget.epoch_seconds),
-            "stopped_by_time_budget": budget.stopped,
+            "batch_norm_recalibration_images": recalibrated,
             "total_seconds": round(seconds, 1),
             "machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPU cores, tensorflow {tf.__version__}",
-            "history": {k: [round(float(v), 4) for v in vals] for k, vals in history.history.items()},
             "onnx_keras_max_abs_difference": agreement,
         },
     )

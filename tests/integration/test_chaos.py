@@ -47,7 +47,8 @@ def test_chaos(tmp_path):
     redis = RedisServer(tmp_path).start()
     cell = start_cell_service(tmp_path)
     subtype = start_subtype_service(tmp_path)
-    gateway = start_gateway(tmp_path, cell.url, subtype.url, redis.url, CELL_TIMEOUT_S="5", RETRY_BACKOFF_S="0.1")
+    gateway = start_gateway(tmp_path, cell.url, subtype.url, redis.url, CELL_TIMEOUT_S="5", RETRY_BACKOFF_S="0.1",
+                            RATE_LIMIT_PER_MINUTE="1000000", RATE_LIMIT_BURST="100000")
     data = patients()
     try:
         expected = {}
