@@ -94,12 +94,12 @@ def main() -> None:
             service.stop()
 
     print()
-    print(f"| scenario | images/s | p50 ms | p99 ms | errors | service/ceiling |")
-    print(f"|---|---|---|---|---|---|")
-    print(f"| ceiling: in-process decode + ONNX, batch {best_batch} | {best:.0f} | | | | 1.00 |")
+    print("| scenario | images/s | p50 ms | p99 ms | errors | 503 shed | service/ceiling |")
+    print("|---|---|---|---|---|---|---|")
+    print(f"| ceiling: in-process decode + ONNX, batch {best_batch} | {best:.0f} | | | | | 1.00 |")
     for per_request, result in rows:
         print(f"| service, {args.clients} clients x {per_request} image(s)/request | {result.images_per_s:.0f} | "
-              f"{result.percentile_ms(50):.1f} | {result.percentile_ms(99):.1f} | {result.errors} | "
+              f"{result.percentile_ms(50):.1f} | {result.percentile_ms(99):.1f} | {result.errors} | {result.shed} | "
               f"{result.images_per_s / best:.2f} |")
     print()
     print(f"service peak RSS: {rss.peak / 2**20:.0f} MiB; provider {provider}; targets: >= 0.80 (64/request), "

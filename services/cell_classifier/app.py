@@ -68,6 +68,7 @@ def create_app(settings: CellServiceSettings | None = None, model: CellModel | N
     async def lifespan(app: FastAPI):
         state = app.state
         state.ready = False
+        state.admitted_images = 0  # images of requests between admission and answer (decoding, queued, running)
         state.metrics = CellMetrics(settings.max_batch)
         state.decode_pool = ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="decode")
         state.inference_pool = ThreadPoolExecutor(1, thread_name_prefix="onnx")
@@ -100,7 +101,7 @@ def create_app(settings: CellServiceSettings | None = None, model: CellModel | N
     install_request_id(app)
 
     @app.post("/v1/classify", response_model=ClassifyCellsResponse, openapi_extra=MULTIPART_BODY, responses=ERRORS)
-    async def classify(request: Request) -> ClassifyCellsResponse:
+    async def classify(request: Request) -> Response:
         """Classify one or more images sent as multipart parts named `images`; results in request order."""
         state = request.app.state
         metrics: CellMetrics = state.metrics
@@ -111,12 +112,32 @@ def create_app(settings: CellServiceSettings | None = None, model: CellModel | N
             metrics.errors.labels(str(problem.status)).inc()
             raise
         metrics.requests.labels("ok").inc()
-        return response
+        # Already validated: serialise once here instead of FastAPI validating it again.
+        return Response(response.model_dump_json(), media_type="application/json")
 
     async def _classify(request: Request, state) -> ClassifyCellsResponse:
         if not state.ready:
             raise ProblemError(503, "model is not loaded yet", headers={"Retry-After": str(settings.retry_after_s)})
+        # Admission control before any work: the images a request brings are counted from here
+        # until its answer, so decoding, queue and inference together hold at most MAX_QUEUE
+        # images, and a refused request costs neither decoding nor inference.
+        if state.admitted_images >= settings.max_queue:
+            raise _queue_full(state.admitted_images)
         uploads = await read_image_parts(request, settings.max_images)
+        if state.admitted_images + len(uploads) > settings.max_queue:
+            raise _queue_full(state.admitted_images)
+        state.admitted_images += len(uploads)
+        try:
+            return await _decode_and_infer(uploads, state)
+        finally:
+            state.admitted_images -= len(uploads)
+
+    def _queue_full(admitted: int) -> ProblemError:
+        return ProblemError(503, f"the inference queue is full ({admitted} images in progress, limit "
+                                 f"{settings.max_queue}); retry later",
+                            headers={"Retry-After": str(settings.retry_after_s)})
+
+    async def _decode_and_infer(uploads, state) -> ClassifyCellsResponse:
         loop = asyncio.get_running_loop()
         decoded = await asyncio.gather(
             *(loop.run_in_executor(state.decode_pool, _decode_upload, data, settings) for _, data in uploads),

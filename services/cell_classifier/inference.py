@@ -58,6 +58,8 @@ class CellModel:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Decoding threads share the cores with inference: idle ORT threads must sleep, not spin.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(model_path), options, providers=choose_providers(provider))
         self.provider: str = self.session.get_providers()[0]
         self.input_name: str = self.session.get_inputs()[0].name

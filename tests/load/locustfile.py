@@ -19,6 +19,7 @@ import itertools
 import os
 import random
 import sys
+import time
 import uuid
 from pathlib import Path
 from urllib.parse import urlparse
@@ -27,6 +28,7 @@ from locust import HttpUser, between, events, task
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from bench.common import SHED_SUFFIX  # noqa: E402
 from tests.helpers.images import fullsize_images  # noqa: E402
 
 IMAGES = [(path.name, path.read_bytes()) for _, path in fullsize_images()]
@@ -53,6 +55,14 @@ def _fresh_images(n: int) -> list[tuple[str, bytes]]:
     return out
 
 
+def _shed(response) -> None:
+    """A 503 is load shedding, not a fault: reported under its own name, so that the latency of
+    accepted requests is measured apart from the fast refusals; the user then waits Retry-After."""
+    response.request_meta["name"] += SHED_SUFFIX
+    response.failure("HTTP 503 (load shed)")
+    time.sleep(min(float(response.headers.get("Retry-After", 1)), 5.0))  # a well-behaved client backs off
+
+
 class CellClient(HttpUser):
     wait_time = between(0, 0.01)
 
@@ -70,7 +80,9 @@ class CellClient(HttpUser):
         files = [("images", (name, data, "image/jpeg")) for name, data in batch]
         with self.client.post("/v1/classify", files=files, name=f"/v1/classify x{CELLS_PER_REQUEST}",
                               catch_response=True) as response:
-            if response.status_code != 200:
+            if response.status_code == 503:
+                _shed(response)
+            elif response.status_code != 200:
                 response.failure(f"HTTP {response.status_code}")
             elif len(response.json()["results"]) != CELLS_PER_REQUEST:
                 response.failure("wrong number of results")
@@ -88,7 +100,9 @@ class GatewayPatient(HttpUser):
         patient = f"LOAD-{uuid.uuid4().hex[:12]}"
         with self.client.post(f"/patients/{patient}/classify", files=files, name="/patients/{id}/classify",
                               catch_response=True) as response:
-            if response.status_code != 200:
+            if response.status_code == 503:
+                _shed(response)
+            elif response.status_code != 200:
                 response.failure(f"HTTP {response.status_code}")
             elif response.json()["n_images"] != len(files):
                 response.failure("wrong number of images in the report")
