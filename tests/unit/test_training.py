@@ -58,3 +58,16 @@ def test_smoke_training_run_exports_a_servable_model(tmp_path):
     probabilities = model.predict(_originals()[:4])
     assert probabilities.shape == (4, 8)
     assert np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+
+    # the path that finished the committed model: an already fitted network, no second fit
+    finished = tmp_path / "finished"
+    command = [sys.executable, "-m", "training.train_cells", "--per-class-limit", "40", "--cache-dir", "",
+               "--from-network", str(out / "cell_cnn.keras"), "--out", str(finished), "--version", "smoke-2"]
+    completed = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    assert "fit skipped" in completed.stdout
+    second = json.loads((finished / "model_card.json").read_text())["training"]
+    assert second["fitted_in_earlier_run"]["total_seconds"] == card["training"]["total_seconds"]
+    assert second["total_seconds"] > card["training"]["total_seconds"]
+    assert second["history"] == card["training"]["history"] and second["batch_norm_recalibration_images"] > 0
+    assert CellModel(finished, "cpu").predict(_originals()[:2]).shape == (2, 8)
