@@ -84,6 +84,18 @@ def test_audit_log_and_request_id(stack):
     assert refused and all(e["key_id"] is None for e in refused)
 
 
+def test_ordinary_logs_are_json_lines(stack):
+    assert classify(stack["gateway"].url, AUTH, patient="SEC-LOGS-5").status_code == 200
+    for name in ("gateway", "cell", "subtype"):
+        lines = [line for line in stack[name].log_tail(200_000).splitlines() if line.strip()]
+        assert lines, f"{name} wrote no log"
+        entries = [json.loads(line) for line in lines]  # every line is one JSON object
+        assert all({"time", "level", "logger", "message"} <= set(e) for e in entries), name
+        assert any("ready" in e["message"] or "up" in e["message"] for e in entries), name
+    gateway_log = stack["gateway"].log_tail(200_000)
+    assert "SEC-LOGS-5" not in gateway_log and CLASSIFY_KEY not in gateway_log
+
+
 def test_rate_limit_per_key(tmp_path, cell_service, subtype_service):
     gateway = start_gateway(tmp_path, cell_service.url, subtype_service.url, RATE_LIMIT_PER_MINUTE="6",
                             RATE_LIMIT_BURST="2")
