@@ -36,5 +36,6 @@ def log_config(level: str) -> dict:
         "handlers": {"stderr": handler},
         "root": {"handlers": ["stderr"], "level": level.upper()},
         "loggers": {"uvicorn": uvicorn_logger, "uvicorn.error": {"level": level.upper()},
-                    "uvicorn.access": uvicorn_logger},
+                    "uvicorn.access": uvicorn_logger,
+                    "httpx": {"level": "WARNING"}},  # one INFO line per call to a service is noise
     }
