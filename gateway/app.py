@@ -30,6 +30,7 @@ from shared.uploads import read_image_parts
 from shared.schemas import PATIENT_ID_PATTERN, Health, PatientReport, Problem, Readiness
 
 log = logging.getLogger("gateway")
+RETRY_AFTER_S = 2  # told to clients when a service behind is down or sheds load (503)
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 PATIENT_ID = re.compile(PATIENT_ID_PATTERN)
 MULTIPART_BODY = {
@@ -147,7 +148,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             try:
                 report = await state.classifier.classify(patient_id, images, request.state.request_id)
             except UpstreamError as exc:
-                raise ProblemError(exc.status, exc.detail) from None
+                retry = {"Retry-After": str(RETRY_AFTER_S)} if exc.status == 503 else None
+                raise ProblemError(exc.status, exc.detail, headers=retry) from None
             except UpstreamRejected as exc:
                 raise ProblemError(502, f"a service behind the gateway refused the request: {exc.detail}") from None
             if report.cached:

@@ -79,7 +79,8 @@ def create_app(settings: CellServiceSettings | None = None, model: CellModel | N
         await loop.run_in_executor(state.inference_pool, state.model.warm_up)
         state.batcher = DynamicBatcher(
             state.model.predict, max_batch=settings.max_batch, max_delay_s=settings.max_delay_ms / 1000.0,
-            max_queue=settings.max_queue, executor=state.inference_pool, on_batch=state.metrics.observe_batch,
+            # admission control below is the real bound; this one only guards the batcher itself
+            max_queue=settings.max_queue + settings.max_images, executor=state.inference_pool, on_batch=state.metrics.observe_batch,
         )
         state.batcher.start()
         state.ready = True
@@ -120,11 +121,12 @@ def create_app(settings: CellServiceSettings | None = None, model: CellModel | N
             raise ProblemError(503, "model is not loaded yet", headers={"Retry-After": str(settings.retry_after_s)})
         # Admission control before any work: the images a request brings are counted from here
         # until its answer, so decoding, queue and inference together hold at most MAX_QUEUE
-        # images, and a refused request costs neither decoding nor inference.
+        # images, and a refused request costs neither decoding nor inference. An idle service
+        # takes any request up to CELL_MAX_IMAGES, even one larger than MAX_QUEUE.
         if state.admitted_images >= settings.max_queue:
             raise _queue_full(state.admitted_images)
         uploads = await read_image_parts(request, settings.max_images)
-        if state.admitted_images + len(uploads) > settings.max_queue:
+        if state.admitted_images and state.admitted_images + len(uploads) > settings.max_queue:
             raise _queue_full(state.admitted_images)
         state.admitted_images += len(uploads)
         try:
@@ -190,7 +192,8 @@ def create_app(settings: CellServiceSettings | None = None, model: CellModel | N
             and state.batcher.running
         body = Readiness(ready=ready, detail="model loaded and warmed up" if ready else "not ready",
                          checks={"model": state.model.info if ready else None,
-                                 "queued_images": state.batcher.queued if ready else None})
+                                 "queued_images": state.batcher.queued if ready else None,
+                                 "admitted_images": state.admitted_images if ready else None})
         return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
 
     @app.get("/metrics", include_in_schema=False)

@@ -21,9 +21,10 @@ class CellServiceSettings(BaseSettings):
                           description="auto (CUDA if available, else CPU), cuda or cpu")
     max_batch: int = Field(64, ge=1, validation_alias=AliasChoices("MAX_BATCH", "CELL_MAX_BATCH"))
     max_delay_ms: float = Field(5.0, ge=0, validation_alias=AliasChoices("MAX_DELAY_MS", "CELL_MAX_DELAY_MS"))
-    max_queue: int = Field(1024, ge=1, validation_alias=AliasChoices("MAX_QUEUE", "CELL_MAX_QUEUE"),
-                           description="images waiting for inference before new requests get 503; bounds the "
-                                       "queue wait (about 3 s at 350 images/s on 2 CPU cores)")
+    max_queue: int = Field(768, ge=1, validation_alias=AliasChoices("MAX_QUEUE", "CELL_MAX_QUEUE"),
+                           description="images admitted (decoding, queued or running) before new requests get "
+                                       "503; bounds the wait (about 2 s at 350 images/s on 2 CPU cores); an idle "
+                                       "service still takes one request of up to CELL_MAX_IMAGES")
     max_images: int = Field(1024, ge=1, validation_alias=AliasChoices("CELL_MAX_IMAGES"))
     max_body_bytes: int = Field(512 * 1024 * 1024, ge=1, validation_alias=AliasChoices("CELL_MAX_BODY_BYTES"))
     max_image_bytes: int = Field(50 * 1024 * 1024, ge=1, validation_alias=AliasChoices("CELL_MAX_IMAGE_BYTES"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -148,20 +149,41 @@ def test_request_errors_are_problem_json(service, originals):
     assert_still_ready(service.url)
 
 
+def _admitted(url: str) -> int:
+    return httpx.get(f"{url}/readyz", timeout=10).json()["checks"]["admitted_images"]
+
+
 def test_body_and_queue_limits(tmp_path, originals):
-    limited = start_cell_service(tmp_path, CELL_MAX_BODY_BYTES="200000", MAX_QUEUE="4", MAX_DELAY_MS="1")
+    _, _, data = originals[0]
+    limited = start_cell_service(tmp_path, CELL_MAX_BODY_BYTES="200000")
     try:
-        _, _, data = originals[0]
         too_big = classify(limited.url, [("big.jpg", data + b"\0" * 300_000)])
         assert too_big.status_code == 413
         assert "limit" in too_big.json()["detail"]
+        assert_still_ready(limited.url)
+    finally:
+        limited.stop()
 
-        over_queue = classify(limited.url, [(f"{i}.jpg", data) for i in range(5)])
-        assert over_queue.status_code == 503
-        assert over_queue.headers["retry-after"] == "1"
+    limited = start_cell_service(tmp_path, MAX_QUEUE="4", MAX_DELAY_MS="1")
+    try:
 
-        fits = classify(limited.url, [(f"{i}.jpg", data) for i in range(4)])
-        assert fits.status_code == 200
+        # idle: one request larger than the queue is still taken
+        assert classify(limited.url, [(f"{i}.jpg", data) for i in range(5)]).status_code == 200
+
+        # busy with a big request: another one is refused at once, before any decoding
+        with ThreadPoolExecutor(1) as pool:
+            big = pool.submit(classify, limited.url, [(f"big{i}.jpg", data) for i in range(192)])
+            deadline = time.monotonic() + 30
+            while not _admitted(limited.url) and not big.done() and time.monotonic() < deadline:
+                time.sleep(0.002)
+            assert not big.done(), "the big request finished before the check could run"
+            refused = classify(limited.url, [("one.jpg", data)])
+            assert refused.status_code == 503
+            assert refused.headers["retry-after"] == "1"
+            assert "queue is full" in refused.json()["detail"]
+            assert big.result().status_code == 200
+        assert _admitted(limited.url) == 0
+        assert classify(limited.url, [(f"{i}.jpg", data) for i in range(4)]).status_code == 200
         assert_still_ready(limited.url)
     finally:
         limited.stop()

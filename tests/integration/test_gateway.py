@@ -152,7 +152,7 @@ def test_services_down_give_503_and_cache_nothing(tmp_path, subtype_service, cel
     no_cells = start_gateway(tmp_path, dead, subtype_service.url, RETRY_BACKOFF_S="0.01")
     try:
         response = post_patient(no_cells.url, "P-down", originals[:4])
-        assert response.status_code == 503
+        assert response.status_code == 503 and response.headers["retry-after"] == "2"
         assert response.headers["content-type"].startswith("application/problem+json")
         assert "cell service" in response.json()["detail"]
         assert get(f"{no_cells.url}/patients/P-down/classification").status_code == 404
