@@ -80,7 +80,8 @@ def create_app(settings: CellServiceSettings | None = None, model: CellModel | N
         state.batcher = DynamicBatcher(
             state.model.predict, max_batch=settings.max_batch, max_delay_s=settings.max_delay_ms / 1000.0,
             # admission control below is the real bound; this one only guards the batcher itself
-            max_queue=settings.max_queue + settings.max_images, executor=state.inference_pool, on_batch=state.metrics.observe_batch,
+            max_queue=settings.max_queue + settings.max_images, executor=state.inference_pool,
+            on_batch=state.metrics.observe_batch,
         )
         state.batcher.start()
         state.ready = True
@@ -118,7 +119,7 @@ def create_app(settings: CellServiceSettings | None = None, model: CellModel | N
 
     async def _classify(request: Request, state) -> ClassifyCellsResponse:
         if not state.ready:
-            raise ProblemError(503, "model is not loaded yet", headers={"Retry-After": str(settings.retry_after_s)})
+            raise _retry_later("model is not loaded yet")
         # Admission control before any work: the images a request brings are counted from here
         # until its answer, so decoding, queue and inference together hold at most MAX_QUEUE
         # images, and a refused request costs neither decoding nor inference. An idle service
@@ -134,10 +135,12 @@ def create_app(settings: CellServiceSettings | None = None, model: CellModel | N
         finally:
             state.admitted_images -= len(uploads)
 
+    def _retry_later(detail: str) -> ProblemError:
+        return ProblemError(503, detail, headers={"Retry-After": str(settings.retry_after_s)})
+
     def _queue_full(admitted: int) -> ProblemError:
-        return ProblemError(503, f"the inference queue is full ({admitted} images in progress, limit "
-                                 f"{settings.max_queue}); retry later",
-                            headers={"Retry-After": str(settings.retry_after_s)})
+        return _retry_later(f"the inference queue is full ({admitted} images in progress, limit "
+                            f"{settings.max_queue}); retry later")
 
     async def _decode_and_infer(uploads, state) -> ClassifyCellsResponse:
         loop = asyncio.get_running_loop()
@@ -152,15 +155,12 @@ def create_app(settings: CellServiceSettings | None = None, model: CellModel | N
             try:
                 probabilities = await state.batcher.submit(np.stack([decoded[i] for i in good]))
             except QueueFull:
-                raise ProblemError(503, "the inference queue is full; retry later",
-                                   headers={"Retry-After": str(settings.retry_after_s)}) from None
+                raise _queue_full(state.admitted_images) from None
             except BatcherStopped:
-                raise ProblemError(503, "the service is shutting down",
-                                   headers={"Retry-After": str(settings.retry_after_s)}) from None
+                raise _retry_later("the service is shutting down") from None
             except Exception:
                 log.exception("inference failed")
-                raise ProblemError(503, "inference failed for this request; retry later",
-                                   headers={"Retry-After": str(settings.retry_after_s)}) from None
+                raise _retry_later("inference failed for this request; retry later") from None
         by_index = dict(zip(good, probabilities))
         for i, (filename, _) in enumerate(uploads):
             item = decoded[i]

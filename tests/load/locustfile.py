@@ -21,6 +21,7 @@ import random
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -55,12 +56,18 @@ def _fresh_images(n: int) -> list[tuple[str, bytes]]:
     return out
 
 
-def _shed(response) -> None:
-    """A 503 is load shedding, not a fault: reported under its own name, so that the latency of
+def _judge(response, complete: Callable[[dict], bool], incomplete: str) -> None:
+    """Marks the answer: 200 whose body is ``complete`` succeeds; any other status fails, except
+    503, which is load shedding, not a fault: reported under its own name, so that the latency of
     accepted requests is measured apart from the fast refusals; the user then waits Retry-After."""
-    response.request_meta["name"] += SHED_SUFFIX
-    response.failure("HTTP 503 (load shed)")
-    time.sleep(min(float(response.headers.get("Retry-After", 1)), 5.0))  # a well-behaved client backs off
+    if response.status_code == 503:
+        response.request_meta["name"] += SHED_SUFFIX
+        response.failure("HTTP 503 (load shed)")
+        time.sleep(min(float(response.headers.get("Retry-After", 1)), 5.0))  # a well-behaved client backs off
+    elif response.status_code != 200:
+        response.failure(f"HTTP {response.status_code}")
+    elif not complete(response.json()):
+        response.failure(incomplete)
 
 
 class CellClient(HttpUser):
@@ -80,12 +87,7 @@ class CellClient(HttpUser):
         files = [("images", (name, data, "image/jpeg")) for name, data in batch]
         with self.client.post("/v1/classify", files=files, name=f"/v1/classify x{CELLS_PER_REQUEST}",
                               catch_response=True) as response:
-            if response.status_code == 503:
-                _shed(response)
-            elif response.status_code != 200:
-                response.failure(f"HTTP {response.status_code}")
-            elif len(response.json()["results"]) != CELLS_PER_REQUEST:
-                response.failure("wrong number of results")
+            _judge(response, lambda body: len(body["results"]) == CELLS_PER_REQUEST, "wrong number of results")
 
 
 class GatewayPatient(HttpUser):
@@ -100,9 +102,4 @@ class GatewayPatient(HttpUser):
         patient = f"LOAD-{uuid.uuid4().hex[:12]}"
         with self.client.post(f"/patients/{patient}/classify", files=files, name="/patients/{id}/classify",
                               catch_response=True) as response:
-            if response.status_code == 503:
-                _shed(response)
-            elif response.status_code != 200:
-                response.failure(f"HTTP {response.status_code}")
-            elif response.json()["n_images"] != len(files):
-                response.failure("wrong number of images in the report")
+            _judge(response, lambda body: body["n_images"] == len(files), "wrong number of images in the report")
