@@ -26,11 +26,14 @@ class CellAugmentation(layers.Layer):
     - colour: per-channel gain (stain), brightness, contrast, saturation and hue;
     - blur: a Gaussian blur of random strength on about a quarter of the images;
     - sensor noise.
-    Input and output are float32 in [0, 255].
+    Input is uint8 in [0, 255] at ``IMAGE_SIZE``; output is float32 in [0, 255] at the current
+    ``output_size`` (progressive resizing: the early epochs train on smaller images, which is
+    cheaper, and the last ones at full size). Outside training the input passes unchanged.
     """
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
+        self.output_size = tf.Variable(IMAGE_SIZE, dtype=tf.int32, trainable=False, name="output_size")
         sigma = 1.2
         grid = tf.range(-2, 3, dtype=tf.float32)
         kernel_1d = tf.exp(-(grid**2) / (2 * sigma**2))
@@ -40,21 +43,23 @@ class CellAugmentation(layers.Layer):
 
     def _geometry(self, images, batch):
         size = tf.cast(tf.shape(images)[1], tf.float32)
-        centre = (size - 1.0) / 2.0
+        out_size = tf.cast(self.output_size, tf.float32)
+        centre, out_centre = (size - 1.0) / 2.0, (out_size - 1.0) / 2.0
         angle = tf.random.uniform([batch], 0.0, 2.0 * math.pi)
         zoom = tf.exp(tf.random.uniform([batch], math.log(0.8), math.log(1.25)))
         flip = tf.where(tf.random.uniform([batch]) < 0.5, -1.0, 1.0)
         shift = tf.random.uniform([batch, 2], -0.06, 0.06) * size
-        cos, sin = tf.cos(angle) / zoom, tf.sin(angle) / zoom
-        # output pixel -> input pixel: M (p - c) + c + t, with M = R(angle) diag(flip, 1) / zoom
+        cos, sin = tf.cos(angle) / zoom * (size / out_size), tf.sin(angle) / zoom * (size / out_size)
+        # output pixel -> input pixel: M (p - c_out) + c + t, with M = R(angle) diag(flip, 1) / zoom,
+        # scaled by size / out_size when the output is smaller than the input
         a0, a1 = cos * flip, -sin
         b0, b1 = sin * flip, cos
-        a2 = centre - a0 * centre - a1 * centre + shift[:, 0]
-        b2 = centre - b0 * centre - b1 * centre + shift[:, 1]
+        a2 = centre - a0 * out_centre - a1 * out_centre + shift[:, 0]
+        b2 = centre - b0 * out_centre - b1 * out_centre + shift[:, 1]
         zeros = tf.zeros([batch])
         transforms = tf.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
         return tf.raw_ops.ImageProjectiveTransformV3(
-            images=images, transforms=transforms, output_shape=tf.shape(images)[1:3],
+            images=images, transforms=transforms, output_shape=tf.stack([self.output_size, self.output_size]),
             fill_value=0.0, interpolation="BILINEAR", fill_mode="REFLECT",
         )
 
@@ -92,6 +97,9 @@ class CellAugmentation(layers.Layer):
         images = self._colour(images, batch)
         return self._blur_and_noise(images, batch)
 
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], None, None, input_shape[3])
+
 
 def _residual_block(x, filters: int, stride: int):
     shortcut = x
@@ -108,7 +116,7 @@ def _residual_block(x, filters: int, stride: int):
 
 def build_network(widths: tuple[int, ...] = (32, 64, 128, 256), dropout: float = 0.2) -> keras.Model:
     """ResNet-style CNN: float32 RGB in [0, 255] -> logits over ``CELL_TYPES``."""
-    inputs = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3), dtype="float32", name="pixels")
+    inputs = keras.Input((None, None, 3), dtype="float32", name="pixels")  # any size: progressive resizing
     x = layers.Rescaling(1.0 / 127.5, offset=-1.0)(inputs)
     x = layers.Conv2D(widths[0], 3, strides=2, padding="same", use_bias=False)(x)
     x = layers.BatchNormalization()(x)
@@ -128,7 +136,7 @@ def recalibrate_batch_norm(network: keras.Model, images: np.ndarray, batch_size:
 
     During training the statistics were gathered on augmented images (blur, noise, colour
     jitter, reflected borders), which served images never have; re-estimating them on clean
-    images raised validation accuracy from 0.955 to 0.971 for the committed network. Only the
+    images raised validation accuracy from 0.963 to 0.974 for the committed network. Only the
     moving statistics change: no weight is trained. Returns the number of images used.
     """
     norms = [layer for layer in network.layers if isinstance(layer, layers.BatchNormalization)]
@@ -145,17 +153,74 @@ def recalibrate_batch_norm(network: keras.Model, images: np.ndarray, batch_size:
     return int(len(order))
 
 
-def build_training_model(network: keras.Model) -> keras.Model:
+def build_training_model(network: keras.Model) -> tuple[keras.Model, CellAugmentation]:
+    """The network behind the augmentation layer; the layer is returned too, to set its size."""
     inputs = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3), dtype="uint8", name="image")
-    return keras.Model(inputs, network(CellAugmentation()(inputs)), name="cell_resnet_train")
+    augmentation = CellAugmentation()
+    return keras.Model(inputs, network(augmentation(inputs)), name="cell_resnet_train"), augmentation
 
 
-def build_serving_model(network: keras.Model, temperature: float) -> keras.Model:
-    """uint8 image batch -> calibrated probabilities softmax(logits / temperature)."""
+# Test-time views: the cell's class does not change under flips, so the served network can
+# average its logits over flipped copies. Each entry flips (height, width) of an NHWC batch.
+TEST_TIME_VIEWS = {
+    "identity": (False, False),
+    "flip_left_right": (False, True),
+    "flip_up_down": (True, False),
+    "rotate_180": (True, True),
+}
+
+
+def view_names(count: int) -> list[str]:
+    if not 1 <= count <= len(TEST_TIME_VIEWS):
+        raise ValueError(f"test-time views must be 1 to {len(TEST_TIME_VIEWS)}, got {count}")
+    return list(TEST_TIME_VIEWS)[:count]
+
+
+def numpy_view(images: np.ndarray, name: str) -> np.ndarray:
+    flip_height, flip_width = TEST_TIME_VIEWS[name]
+    return images[:, :: -1 if flip_height else 1, :: -1 if flip_width else 1]
+
+
+def view_averaged_logits(network: keras.Model, images: np.ndarray, views: int, batch_size: int = 256) -> np.ndarray:
+    """Mean logits over the first ``views`` test-time views, as the exported serving model computes."""
+    total = None
+    for name in view_names(views):
+        logits = network.predict(numpy_view(images, name).astype(np.float32), batch_size=batch_size, verbose=0)
+        total = logits if total is None else total + logits
+    return total / views
+
+
+def build_serving_model(network: keras.Model, temperature: float, views: int = 1) -> keras.Model:
+    """uint8 image batch -> calibrated probabilities softmax(mean logits over views / temperature)."""
     inputs = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3), dtype="uint8", name="image")
-    logits = network(keras.ops.cast(inputs, "float32"))
+    pixels = keras.ops.cast(inputs, "float32")
+    copies = []
+    for name in view_names(views):
+        flip_height, flip_width = TEST_TIME_VIEWS[name]
+        view = keras.ops.flip(pixels, axis=1) if flip_height else pixels
+        copies.append(keras.ops.flip(view, axis=2) if flip_width else view)
+    if views == 1:
+        logits = network(pixels)
+    else:
+        stacked = network(keras.ops.concatenate(copies, axis=0))  # one network run over all views
+        logits = keras.ops.mean(keras.ops.reshape(stacked, (views, -1, len(CELL_TYPES))), axis=0)
     probabilities = layers.Softmax(name="probabilities")(logits / temperature)
     return keras.Model(inputs, probabilities, name="cell_resnet_serving")
+
+
+class ProgressiveResize(keras.callbacks.Callback):
+    """Sets the augmentation layer's output size at the start of each epoch from ``sizes``."""
+
+    def __init__(self, augmentation: CellAugmentation, sizes: list[int]):
+        super().__init__()
+        self.augmentation = augmentation
+        self.sizes = sizes
+
+    def on_epoch_begin(self, epoch, logs=None):
+        size = self.sizes[min(epoch, len(self.sizes) - 1)]
+        if int(self.augmentation.output_size.numpy()) != size:
+            print(f"\nepoch {epoch + 1}: training on {size}x{size} images", flush=True)
+        self.augmentation.output_size.assign(size)
 
 
 class EpochClock(keras.callbacks.Callback):

@@ -28,7 +28,7 @@ DATA_ATTRIBUTION = (
 
 
 def build_card(*, version, onnx_path: Path, output_name, temperature, threshold, max_unclassified_fraction,
-               metrics, training) -> dict:
+               test_time_views: list[str], metrics, training) -> dict:
     return {
         "name": MODEL_NAME,
         "version": version,
@@ -45,7 +45,10 @@ def build_card(*, version, onnx_path: Path, output_name, temperature, threshold,
                              "antialiased bilinear filter; no crop",
             "normalisation": "inside the network: x / 127.5 - 1",
         },
-        "output": {"name": output_name, "meaning": "calibrated probabilities softmax(logits / temperature)"},
+        "output": {"name": output_name, "meaning": "calibrated probabilities softmax(logits / temperature)"
+                   + (f", logits averaged over {len(test_time_views)} views of each image" if len(test_time_views) > 1
+                      else "")},
+        "test_time_views": test_time_views,
         "class_order": list(CELL_TYPES),
         "unclassified_rule": {
             "label": UNCLASSIFIED,
@@ -114,6 +117,12 @@ def _markdown(card: dict) -> str:
         f"(temperature {rule['temperature']:.3f}, fitted on the validation split by negative log-likelihood). "
         f"The threshold was chosen so that {rule['chosen_so_that']}.",
         "",
+        "## Test-time views",
+        (f"The exported model runs each image as {len(card['test_time_views'])} views "
+         f"({', '.join(card['test_time_views'])}) in one batch and averages their logits; the metrics below "
+         "are for that model. It costs that many times the compute of one view."
+         if len(card.get("test_time_views", [])) > 1 else "One view per image (no test-time augmentation)."),
+        "",
         "## Training",
         f"- Data: {card['data']['training']}; stratified split with seed {t['split_seed']}: "
         f"{t['n_train']} train / {t['n_validation']} validation / {t['n_test']} test images"
@@ -122,6 +131,7 @@ def _markdown(card: dict) -> str:
         + (" (stopped by the time budget)" if t.get("stopped_by_time_budget") else "")
         + f", batch {t['batch_size']}, AdamW (weight decay 0.05), cosine "
         f"schedule with warm-up to {t['peak_learning_rate']}, class weights {t['class_weight']}",
+        _sizes_line(t.get("epoch_image_sizes")),
         "- Augmentation: any rotation, flips, scale jitter 0.8-1.25x, translation up to 6%, per-channel stain gain, "
         "brightness/contrast/saturation/hue jitter, random Gaussian blur, sensor noise",
         f"- After the fit, the batch-norm statistics were re-estimated on "
@@ -166,3 +176,17 @@ def write(card: dict, out: Path) -> None:
     (out / CARD_JSON).write_text(json.dumps(card, indent=2) + "\n")
     (out / CARD_MD).write_text(_markdown(card))
     _plot_confusion(card, out / CONFUSION_PNG)
+
+
+def _sizes_line(sizes: list[int] | None) -> str:
+    """'Progressive resizing: epochs 1-18 at 96 px, 19-30 at 112 px' (or the plain fact)."""
+    if not sizes:
+        return "- All epochs at the full input size"
+    runs: list[tuple[int, int, int]] = []  # (first epoch, last epoch, size), 1-based
+    for epoch, size in enumerate(sizes, start=1):
+        if runs and runs[-1][2] == size:
+            runs[-1] = (runs[-1][0], epoch, size)
+        else:
+            runs.append((epoch, epoch, size))
+    parts = [f"epoch{'s' if a != b else ''} {a}{'-' + str(b) if a != b else ''} at {size} px" for a, b, size in runs]
+    return "- Image size per epoch (progressive resizing; scaled inside the augmentation): " + ", ".join(parts)

@@ -36,7 +36,8 @@ def test_committed_onnx_matches_keras_on_real_images():
 
     card = json.loads((DEFAULT_MODEL_DIR / "model_card.json").read_text())
     network = keras.models.load_model(DEFAULT_MODEL_DIR / "cell_cnn.keras")
-    serving = build_serving_model(network, card["unclassified_rule"]["temperature"])
+    serving = build_serving_model(network, card["unclassified_rule"]["temperature"],
+                                  len(card.get("test_time_views", ["identity"])))
     images = _originals()
     keras_probabilities = serving.predict(images, verbose=0)
     onnx_probabilities = CellModel(DEFAULT_MODEL_DIR, "cpu").predict(images)
@@ -46,12 +47,15 @@ def test_committed_onnx_matches_keras_on_real_images():
 def test_smoke_training_run_exports_a_servable_model(tmp_path):
     require_training_stack()
     out = tmp_path / "model"
-    command = [sys.executable, "-m", "training.train_cells", "--epochs", "1", "--per-class-limit", "40",
+    command = [sys.executable, "-m", "training.train_cells", "--epochs", "2", "--full-size-epochs", "1",
+               "--per-class-limit", "40",
                "--cache-dir", "", "--out", str(out), "--verbose", "2", "--version", "smoke"]
     completed = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     card = json.loads((out / "model_card.json").read_text())
     assert card["version"] == "smoke"
+    assert card["training"]["epoch_image_sizes"] == [96, 112]  # progressive resizing, then full size
+    assert card["test_time_views"] == ["identity"]
     assert card["training"]["onnx_keras_max_abs_difference"] < 1e-4
     assert (out / "confusion_matrix.png").stat().st_size > 1000
     model = CellModel(out, "cpu")
@@ -62,12 +66,48 @@ def test_smoke_training_run_exports_a_servable_model(tmp_path):
     # the path that finished the committed model: an already fitted network, no second fit
     finished = tmp_path / "finished"
     command = [sys.executable, "-m", "training.train_cells", "--per-class-limit", "40", "--cache-dir", "",
-               "--from-network", str(out / "cell_cnn.keras"), "--out", str(finished), "--version", "smoke-2"]
+               "--from-network", str(out / "cell_cnn.keras"), "--out", str(finished), "--version", "smoke-2",
+               "--test-time-views", "2"]
     completed = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     assert "fit skipped" in completed.stdout
-    second = json.loads((finished / "model_card.json").read_text())["training"]
+    second_card = json.loads((finished / "model_card.json").read_text())
+    assert second_card["test_time_views"] == ["identity", "flip_left_right"]
+    second = second_card["training"]
+    assert second["onnx_keras_max_abs_difference"] < 1e-4  # the two-view graph exports faithfully
     assert second["fitted_in_earlier_run"]["total_seconds"] == card["training"]["total_seconds"]
     assert second["total_seconds"] > card["training"]["total_seconds"]
     assert second["history"] == card["training"]["history"] and second["batch_norm_recalibration_images"] > 0
     assert CellModel(finished, "cpu").predict(_originals()[:2]).shape == (2, 8)
+
+
+def test_augmentation_scales_training_images_and_leaves_served_ones_alone():
+    require_training_stack()
+    from training.cnn import CellAugmentation
+
+    images = _originals()[:3]
+    augmentation = CellAugmentation()
+    augmentation.output_size.assign(96)
+    trained_on = augmentation(images, training=True).numpy()
+    assert trained_on.shape == (3, 96, 96, 3)
+    assert 0.0 <= trained_on.min() and trained_on.max() <= 255.0
+    served = augmentation(images, training=False).numpy()
+    assert np.array_equal(served, images.astype(np.float32))
+
+
+def test_view_averaged_evaluation_matches_the_exported_view_averaging():
+    require_training_stack()
+    import keras
+
+    from training.cnn import build_network, build_serving_model, view_averaged_logits
+    from training.metrics import softmax
+
+    keras.utils.set_random_seed(0)
+    network = build_network(widths=(8, 8, 8, 8))
+    images = _originals()[:5]
+    for views in (1, 4):
+        expected = softmax(view_averaged_logits(network, images, views), 1.3)
+        served = build_serving_model(network, 1.3, views).predict(images, verbose=0)
+        assert np.abs(expected - served).max() < 1e-5
+    flipped = softmax(view_averaged_logits(network, images[:, :, ::-1], 4), 1.3)
+    assert np.abs(flipped - softmax(view_averaged_logits(network, images, 4), 1.3)).max() < 1e-4  # flip-invariant
