@@ -21,8 +21,9 @@ from shared.vocabulary import CELL_TYPES
 class CellAugmentation(layers.Layer):
     """Per-image random geometry, stain/colour jitter, blur and noise (training only).
 
-    - geometry: any rotation, horizontal flip, scale jitter (zoom 0.8x to 1.25x, so cells
-      at other magnifications look familiar), translation up to 6 %, reflected borders;
+    - geometry: any rotation, horizontal flip, scale jitter (zoom log-uniform in ``zoom_range``,
+      by default 0.8x to 1.25x, so cells at other magnifications look familiar), translation
+      up to 6 %, reflected borders;
     - colour: per-channel gain (stain), brightness, contrast, saturation and hue;
     - blur: a Gaussian blur of random strength on about a quarter of the images;
     - sensor noise.
@@ -31,8 +32,9 @@ class CellAugmentation(layers.Layer):
     cheaper, and the last ones at full size). Outside training the input passes unchanged.
     """
 
-    def __init__(self, **kwargs):
+    def __init__(self, zoom_range: tuple[float, float] = (0.8, 1.25), **kwargs):
         super().__init__(**kwargs)
+        self.zoom_range = (float(zoom_range[0]), float(zoom_range[1]))
         self.output_size = tf.Variable(IMAGE_SIZE, dtype=tf.int32, trainable=False, name="output_size")
         sigma = 1.2
         grid = tf.range(-2, 3, dtype=tf.float32)
@@ -46,7 +48,7 @@ class CellAugmentation(layers.Layer):
         out_size = tf.cast(self.output_size, tf.float32)
         centre, out_centre = (size - 1.0) / 2.0, (out_size - 1.0) / 2.0
         angle = tf.random.uniform([batch], 0.0, 2.0 * math.pi)
-        zoom = tf.exp(tf.random.uniform([batch], math.log(0.8), math.log(1.25)))
+        zoom = tf.exp(tf.random.uniform([batch], math.log(self.zoom_range[0]), math.log(self.zoom_range[1])))
         flip = tf.where(tf.random.uniform([batch]) < 0.5, -1.0, 1.0)
         shift = tf.random.uniform([batch, 2], -0.06, 0.06) * size
         cos, sin = tf.cos(angle) / zoom * (size / out_size), tf.sin(angle) / zoom * (size / out_size)
@@ -153,10 +155,11 @@ def recalibrate_batch_norm(network: keras.Model, images: np.ndarray, batch_size:
     return int(len(order))
 
 
-def build_training_model(network: keras.Model) -> tuple[keras.Model, CellAugmentation]:
+def build_training_model(network: keras.Model, zoom_range: tuple[float, float] = (0.8, 1.25),
+                         ) -> tuple[keras.Model, CellAugmentation]:
     """The network behind the augmentation layer; the layer is returned too, to set its size."""
     inputs = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3), dtype="uint8", name="image")
-    augmentation = CellAugmentation()
+    augmentation = CellAugmentation(zoom_range)
     return keras.Model(inputs, network(augmentation(inputs)), name="cell_resnet_train"), augmentation
 
 

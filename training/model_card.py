@@ -27,6 +27,16 @@ DATA_ATTRIBUTION = (
 )
 
 
+LIMITATIONS = (
+    "Trained on one hospital's scanner (CellaVision DM96) and stain; other scanners are handled by "
+    "augmentation only and were not measured here. Simulated magnification, blur and compression on the "
+    "test split: docs/cell_robustness.md (`python -m training.robustness`); cells shown larger than the "
+    "training scale jitter allows are the weakest case.",
+    "Blasts and other abnormal cells are not among the 8 classes; the unclassified rule catches only "
+    "part of them, the rest receive the nearest normal type.",
+)
+
+
 def build_card(*, version, onnx_path: Path, output_name, temperature, threshold, max_unclassified_fraction,
                test_time_views: list[str], metrics, training) -> dict:
     return {
@@ -64,12 +74,7 @@ def build_card(*, version, onnx_path: Path, output_name, temperature, threshold,
         "metrics": metrics,
         "intended_use": "Research decision support: counts of peripheral-blood cell types per patient. "
                         "Not a diagnostic device; a haematologist reviews every result.",
-        "limitations": [
-            "Trained on one hospital's scanner (CellaVision DM96) and stain; other scanners are handled by "
-            "augmentation only and were not measured here.",
-            "Blasts and other abnormal cells are not among the 8 classes; the unclassified rule catches only "
-            "part of them, the rest receive the nearest normal type.",
-        ],
+        "limitations": list(LIMITATIONS),
     }
 
 
@@ -132,8 +137,9 @@ def _markdown(card: dict) -> str:
         + f", batch {t['batch_size']}, AdamW (weight decay 0.05), cosine "
         f"schedule with warm-up to {t['peak_learning_rate']}, class weights {t['class_weight']}",
         _sizes_line(t.get("epoch_image_sizes")),
-        "- Augmentation: any rotation, flips, scale jitter 0.8-1.25x, translation up to 6%, per-channel stain gain, "
-        "brightness/contrast/saturation/hue jitter, random Gaussian blur, sensor noise",
+        "- Augmentation: any rotation, flips, scale jitter {:g}-{:g}x, translation up to 6%, per-channel stain "
+        "gain, brightness/contrast/saturation/hue jitter, random Gaussian blur, sensor noise".format(
+            *t.get("zoom_range", (0.8, 1.25))),
         f"- After the fit, the batch-norm statistics were re-estimated on "
         f"{t.get('batch_norm_recalibration_images', 0)} clean (un-augmented) training images",
         f"- Time: {t['total_seconds'] / 60:.1f} min in all ({t['fit_seconds'] / 60:.1f} min fitting) on {t['machine']}"

@@ -4,9 +4,10 @@
     python -m training.train_cells --from-network DIR/cell_cnn.keras   (finish an already fitted network)
 
 Steps: fit (Keras progress shown; progressive resizing: the first epochs see images scaled down
-to ``--small-size``, which is ~1.4x cheaper, the last ``--full-size-epochs`` the full 112 px), re-estimate the batch-norm statistics on clean training
-images, fit the temperature and the ``unclassified`` threshold on the validation split,
-evaluate on the test split, export to ONNX and check it against Keras, write the card.
+to ``--small-size``, which is ~1.4x cheaper, the last ``--full-size-epochs`` the full 112 px),
+re-estimate the batch-norm statistics on clean training images, fit the temperature and the
+``unclassified`` threshold on the validation split, evaluate on the test split, export to ONNX
+and check it against Keras, write the card.
 ``--from-network`` skips the fit and takes its record (epochs, history, time) from the
 ``model_card.json`` beside the network; the card's total time is then the sum of both runs.
 
@@ -37,6 +38,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--full-size-epochs", type=int, default=12,
                         help="the last N epochs train at full size; the ones before at --small-size")
+    parser.add_argument("--zoom-range", type=float, nargs=2, default=(0.8, 1.25), metavar=("MIN", "MAX"),
+                        help="scale jitter: zoom drawn log-uniformly from this range")
     parser.add_argument("--small-size", type=int, default=96, help="image side in the early epochs")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--learning-rate", type=float, default=2e-3)
@@ -55,8 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-FIT_RECORD_KEYS = ("epochs", "epoch_image_sizes", "batch_size", "peak_learning_rate", "seed", "class_weight", "fit_seconds",
-                   "epoch_seconds", "epochs_run", "stopped_by_time_budget", "history")
+FIT_RECORD_KEYS = ("epochs", "epoch_image_sizes", "zoom_range", "batch_size", "peak_learning_rate", "seed",
+                   "class_weight", "fit_seconds", "epoch_seconds", "epochs_run", "stopped_by_time_budget", "history")
 
 
 def fit(args: argparse.Namespace, train, val, started: float):
@@ -70,7 +73,7 @@ def fit(args: argparse.Namespace, train, val, started: float):
     counts = np.bincount(train.labels, minlength=len(CELL_TYPES))
     class_weight = {i: float(len(train.labels) / (len(CELL_TYPES) * c)) for i, c in enumerate(counts)}
     network = cnn.build_network()
-    training_model, augmentation = cnn.build_training_model(network)
+    training_model, augmentation = cnn.build_training_model(network, tuple(args.zoom_range))
     sizes = [args.small_size if epoch < args.epochs - args.full_size_epochs else IMAGE_SIZE
              for epoch in range(args.epochs)]
     steps_per_epoch = int(np.ceil(len(train.labels) / args.batch_size))
@@ -99,6 +102,7 @@ def fit(args: argparse.Namespace, train, val, started: float):
     return network, {
         "epochs": args.epochs,
         "epoch_image_sizes": sizes,
+        "zoom_range": list(args.zoom_range),
         "batch_size": args.batch_size,
         "peak_learning_rate": args.learning_rate,
         "seed": args.seed,

@@ -1,0 +1,42 @@
+"""The robustness report's image variants and its table, on real cells through the served model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from services.cell_classifier.inference import CellModel
+from services.cell_classifier.settings import DEFAULT_MODEL_DIR
+from shared.vocabulary import CELL_TYPES
+from tests.conftest import require_training_stack
+from tests.helpers.images import fullsize_images
+
+pytestmark = pytest.mark.train  # the report lives in training/ and needs scikit-learn
+
+
+def test_variants_change_the_field_of_view_as_named():
+    require_training_stack()
+    from training import robustness
+
+    image = Image.new("RGB", (200, 220), (200, 150, 180))
+    assert robustness.centre_crop(0.8)(image).size == (160, 176)
+    assert robustness.pad_with_border(0.8)(image).size == (250, 276)  # 25 and 28 (27.5 rounded) pixels each side
+    assert robustness.resized(144)(image).size == (144, 144)
+    assert robustness.jpeg(40)(image).size == (200, 220)
+
+
+def test_report_scores_every_variant_on_real_cells():
+    require_training_stack()
+    from training import robustness
+
+    cells = fullsize_images()[::4]  # 2 per class
+    paths = [str(path) for _, path in cells]
+    labels = np.array([CELL_TYPES.index(cell_type) for cell_type, _ in cells])
+    model = CellModel(DEFAULT_MODEL_DIR, "cpu")
+    results = robustness.evaluate(model, paths, labels)
+    assert list(results) == list(robustness.VARIANTS)
+    assert all(0.0 <= report["accuracy"] <= 1.0 and report["n"] == 16 for report in results.values())
+    assert results["as given (224x224 copy)"]["accuracy"] >= 0.75  # clear originals of the training hospital
+    table = robustness.markdown(model.card, "test", 16, results)
+    assert table.count("\n| ") == len(robustness.VARIANTS) + 1  # header + one row per variant
