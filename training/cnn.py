@@ -155,8 +155,7 @@ def recalibrate_batch_norm(network: keras.Model, images: np.ndarray, batch_size:
     return int(len(order))
 
 
-def build_training_model(network: keras.Model, zoom_range: tuple[float, float] = (0.8, 1.25),
-                         ) -> tuple[keras.Model, CellAugmentation]:
+def build_training_model(network: keras.Model, zoom_range: tuple[float, float]) -> tuple[keras.Model, CellAugmentation]:
     """The network behind the augmentation layer; the layer is returned too, to set its size."""
     inputs = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3), dtype="uint8", name="image")
     augmentation = CellAugmentation(zoom_range)

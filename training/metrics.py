@@ -28,6 +28,11 @@ def confidence_threshold(confidences: np.ndarray, max_unclassified_fraction: flo
     return float(ordered[allowed]) if allowed < len(ordered) else float(ordered[-1])
 
 
+def apply_unclassified_rule(probabilities: np.ndarray, threshold: float, n_classes: int) -> np.ndarray:
+    """Class index per row, or ``n_classes`` (``unclassified``) where the top probability is below ``threshold``."""
+    return np.where(probabilities.max(axis=1) >= threshold, probabilities.argmax(axis=1), n_classes)
+
+
 def classification_report(labels: np.ndarray, predicted: np.ndarray, class_names: list[str]) -> dict:
     """Accuracy, macro-F1, per-class precision/recall/F1/support and the confusion matrix.
 

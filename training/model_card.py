@@ -126,7 +126,7 @@ def _markdown(card: dict) -> str:
         (f"The exported model runs each image as {len(card['test_time_views'])} views "
          f"({', '.join(card['test_time_views'])}) in one batch and averages their logits; the metrics below "
          "are for that model. It costs that many times the compute of one view."
-         if len(card.get("test_time_views", [])) > 1 else "One view per image (no test-time augmentation)."),
+         if len(card["test_time_views"]) > 1 else "One view per image (no test-time augmentation)."),
         "",
         "## Training",
         f"- Data: {card['data']['training']}; stratified split with seed {t['split_seed']}: "
@@ -136,10 +136,10 @@ def _markdown(card: dict) -> str:
         + (" (stopped by the time budget)" if t.get("stopped_by_time_budget") else "")
         + f", batch {t['batch_size']}, AdamW (weight decay 0.05), cosine "
         f"schedule with warm-up to {t['peak_learning_rate']}, class weights {t['class_weight']}",
-        _sizes_line(t.get("epoch_image_sizes")),
+        _sizes_line(t["epoch_image_sizes"]),
         "- Augmentation: any rotation, flips, scale jitter {:g}-{:g}x, translation up to 6%, per-channel stain "
         "gain, brightness/contrast/saturation/hue jitter, random Gaussian blur, sensor noise".format(
-            *t.get("zoom_range", (0.8, 1.25))),
+            *t["zoom_range"]),
         f"- After the fit, the batch-norm statistics were re-estimated on "
         f"{t.get('batch_norm_recalibration_images', 0)} clean (un-augmented) training images",
         f"- Time: {t['total_seconds'] / 60:.1f} min in all ({t['fit_seconds'] / 60:.1f} min fitting) on {t['machine']}"
@@ -184,10 +184,8 @@ def write(card: dict, out: Path) -> None:
     _plot_confusion(card, out / CONFUSION_PNG)
 
 
-def _sizes_line(sizes: list[int] | None) -> str:
-    """'Progressive resizing: epochs 1-18 at 96 px, 19-30 at 112 px' (or the plain fact)."""
-    if not sizes:
-        return "- All epochs at the full input size"
+def _sizes_line(sizes: list[int]) -> str:
+    """'... epochs 1-18 at 96 px, epochs 19-30 at 112 px'."""
     runs: list[tuple[int, int, int]] = []  # (first epoch, last epoch, size), 1-based
     for epoch, size in enumerate(sizes, start=1):
         if runs and runs[-1][2] == size:

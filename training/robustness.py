@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from services.cell_classifier.settings import DEFAULT_MODEL_DIR
 from shared.preprocessing import preprocess
 from shared.vocabulary import CELL_TYPES
 from training import pbc_dataset
-from training.metrics import classification_report
+from training.metrics import apply_unclassified_rule, classification_report
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -86,7 +85,7 @@ def evaluate(model: CellModel, paths: list[str], labels: np.ndarray) -> dict[str
             with Image.open(path) as image:
                 arrays.append(preprocess(transform(image.convert("RGB"))))
         probabilities = model.predict(np.stack(arrays))
-        predicted = np.where(probabilities.max(axis=1) >= threshold, probabilities.argmax(axis=1), len(CELL_TYPES))
+        predicted = apply_unclassified_rule(probabilities, threshold, len(CELL_TYPES))
         results[name] = classification_report(labels, predicted, list(CELL_TYPES))
         print(f"{name}: accuracy {results[name]['accuracy']:.4f}", flush=True)
     return results
@@ -110,7 +109,7 @@ def markdown(card: dict, split: str, n: int, results: dict[str, dict]) -> str:
         worst = min(recalls, key=recalls.get)
         lines.append(f"| {name} | {report['accuracy']:.3f} | {report['macro_f1']:.3f} | "
                      f"{report['unclassified_fraction']:.1%} | {worst} {recalls[worst]:.2f} |")
-    zoom = card["training"].get("zoom_range", (0.8, 1.25))
+    zoom = card["training"]["zoom_range"]
     lines += [
         "",
         f"Training drew the scale from {zoom[0]:g}x to {zoom[1]:g}x; cells magnified beyond that (another "
@@ -134,9 +133,6 @@ def main(argv: list[str] | None = None) -> None:
     results = evaluate(model, split.paths, split.labels)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(markdown(model.card, args.split, len(split.labels), results))
-    args.out.with_suffix(".json").write_text(json.dumps(
-        {name: {k: r[k] for k in ("accuracy", "macro_f1", "unclassified_fraction")} for name, r in results.items()},
-        indent=2) + "\n")
     print(f"wrote {args.out}", flush=True)
 
 

@@ -124,7 +124,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     from shared.vocabulary import CELL_TYPES
     from training import cnn, export_onnx, model_card, pbc_dataset
-    from training.metrics import classification_report, confidence_threshold, fit_temperature, softmax
+    from training.metrics import (apply_unclassified_rule, classification_report, confidence_threshold,
+                                  fit_temperature, softmax)
 
     keras.utils.set_random_seed(args.seed)
     data_dir = args.data_dir or pbc_dataset.data_dir()
@@ -156,8 +157,7 @@ def main(argv: list[str] | None = None) -> dict:
     threshold = confidence_threshold(val_probabilities.max(axis=1), MAX_UNCLASSIFIED_FRACTION)
 
     def predict_with_rule(probabilities: np.ndarray) -> np.ndarray:
-        predicted = probabilities.argmax(axis=1)
-        return np.where(probabilities.max(axis=1) >= threshold, predicted, len(CELL_TYPES))
+        return apply_unclassified_rule(probabilities, threshold, len(CELL_TYPES))
 
     test_probabilities = softmax(test_logits, temperature)
     metrics = {

@@ -36,8 +36,7 @@ def test_committed_onnx_matches_keras_on_real_images():
 
     card = json.loads((DEFAULT_MODEL_DIR / "model_card.json").read_text())
     network = keras.models.load_model(DEFAULT_MODEL_DIR / "cell_cnn.keras")
-    serving = build_serving_model(network, card["unclassified_rule"]["temperature"],
-                                  len(card.get("test_time_views", ["identity"])))
+    serving = build_serving_model(network, card["unclassified_rule"]["temperature"], len(card["test_time_views"]))
     images = _originals()
     keras_probabilities = serving.predict(images, verbose=0)
     onnx_probabilities = CellModel(DEFAULT_MODEL_DIR, "cpu").predict(images)
