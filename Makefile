@@ -41,8 +41,9 @@ subtype-service: ## the subtype service alone on SUBTYPE_HOST:SUBTYPE_PORT (127.
 train-subtype: ## cross-validate, train and export the subtype ensemble; report in docs/
 	AML_PATIENTS_CSV=$(DATA)/aml_patients/expert_differentials.csv $(PYTHON) -m training.train_subtype
 
-train-cells: ## train, calibrate, evaluate and export the cell CNN (about 52 min on 2 cores)
-	PBC_DIR=$(DATA)/pbc $(PYTHON) -m training.train_cells
+train-cells: ## fine-tune the committed cell CNN on PBC + DeepAPL, calibrate, evaluate, export (~80 min on 2 cores)
+	PBC_DIR=$(DATA)/pbc DEEPAPL_DIR=$(DATA)/deepapl_discovery $(PYTHON) -m training.train_cells \
+		--init-network services/cell_classifier/model/cell_cnn.keras
 
 bench: bench-cells bench-subtype bench-gateway ## all benchmarks
 

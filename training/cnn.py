@@ -21,10 +21,14 @@ from shared.vocabulary import CELL_TYPES
 class CellAugmentation(layers.Layer):
     """Per-image random geometry, stain/colour jitter, blur and noise (training only).
 
-    - geometry: any rotation, horizontal flip, scale jitter (zoom log-uniform in ``zoom_range``,
-      by default 0.8x to 1.25x, so cells at other magnifications look familiar), translation
-      up to 6 %, reflected borders;
-    - colour: per-channel gain (stain), brightness, contrast, saturation and hue;
+    - geometry: any rotation, horizontal flip, scale jitter, translation up to 6 %, reflected
+      borders. The zoom is drawn log-uniformly from ``zoom_range`` (0.8x to 1.25x: this hospital's
+      magnification) or, with probability ``wide_zoom_probability``, from ``wide_zoom_range``
+      (e.g. 0.7x to 2.2x, so cells cropped tighter by another scanner or a 100x-oil camera look
+      familiar while half the images keep the home scale);
+    - stain: with probability ``stain_probability`` a jitter of the stain concentrations in the
+      optical-density (HED) space (each stain scaled by 1 +- ``stain_scale`` and shifted), then a
+      per-channel gain, brightness, contrast, saturation and hue jitter;
     - blur: a Gaussian blur of random strength on about a quarter of the images;
     - sensor noise.
     Input is uint8 in [0, 255] at ``IMAGE_SIZE``; output is float32 in [0, 255] at the current
@@ -32,9 +36,16 @@ class CellAugmentation(layers.Layer):
     cheaper, and the last ones at full size). Outside training the input passes unchanged.
     """
 
-    def __init__(self, zoom_range: tuple[float, float] = (0.8, 1.25), **kwargs):
+    def __init__(self, zoom_range: tuple[float, float] = (0.8, 1.25),
+                 wide_zoom_range: tuple[float, float] | None = None, wide_zoom_probability: float = 0.0,
+                 stain_probability: float = 0.0, stain_scale: float = 0.0, colour_strength: float = 1.0, **kwargs):
         super().__init__(**kwargs)
         self.zoom_range = (float(zoom_range[0]), float(zoom_range[1]))
+        self.wide_zoom_range = tuple(float(z) for z in (wide_zoom_range or zoom_range))
+        self.wide_zoom_probability = float(wide_zoom_probability)
+        self.stain_probability = float(stain_probability)
+        self.stain_scale = float(stain_scale)
+        self.colour_strength = float(colour_strength)
         self.output_size = tf.Variable(IMAGE_SIZE, dtype=tf.int32, trainable=False, name="output_size")
         sigma = 1.2
         grid = tf.range(-2, 3, dtype=tf.float32)
@@ -48,7 +59,9 @@ class CellAugmentation(layers.Layer):
         out_size = tf.cast(self.output_size, tf.float32)
         centre, out_centre = (size - 1.0) / 2.0, (out_size - 1.0) / 2.0
         angle = tf.random.uniform([batch], 0.0, 2.0 * math.pi)
-        zoom = tf.exp(tf.random.uniform([batch], math.log(self.zoom_range[0]), math.log(self.zoom_range[1])))
+        home = tf.random.uniform([batch], math.log(self.zoom_range[0]), math.log(self.zoom_range[1]))
+        wide = tf.random.uniform([batch], math.log(self.wide_zoom_range[0]), math.log(self.wide_zoom_range[1]))
+        zoom = tf.exp(tf.where(tf.random.uniform([batch]) < self.wide_zoom_probability, wide, home))
         flip = tf.where(tf.random.uniform([batch]) < 0.5, -1.0, 1.0)
         shift = tf.random.uniform([batch, 2], -0.06, 0.06) * size
         cos, sin = tf.cos(angle) / zoom * (size / out_size), tf.sin(angle) / zoom * (size / out_size)
@@ -69,18 +82,35 @@ class CellAugmentation(layers.Layer):
         """One random 3x3 colour matrix per image: stain gain, saturation, hue rotation (in YIQ)."""
         to_yiq = tf.constant([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
         from_yiq = tf.linalg.inv(to_yiq)
-        hue = tf.random.uniform([batch], -0.1, 0.1)  # radians
-        saturation = tf.random.uniform([batch], 0.8, 1.2)
+        k = self.colour_strength
+        hue = tf.random.uniform([batch], -0.1 * k, 0.1 * k)  # radians
+        saturation = tf.random.uniform([batch], 1.0 - 0.2 * k, 1.0 + 0.2 * k)
         cos, sin = tf.cos(hue) * saturation, tf.sin(hue) * saturation
         ones, zeros = tf.ones([batch]), tf.zeros([batch])
         rotate = tf.reshape(tf.stack([ones, zeros, zeros, zeros, cos, -sin, zeros, sin, cos], axis=1), [batch, 3, 3])
-        gain = tf.linalg.diag(tf.random.uniform([batch, 3], 0.92, 1.08))
+        gain = tf.linalg.diag(tf.random.uniform([batch, 3], 1.0 - 0.08 * k, 1.0 + 0.08 * k))
         matrix = gain @ from_yiq @ rotate @ to_yiq  # applied to column vectors
         x = tf.einsum("bhwc,bdc->bhwd", images, matrix)
-        brightness = tf.random.uniform([batch, 1, 1, 1], 0.9, 1.1)
+        brightness = tf.random.uniform([batch, 1, 1, 1], 1.0 - 0.1 * k, 1.0 + 0.1 * k)
         mean = tf.reduce_mean(x, axis=[1, 2, 3], keepdims=True)
-        contrast = tf.random.uniform([batch, 1, 1, 1], 0.85, 1.15)
+        contrast = tf.random.uniform([batch, 1, 1, 1], 1.0 - 0.15 * k, 1.0 + 0.15 * k)
         return ((x - mean) * contrast + mean) * brightness
+
+    # Ruifrok & Johnston's stain vectors (haematoxylin, eosin, DAB) as rows, in optical density.
+    _STAIN_VECTORS = ((0.65, 0.70, 0.29), (0.07, 0.99, 0.11), (0.27, 0.57, 0.78))
+
+    def _stain(self, images, batch):
+        """Jitter the stain concentrations: OD = -log((x + 1) / 256), C = OD S^-1, C' = C a + b."""
+        stains = tf.constant(self._STAIN_VECTORS, tf.float32)
+        stains = stains / tf.norm(stains, axis=1, keepdims=True)
+        density = -tf.math.log((images + 1.0) / 256.0)
+        concentration = tf.einsum("bhwc,cs->bhws", density, tf.linalg.inv(stains))
+        scale = tf.random.uniform([batch, 1, 1, 3], 1.0 - self.stain_scale, 1.0 + self.stain_scale)
+        shift = tf.random.uniform([batch, 1, 1, 3], -0.05 * self.stain_scale, 0.05 * self.stain_scale)
+        jittered = tf.einsum("bhws,sc->bhwc", concentration * scale + shift, stains)
+        result = tf.clip_by_value(256.0 * tf.exp(-jittered) - 1.0, 0.0, 255.0)
+        apply = tf.random.uniform([batch, 1, 1, 1]) < self.stain_probability
+        return tf.where(apply, result, images)
 
     def _blur_and_noise(self, images, batch):
         blurred = tf.nn.depthwise_conv2d(images, self._blur_kernel, [1, 1, 1, 1], "SAME")
@@ -96,6 +126,8 @@ class CellAugmentation(layers.Layer):
             return images
         batch = tf.shape(images)[0]
         images = self._geometry(images, batch)
+        if self.stain_probability > 0:
+            images = self._stain(images, batch)
         images = self._colour(images, batch)
         return self._blur_and_noise(images, batch)
 
@@ -116,7 +148,8 @@ def _residual_block(x, filters: int, stride: int):
     return layers.ReLU()(layers.Add()([y, shortcut]))
 
 
-def build_network(widths: tuple[int, ...] = (32, 64, 128, 256), dropout: float = 0.2) -> keras.Model:
+def build_network(widths: tuple[int, ...] = (32, 64, 128, 256), dropout: float = 0.2,
+                  n_classes: int = len(CELL_TYPES)) -> keras.Model:
     """ResNet-style CNN: float32 RGB in [0, 255] -> logits over ``CELL_TYPES``."""
     inputs = keras.Input((None, None, 3), dtype="float32", name="pixels")  # any size: progressive resizing
     x = layers.Rescaling(1.0 / 127.5, offset=-1.0)(inputs)
@@ -127,8 +160,29 @@ def build_network(widths: tuple[int, ...] = (32, 64, 128, 256), dropout: float =
         x = _residual_block(x, filters, stride=1 if stage == 0 else 2)
     x = layers.GlobalAveragePooling2D()(x)
     x = layers.Dropout(dropout)(x)
-    logits = layers.Dense(len(CELL_TYPES), name="logits")(x)
+    logits = layers.Dense(n_classes, name="logits")(x)
     return keras.Model(inputs, logits, name="cell_resnet")
+
+
+def network_from(earlier: keras.Model, earlier_classes: list[str]) -> keras.Model:
+    """A network over ``CELL_TYPES`` that starts from ``earlier`` (same body, another label set):
+    every layer's weights are copied; the output layer keeps the rows of classes both share and
+    starts the new classes at small random weights with the mean bias."""
+    network = build_network()
+    for old, new in zip(earlier.layers, network.layers):
+        if new.name == "logits" or old.name == "logits":
+            continue
+        new.set_weights(old.get_weights())
+    old_kernel, old_bias = earlier.get_layer("logits").get_weights()
+    kernel, bias = network.get_layer("logits").get_weights()
+    kernel *= 0.1
+    bias[:] = old_bias.mean()
+    for column, name in enumerate(CELL_TYPES):
+        if name in earlier_classes:
+            kernel[:, column] = old_kernel[:, earlier_classes.index(name)]
+            bias[column] = old_bias[earlier_classes.index(name)]
+    network.get_layer("logits").set_weights([kernel, bias])
+    return network
 
 
 def recalibrate_batch_norm(network: keras.Model, images: np.ndarray, batch_size: int = 64,
@@ -155,10 +209,11 @@ def recalibrate_batch_norm(network: keras.Model, images: np.ndarray, batch_size:
     return int(len(order))
 
 
-def build_training_model(network: keras.Model, zoom_range: tuple[float, float]) -> tuple[keras.Model, CellAugmentation]:
+def build_training_model(network: keras.Model, zoom_range: tuple[float, float], **augmentation_options
+                         ) -> tuple[keras.Model, CellAugmentation]:
     """The network behind the augmentation layer; the layer is returned too, to set its size."""
     inputs = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3), dtype="uint8", name="image")
-    augmentation = CellAugmentation(zoom_range)
+    augmentation = CellAugmentation(zoom_range, **augmentation_options)
     return keras.Model(inputs, network(augmentation(inputs)), name="cell_resnet_train"), augmentation
 
 

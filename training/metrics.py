@@ -53,3 +53,40 @@ def classification_report(labels: np.ndarray, predicted: np.ndarray, class_names
         },
         "confusion_matrix": confusion_matrix(labels, predicted, labels=known + [len(class_names)]).tolist(),
     }
+
+
+NORMAL_TYPES: tuple[str, ...] = ("basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte",
+                                 "neutrophil", "platelet")
+"""The 8 PBC cell types: the cells that must not be called blasts."""
+
+
+def leukaemia_summary(labels: np.ndarray, predicted: np.ndarray) -> dict:
+    """What a lab reading leukaemic blood needs from the cell step, on label indices over ``CELL_TYPES``
+    (``len(CELL_TYPES)`` = unclassified):
+
+    - ``accuracy_9``: accuracy over the 8 PBC types + blast (smudge cells not counted); a promyelocyte is
+      right as ``promyelocyte`` or ``ig`` (the 8-type vocabulary) or ``blast`` (abnormal promyelocytes are
+      blast equivalents);
+    - ``blast_recall``: expert blasts labelled ``blast``; ``blast_flagged``: labelled ``blast`` or
+      ``unclassified``;
+    - ``normal_called_blast``: share of the 8 normal types labelled ``blast``.
+    """
+    from shared.vocabulary import CELL_TYPES
+
+    index = {name: i for i, name in enumerate(CELL_TYPES)}
+    unclassified, blast = len(CELL_TYPES), index["blast"]
+    normal = np.isin(labels, [index[n] for n in NORMAL_TYPES])
+    is_blast = labels == blast
+    is_promyelocyte = labels == index["promyelocyte"]
+    counted = normal | is_blast | is_promyelocyte
+    right = (predicted == labels) | (is_promyelocyte & np.isin(predicted, [index["ig"], blast]))
+    return {
+        "n_counted": int(counted.sum()),
+        "accuracy_9": float(right[counted].mean()) if counted.any() else float("nan"),
+        "n_blasts": int(is_blast.sum()),
+        "blast_recall": float((predicted[is_blast] == blast).mean()) if is_blast.any() else float("nan"),
+        "blast_flagged": float(np.isin(predicted[is_blast], [blast, unclassified]).mean()) if is_blast.any()
+        else float("nan"),
+        "n_normal": int(normal.sum()),
+        "normal_called_blast": float((predicted[normal] == blast).mean()) if normal.any() else float("nan"),
+    }

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from shared.preprocessing import IMAGE_SIZE
-from shared.vocabulary import CELL_TYPES, UNCLASSIFIED
+from shared.vocabulary import CELL_TYPES, UNCLASSIFIED, VOCABULARY_VERSION
 from shared.hashing import file_sha256
 from training.export_onnx import ONNX_INPUT_NAME, ONNX_OPSET
 
@@ -19,26 +19,37 @@ CARD_JSON = "model_card.json"
 CARD_MD = "MODEL_CARD.md"
 CONFUSION_PNG = "confusion_matrix.png"
 
-DATA_ATTRIBUTION = (
-    "Acevedo A, Merino A, Alférez S, Molina Á, Boldú L, Rodellar J. A dataset of microscopic peripheral "
-    "blood cell images for development of automatic recognition systems. Data in Brief 30 (2020) 105474. "
-    "Mendeley Data, doi:10.17632/snkd93bnjr.1. Licence CC BY 4.0. Hospital Clinic of Barcelona, "
-    "CellaVision DM96, May Grünwald-Giemsa stain."
-)
-
+DATA_ATTRIBUTION = {
+    "pbc": "Acevedo A, Merino A, Alférez S, Molina Á, Boldú L, Rodellar J. A dataset of microscopic peripheral "
+           "blood cell images for development of automatic recognition systems. Data in Brief 30 (2020) 105474. "
+           "Mendeley Data, doi:10.17632/snkd93bnjr.1. Licence CC BY 4.0. Hospital Clinic of Barcelona, "
+           "CellaVision DM96, May Grünwald-Giemsa stain.",
+    "deepapl": "Sidhom J-W, et al. Deep learning for diagnosis of acute promyelocytic leukemia via recognition of "
+               "genomically imprinted morphologic features. npj Precision Oncology 5:38 (2021); discovery cohort "
+               "(82 AML/APL patients, Johns Hopkins Hospital, CellaVision) as published in the authors' code "
+               "repository (sidhomj/DeepAPL). Copyright The Johns Hopkins University, no open licence: this "
+               "model was trained on it for research use only.",
+}
+DATA_DESCRIPTION = {
+    "pbc": "PBC (14,528 normal blood cells, 224x224 copies; stratified 80/10/10 split by folder)",
+    "deepapl": "DeepAPL discovery cohort (the technologist-verified single-class cells of 82 AML/APL patients, "
+               "144x144 copies; split by patient)",
+}
 
 LIMITATIONS = (
-    "Trained on one hospital's scanner (CellaVision DM96) and stain; other scanners are handled by "
-    "augmentation only and were not measured here. Simulated magnification, blur and compression on the "
-    "test split: docs/cell_robustness.md (`python -m training.robustness`); cells shown larger than the "
-    "training scale jitter allows are the weakest case.",
-    "Blasts and other abnormal cells are not among the 8 classes; the unclassified rule catches only "
-    "part of them, the rest receive the nearest normal type.",
+    "Trained on two hospitals' CellaVision images (Barcelona, Johns Hopkins); other scanners, stains and "
+    "magnifications are handled by stain and scale augmentation and by the appearance warning, and were "
+    "not measured here. Simulated changes: docs/cell_robustness.md (`python -m training.robustness`).",
+    "Blasts, smudge cells and promyelocytes were learned from one hospital's leukaemic blood (DeepAPL); "
+    "abnormal promyelocytes of APL may be labelled blast (WHO counts them as blast equivalents).",
+    "Cell types outside the vocabulary (plasma cells, prolymphocytes, hairy cells, ...) get the nearest "
+    "label unless their confidence falls below the unclassified threshold; see the held-out check below.",
+    "Research use only: the DeepAPL images carry no open licence.",
 )
 
 
 def build_card(*, version, onnx_path: Path, output_name, temperature, threshold, max_unclassified_fraction,
-               test_time_views: list[str], metrics, training) -> dict:
+               test_time_views: list[str], metrics, training, appearance=None, sources=("pbc",)) -> dict:
     return {
         "name": MODEL_NAME,
         "version": version,
@@ -68,8 +79,11 @@ def build_card(*, version, onnx_path: Path, output_name, temperature, threshold,
             "rule": f"label = '{UNCLASSIFIED}' when max probability < threshold",
             "chosen_so_that": f"at most {max_unclassified_fraction:.1%} of validation cells are unclassified",
         },
-        "data": {"training": "PBC (../shared/data/pbc, 14,528 images resized to 224x224)",
-                 "attribution": DATA_ATTRIBUTION, "licence": "CC BY 4.0"},
+        "data": {"training": [DATA_DESCRIPTION[s] for s in sources],
+                 "attribution": [DATA_ATTRIBUTION[s] for s in sources],
+                 "licence": "PBC: CC BY 4.0" + ("; DeepAPL: no open licence, research use" if "deepapl" in sources
+                                                else "")},
+        "appearance": appearance,
         "training": training,
         "metrics": metrics,
         "intended_use": "Research decision support: counts of peripheral-blood cell types per patient. "
@@ -79,33 +93,42 @@ def build_card(*, version, onnx_path: Path, output_name, temperature, threshold,
 
 
 def _plot_confusion(card: dict, path: Path) -> None:
+    """One confusion matrix per source's test split, side by side."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    matrix = np.asarray(card["metrics"]["test"]["confusion_matrix"])[: len(CELL_TYPES)]
+    splits = [k for k in card["metrics"] if k.startswith("test_") and not k.endswith("_rule")]
     labels = list(CELL_TYPES) + [UNCLASSIFIED]
-    fig, ax = plt.subplots(figsize=(8, 6.5))
-    ax.imshow(matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1), cmap="Blues", vmin=0, vmax=1)
-    for (i, j), value in np.ndenumerate(matrix):
-        if value:
-            ax.text(j, i, str(value), ha="center", va="center", fontsize=8,
-                    color="white" if value > matrix[i].sum() / 2 else "black")
-    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
-    ax.set_yticks(range(len(CELL_TYPES)), CELL_TYPES)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    test = card["metrics"]["test"]
-    ax.set_title(f"{card['name']} {card['version']}: held-out test split (n={test['n']}), "
-                 f"accuracy {test['accuracy']:.3f}, macro-F1 {test['macro_f1']:.3f}", fontsize=9)
+    fig, axes = plt.subplots(1, len(splits), figsize=(8.5 * len(splits), 7.5), squeeze=False)
+    for ax, split in zip(axes[0], splits):
+        metrics = card["metrics"][split]
+        matrix = np.asarray(metrics["confusion_matrix"])[: len(CELL_TYPES)]
+        ax.imshow(matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1), cmap="Blues", vmin=0, vmax=1)
+        for (i, j), value in np.ndenumerate(matrix):
+            if value:
+                ax.text(j, i, str(value), ha="center", va="center", fontsize=7,
+                        color="white" if value > matrix[i].sum() / 2 else "black")
+        ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+        ax.set_yticks(range(len(CELL_TYPES)), CELL_TYPES)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(f"{card['name']} {card['version']}: {split} (n={metrics['n']}), "
+                     f"accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f}", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
+def _per_source(value) -> str:
+    return ", ".join(f"{k} {v}" for k, v in value.items()) if isinstance(value, dict) else str(value)
+
+
 def _markdown(card: dict) -> str:
-    t, rule = card["training"], card["unclassified_rule"]
+    t, rule, appearance = card["training"], card["unclassified_rule"], card.get("appearance")
+    augmentation = t.get("augmentation", {"zoom_range": t["zoom_range"]})
+    init = t.get("initial_network")
     lines = [
         f"# Model card: {card['name']} {card['version']}",
         "",
@@ -114,13 +137,42 @@ def _markdown(card: dict) -> str:
         f"- File: `{card['file']}`, sha256 `{card['sha256']}`, {card['format']}",
         f"- Input `{card['input']['name']}`: {card['input']['shape']} {card['input']['dtype']} "
         f"{card['input']['layout']}; {card['input']['preprocessing']}; normalisation {card['input']['normalisation']}",
-        f"- Output: {card['output']['meaning']}, in class order {', '.join(card['class_order'])}",
-        f"- Network: ResNet-style CNN, {t['parameters']:,} parameters, trained from scratch",
+        f"- Output: {card['output']['meaning']}, in class order {', '.join(card['class_order'])} "
+        f"(vocabulary {VOCABULARY_VERSION}, `shared/vocabulary.py`)",
+        f"- Network: ResNet-style CNN, {t['parameters']:,} parameters"
+        + (f", fine-tuned from `{init['file']}` ({init['name']} {init['version']}, classes "
+           f"{', '.join(init['class_order'])}; new classes started from scratch)" if init else ", trained from scratch"),
         "",
-        "## Unclassified rule",
+        "## Unclassified rule (how `unclassified` is set)",
         f"A cell is labelled `{rule['label']}` when its {rule['score']} is below {rule['threshold']:.4f} "
         f"(temperature {rule['temperature']:.3f}, fitted on the validation split by negative log-likelihood). "
         f"The threshold was chosen so that {rule['chosen_so_that']}.",
+    ]
+    held_out = card["metrics"].get("held_out_classes")
+    if held_out:
+        lines += ["", "Checked on verified DeepAPL cells of classes the model never saw (not in the vocabulary):", "",
+                  "| expert class | n | unclassified | labels given |", "|---|---|---|---|"]
+        for name, m in held_out.items():
+            lines.append(f"| {name} | {m['n']} | {m['unclassified_fraction']:.0%} | "
+                         + ", ".join(f"{k} {v}" for k, v in m["labels"].items()) + " |")
+    if appearance:
+        lines += [
+            "",
+            "## Appearance check (is this image like the training data?)",
+            "Each image's colour and density statistics (`shared/appearance.py`: channel means, spreads, 10th/90th "
+            "percentiles, stained-area fraction of the network input) are compared by Mahalanobis distance with "
+            f"those of the training images of each source ({', '.join(appearance['reference'])}); an image's "
+            "distance is to the nearest source. On the validation split the distances' median is "
+            f"{appearance['validation_distance_quantiles']['0.5']:.2f}, 90th percentile "
+            f"{appearance['validation_distance_quantiles']['0.9']:.2f}, 99th "
+            f"{appearance['validation_distance_quantiles']['0.99']:.2f}.",
+            f"- An image is *out of domain* when its distance exceeds {appearance['image_threshold']:.2f} "
+            "(validation 99th percentile).",
+            f"- A patient's report warns that the images look unlike the training data when the median distance of "
+            f"its cells exceeds {appearance['patient_threshold']:.2f} (validation 90th percentile of single cells: "
+            "an in-domain patient's median sits near the 50th).",
+        ]
+    lines += [
         "",
         "## Test-time views",
         (f"The exported model runs each image as {len(card['test_time_views'])} views "
@@ -129,23 +181,35 @@ def _markdown(card: dict) -> str:
          if len(card["test_time_views"]) > 1 else "One view per image (no test-time augmentation)."),
         "",
         "## Training",
-        f"- Data: {card['data']['training']}; stratified split with seed {t['split_seed']}: "
-        f"{t['n_train']} train / {t['n_validation']} validation / {t['n_test']} test images"
+        *[f"- Data: {d}" for d in card["data"]["training"]],
+        f"- Split seeds {_per_source(t['split_seed'])}; images: train {_per_source(t['n_train'])}; validation "
+        f"{_per_source(t['n_validation'])}; test {_per_source(t['n_test'])}"
         + (f" (smoke run, {t['per_class_limit']} per class)" if t["per_class_limit"] else ""),
+    ]
+    if t.get("deepapl_patients"):
+        lines.append("- DeepAPL patients: " + "; ".join(f"{k} {len(v)}" for k, v in t["deepapl_patients"].items())
+                     + f" (test patients: {', '.join(t['deepapl_patients']['test'])})")
+    lines += [
         f"- {t.get('epochs_run', t['epochs'])} of {t['epochs']} planned epochs"
         + (" (stopped by the time budget)" if t.get("stopped_by_time_budget") else "")
         + f", batch {t['batch_size']}, AdamW (weight decay 0.05), cosine "
         f"schedule with warm-up to {t['peak_learning_rate']}, class weights {t['class_weight']}",
         _sizes_line(t["epoch_image_sizes"]),
-        "- Augmentation: any rotation, flips, scale jitter {:g}-{:g}x, translation up to 6%, per-channel stain "
-        "gain, brightness/contrast/saturation/hue jitter, random Gaussian blur, sensor noise".format(
-            *t["zoom_range"]),
+        "- Augmentation: any rotation, flips, scale jitter {:g}-{:g}x".format(*augmentation["zoom_range"])
+        + ("" if not augmentation.get("wide_zoom_probability") else
+           " or, for {:.0%} of images, {:g}-{:g}x (other scanners' tighter crops)".format(
+               augmentation["wide_zoom_probability"], *augmentation["wide_zoom_range"]))
+        + ", translation up to 6%"
+        + ("" if not augmentation.get("stain_probability") else
+           f", stain jitter in optical-density (HED) space on {augmentation['stain_probability']:.0%} of images "
+           f"(concentrations x 1 +- {augmentation['stain_scale']:g})")
+        + f", per-channel gain, brightness/contrast/saturation/hue jitter (strength "
+        f"{augmentation.get('colour_strength', 1.0):g}), random Gaussian blur, sensor noise",
         f"- After the fit, the batch-norm statistics were re-estimated on "
         f"{t.get('batch_norm_recalibration_images', 0)} clean (un-augmented) training images",
         f"- Time: {t['total_seconds'] / 60:.1f} min in all ({t['fit_seconds'] / 60:.1f} min fitting) on {t['machine']}"
-        + (f"; the fit ran first ({t['fitted_in_earlier_run']['total_seconds'] / 60:.1f} min with its own "
-           "evaluation and export), the rest in a second run (`--from-network`); the total is the sum"
-           if t.get("fitted_in_earlier_run") else ""),
+        + (f"; the fit ran first ({t['fitted_in_earlier_run']['total_seconds'] / 60:.1f} min), the rest in a "
+           "second run (`--from-network`); the total is the sum" if t.get("fitted_in_earlier_run") else ""),
         f"- ONNX vs Keras, max |difference| of probabilities on 256 validation images: "
         f"{t['onnx_keras_max_abs_difference']:.2e}",
         "",
@@ -154,17 +218,32 @@ def _markdown(card: dict) -> str:
         "|---|---|---|---|---|",
     ]
     for split, m in card["metrics"].items():
-        lines.append(f"| {split} | {m['n']} | {m['accuracy']:.4f} | {m['macro_f1']:.4f} | "
-                     f"{m['unclassified_fraction']:.2%} |")
-    lines += ["", "Per class on the test split:", "", "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
-    for name, m in card["metrics"]["test"]["per_class"].items():
-        lines.append(f"| {name} | {m['precision']:.4f} | {m['recall']:.4f} | {m['f1']:.4f} | {m['support']} |")
+        if "accuracy" in m:
+            lines.append(f"| {split} | {m['n']} | {m['accuracy']:.4f} | {m['macro_f1']:.4f} | "
+                         f"{m['unclassified_fraction']:.2%} |")
+    leukaemia = {k: m["leukaemia"] for k, m in card["metrics"].items() if "leukaemia" in m}
+    if leukaemia:
+        lines += ["", "Leukaemic-blood view (`training.metrics.leukaemia_summary`): accuracy over the 8 PBC types + "
+                  "blast (promyelocyte right as promyelocyte, ig or blast; smudge cells not counted), blasts "
+                  "labelled blast, blasts labelled blast or unclassified, normal cells labelled blast:", "",
+                  "| split | cells | accuracy (9) | blasts | blast recall | blast or unclassified | normal called blast |",
+                  "|---|---|---|---|---|---|---|"]
+        for split, m in leukaemia.items():
+            lines.append(f"| {split} | {m['n_counted']} | {m['accuracy_9']:.4f} | {m['n_blasts']} | "
+                         f"{m['blast_recall']:.4f} | {m['blast_flagged']:.4f} | {m['normal_called_blast']:.4f} |")
+    for split in [k for k in card["metrics"] if k.startswith("test_") and not k.endswith("_rule")]:
+        lines += ["", f"Per class on {split}:", "", "| class | precision | recall | F1 | support |",
+                  "|---|---|---|---|---|"]
+        for name, m in card["metrics"][split]["per_class"].items():
+            if m["support"]:
+                lines.append(f"| {name} | {m['precision']:.4f} | {m['recall']:.4f} | {m['f1']:.4f} | {m['support']} |")
     lines += [
         "",
-        f"![confusion matrix]({CONFUSION_PNG})",
+        f"![confusion matrices]({CONFUSION_PNG})",
         "",
-        "The validation and test splits are 224x224 copies from the same hospital as training. The hidden "
-        "evaluation (full-size originals, other hospitals, other magnifications) was not available here.",
+        "The PBC test split is 224x224 copies from the training hospital; the DeepAPL test split is the cells of "
+        "patients held out of training (144x144 copies). The hidden evaluation (full-size originals, the "
+        "prospective cohort, other hospitals) was not available here.",
         "",
         "## Intended use and limitations",
         card["intended_use"],
@@ -172,7 +251,7 @@ def _markdown(card: dict) -> str:
         *[f"- {item}" for item in card["limitations"]],
         "",
         "## Data and licence",
-        card["data"]["attribution"],
+        *[f"- {a}" for a in card["data"]["attribution"]],
         "",
     ]
     return "\n".join(lines)

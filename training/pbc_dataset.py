@@ -1,4 +1,9 @@
-"""Load the PBC single-cell images as preprocessed uint8 arrays, split with a fixed seed."""
+"""Load the PBC single-cell images as preprocessed uint8 arrays, split with a fixed seed.
+
+Labels follow vocabulary 2.0: the folder is the class, except that promyelocytes (``PMY_``
+files in ``ig/``) are labelled ``promyelocyte``. The split is stratified by folder, so it is
+the same split that the 1.x models used (their test cells stay unseen).
+"""
 
 from __future__ import annotations
 
@@ -19,22 +24,44 @@ DEFAULT_DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data
 SPLIT_SEED = 20261126
 
 
+PBC_FOLDERS: tuple[str, ...] = (
+    "basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte", "neutrophil", "platelet",
+)
+FILE_PREFIX_LABELS = {"PMY_": "promyelocyte"}  # finer types carried by PBC file names
+
+
 @dataclass(frozen=True)
 class Split:
     images: np.ndarray  # (n, IMAGE_SIZE, IMAGE_SIZE, 3) uint8
     labels: np.ndarray  # (n,) int, index into CELL_TYPES
     paths: list[str]
+    source: str = "pbc"
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def concatenate(splits: list[Split], source: str) -> Split:
+    return Split(np.concatenate([s.images for s in splits]), np.concatenate([s.labels for s in splits]),
+                 [p for s in splits for p in s.paths], source)
+
+
+def label_of(folder: str, file_name: str) -> str:
+    for prefix, label in FILE_PREFIX_LABELS.items():
+        if file_name.startswith(prefix):
+            return label
+    return folder
 
 
 def data_dir() -> Path:
     return Path(os.environ.get("PBC_DIR", DEFAULT_DATA_DIR))
 
 
-def list_images(root: Path, per_class_limit: int | None = None) -> tuple[list[Path], np.ndarray]:
-    """All image files under ``root/<class>/`` in a stable order, with their class index."""
+def list_images(root: Path, per_class_limit: int | None = None) -> tuple[list[Path], np.ndarray, np.ndarray]:
+    """All image files under ``root/<folder>/`` in a stable order, with their folder index and label index."""
     paths: list[Path] = []
-    labels: list[int] = []
-    for index, cell_type in enumerate(CELL_TYPES):
+    folders: list[int] = []
+    for index, cell_type in enumerate(PBC_FOLDERS):
         folder = root / cell_type
         if not folder.is_dir():
             raise FileNotFoundError(f"missing class folder {folder}: see README, 'Data'")
@@ -42,8 +69,9 @@ def list_images(root: Path, per_class_limit: int | None = None) -> tuple[list[Pa
         if per_class_limit is not None:
             files = files[:per_class_limit]
         paths.extend(files)
-        labels.extend([index] * len(files))
-    return paths, np.asarray(labels, dtype=np.int64)
+        folders.extend([index] * len(files))
+    labels = [CELL_TYPES.index(label_of(PBC_FOLDERS[f], p.name)) for f, p in zip(folders, paths)]
+    return paths, np.asarray(folders, dtype=np.int64), np.asarray(labels, dtype=np.int64)
 
 
 def _load(path: Path) -> np.ndarray:
@@ -51,10 +79,10 @@ def _load(path: Path) -> np.ndarray:
         return preprocess(image)
 
 
-def load_arrays(paths: list[Path], cache_dir: Path | None) -> np.ndarray:
+def load_arrays(paths: list[Path], cache_dir: Path | None, name: str = "pbc") -> np.ndarray:
     """Decode and preprocess every image (cached as .npy keyed by the file list)."""
     key = hashlib.sha256(("\n".join(map(str, paths)) + f"|{IMAGE_SIZE}").encode()).hexdigest()[:16]
-    cache = cache_dir / f"pbc_{IMAGE_SIZE}_{key}.npy" if cache_dir else None
+    cache = cache_dir / f"{name}_{IMAGE_SIZE}_{key}.npy" if cache_dir else None
     if cache is not None and cache.exists():
         return np.load(cache)
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
@@ -69,13 +97,13 @@ def split_dataset(
     root: Path, cache_dir: Path | None = None, per_class_limit: int | None = None,
     val_fraction: float = 0.1, test_fraction: float = 0.1,
 ) -> tuple[Split, Split, Split]:
-    """Stratified train/validation/test split with the fixed seed ``SPLIT_SEED``."""
-    paths, labels = list_images(root, per_class_limit)
+    """Train/validation/test split stratified by folder with the fixed seed ``SPLIT_SEED``."""
+    paths, folders, labels = list_images(root, per_class_limit)
     images = load_arrays(paths, cache_dir)
     index = np.arange(len(paths))
-    train_val, test = train_test_split(index, test_size=test_fraction, stratify=labels, random_state=SPLIT_SEED)
+    train_val, test = train_test_split(index, test_size=test_fraction, stratify=folders, random_state=SPLIT_SEED)
     train, val = train_test_split(
-        train_val, test_size=val_fraction / (1 - test_fraction), stratify=labels[train_val], random_state=SPLIT_SEED
+        train_val, test_size=val_fraction / (1 - test_fraction), stratify=folders[train_val], random_state=SPLIT_SEED
     )
 
     def subset(rows: np.ndarray) -> Split:

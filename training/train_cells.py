@@ -1,25 +1,28 @@
-"""Train the cell CNN on PBC, calibrate it, evaluate it and export it to ONNX.
+"""Train the cell CNN on PBC and the DeepAPL discovery cells, calibrate, evaluate per source, export to ONNX.
 
-    python -m training.train_cells [--epochs 30] [--out services/cell_classifier/model]
+    python -m training.train_cells [--epochs 22] [--out services/cell_classifier/model]
+    python -m training.train_cells --init-network services/cell_classifier/model/cell_cnn.keras
     python -m training.train_cells --from-network DIR/cell_cnn.keras   (finish an already fitted network)
 
-Steps: fit (Keras progress shown; progressive resizing: the first epochs see images scaled down
-to ``--small-size``, which is ~1.4x cheaper, the last ``--full-size-epochs`` the full 112 px),
-re-estimate the batch-norm statistics on clean training images, fit the temperature and the
-``unclassified`` threshold on the validation split, evaluate on the test split, export to ONNX
-and check it against Keras, write the card.
-``--from-network`` skips the fit and takes its record (epochs, history, time) from the
-``model_card.json`` beside the network; the card's total time is then the sum of both runs.
+Data: PBC (normal cells, Barcelona; stratified split by folder, the same split as the 1.x models)
+and the verified single-class cells of the DeepAPL discovery cohort (leukaemic blood, Johns Hopkins;
+split by patient: no patient in two splits). Labels follow vocabulary 2.0 (``shared.vocabulary``).
 
-Writes into ``--out``: ``cell_cnn.onnx`` (served), ``cell_cnn.keras`` (the network, for
-the Keras/ONNX agreement test), ``model_card.json``, ``MODEL_CARD.md`` and
-``confusion_matrix.png``.
+Steps: fit (progressive resizing: the first epochs see images scaled down to ``--small-size``, the
+last ``--full-size-epochs`` the full 112 px; square-root class weights; wide scale jitter and stain
+jitter so another scanner's magnification and stain look familiar), save the fitted network at once
+(``fitted/`` under ``--out``, so a crash later loses nothing: ``--from-network`` finishes it),
+re-estimate the batch-norm statistics on clean training images, fit the temperature and the
+``unclassified`` threshold on the validation split, evaluate on each source's test split, fit the
+appearance reference (``shared.appearance``), export to ONNX and check it against Keras, write the card.
+``--init-network`` starts the fit from an earlier network (its card beside it gives its class order).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -28,57 +31,103 @@ import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO_ROOT / "services" / "cell_classifier" / "model"
-MAX_UNCLASSIFIED_FRACTION = 0.005  # of validation cells; the requirement is at most 1 %
+FITTED_DIR = "fitted"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", type=Path, default=None, help="PBC folder (default ../shared/data/pbc)")
+    parser.add_argument("--data-dir", type=Path, default=None, help="PBC folder (default $PBC_DIR or ../shared/data/pbc)")
+    parser.add_argument("--deepapl-dir", type=Path, default=None,
+                        help="DeepAPL discovery folder (default $DEEPAPL_DIR or ../shared/data/deepapl_discovery)")
+    parser.add_argument("--no-deepapl", action="store_true", help="train on PBC alone")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--full-size-epochs", type=int, default=12,
+    parser.add_argument("--init-network", type=Path, default=None,
+                        help="start the fit from this cell_cnn.keras (its model_card.json beside it)")
+    parser.add_argument("--epochs", type=int, default=18)
+    parser.add_argument("--full-size-epochs", type=int, default=9,
                         help="the last N epochs train at full size; the ones before at --small-size")
     parser.add_argument("--zoom-range", type=float, nargs=2, default=(0.8, 1.25), metavar=("MIN", "MAX"),
-                        help="scale jitter: zoom drawn log-uniformly from this range")
+                        help="scale jitter at the home magnification: zoom drawn log-uniformly from this range")
+    parser.add_argument("--wide-zoom-range", type=float, nargs=2, default=(0.7, 2.2), metavar=("MIN", "MAX"),
+                        help="scale jitter for other scanners/magnifications (tighter crops look larger)")
+    parser.add_argument("--wide-zoom-probability", type=float, default=0.5,
+                        help="share of training images whose zoom comes from --wide-zoom-range")
+    parser.add_argument("--stain-probability", type=float, default=0.8, help="share of images given stain (HED) jitter")
+    parser.add_argument("--stain-scale", type=float, default=0.3, help="stain concentrations scaled by 1 +- this")
+    parser.add_argument("--colour-strength", type=float, default=1.5,
+                        help="multiplies the gain/brightness/contrast/saturation/hue jitter ranges")
     parser.add_argument("--small-size", type=int, default=96, help="image side in the early epochs")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--learning-rate", type=float, default=2e-3)
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--max-unclassified-fraction", type=float, default=0.02,
+                        help="the threshold leaves at most this share of validation cells unclassified")
     parser.add_argument("--per-class-limit", type=int, default=None, help="use only N images per class (smoke runs)")
     parser.add_argument("--cache-dir", default=str(REPO_ROOT / ".cache"), help="decoded-array cache; '' for none")
-    parser.add_argument("--version", default="1.0.0")
+    parser.add_argument("--version", default="2.0.0")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--verbose", type=int, default=1, help="Keras progress: 1 bar, 2 line per epoch")
     parser.add_argument("--test-time-views", type=int, default=1,
                         help="average the logits over this many flipped views of each image (1 to 4), in "
                              "evaluation and in the exported model")
     parser.add_argument("--from-network", type=Path, default=None,
-                        help="a fitted cell_cnn.keras with its model_card.json beside it: skip the fit")
-    parser.add_argument("--time-budget-min", type=float, default=57.0,
+                        help="a fitted cell_cnn.keras with its fit_record.json or model_card.json beside it: skip the fit")
+    parser.add_argument("--time-budget-min", type=float, default=88.0,
                         help="stop after the epoch that would leave too little time to finish within this")
     return parser.parse_args(argv)
 
 
-FIT_RECORD_KEYS = ("epochs", "epoch_image_sizes", "zoom_range", "batch_size", "peak_learning_rate", "seed",
-                   "class_weight", "fit_seconds", "epoch_seconds", "epochs_run", "stopped_by_time_budget", "history")
+FIT_RECORD_KEYS = ("epochs", "epoch_image_sizes", "augmentation", "zoom_range", "batch_size", "peak_learning_rate",
+                   "seed", "class_weight", "initial_network", "fit_seconds", "epoch_seconds", "epochs_run",
+                   "stopped_by_time_budget", "history")
+
+
+def square_root_class_weights(labels: np.ndarray, n_classes: int) -> dict[int, float]:
+    """w_c proportional to 1/sqrt(n_c), scaled so that the average weight per training image is 1."""
+    counts = np.bincount(labels, minlength=n_classes).astype(float)
+    raw = np.where(counts > 0, 1.0 / np.sqrt(np.maximum(counts, 1.0)), 0.0)
+    raw *= len(labels) / float((raw * counts).sum())
+    return {i: float(w) for i, w in enumerate(raw)}
+
+
+def initial_network(path: Path):
+    """The network to start from and a record of it (name, version, sha256) for the card."""
+    import keras
+
+    from shared.hashing import file_sha256
+    from training import cnn, model_card
+
+    earlier = keras.models.load_model(path, compile=False)
+    card = json.loads((path.parent / model_card.CARD_JSON).read_text())
+    return cnn.network_from(earlier, card["class_order"]), {
+        "file": str(path.resolve().relative_to(REPO_ROOT) if path.resolve().is_relative_to(REPO_ROOT) else path),
+        "name": card.get("name"), "version": card.get("version"), "sha256": file_sha256(path),
+        "class_order": card["class_order"]}
 
 
 def fit(args: argparse.Namespace, train, val, started: float):
-    """Train a new network on ``train``; returns it and the record of its fit for the card."""
+    """Train the network on ``train``; returns it and the record of its fit for the card."""
     import keras
 
     from shared.preprocessing import IMAGE_SIZE
     from shared.vocabulary import CELL_TYPES
     from training import cnn
 
-    counts = np.bincount(train.labels, minlength=len(CELL_TYPES))
-    class_weight = {i: float(len(train.labels) / (len(CELL_TYPES) * c)) for i, c in enumerate(counts)}
-    network = cnn.build_network()
-    training_model, augmentation = cnn.build_training_model(network, tuple(args.zoom_range))
+    class_weight = square_root_class_weights(train.labels, len(CELL_TYPES))
+    if args.init_network:
+        network, init_record = initial_network(args.init_network)
+        print(f"starting from {init_record['file']} ({init_record['name']} {init_record['version']})", flush=True)
+    else:
+        network, init_record = cnn.build_network(), None
+    augmentation_options = {
+        "wide_zoom_range": tuple(args.wide_zoom_range), "wide_zoom_probability": args.wide_zoom_probability,
+        "stain_probability": args.stain_probability, "stain_scale": args.stain_scale,
+        "colour_strength": args.colour_strength}
+    training_model, augmentation = cnn.build_training_model(network, tuple(args.zoom_range), **augmentation_options)
     sizes = [args.small_size if epoch < args.epochs - args.full_size_epochs else IMAGE_SIZE
              for epoch in range(args.epochs)]
     steps_per_epoch = int(np.ceil(len(train.labels) / args.batch_size))
     total_steps = steps_per_epoch * args.epochs
-    warmup = min(2 * steps_per_epoch, total_steps // 5)
+    warmup = min(steps_per_epoch, total_steps // 5)
     schedule = keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=args.learning_rate / 20, decay_steps=max(total_steps - warmup, 1),
         warmup_target=args.learning_rate, warmup_steps=warmup, alpha=0.01,
@@ -102,17 +151,37 @@ def fit(args: argparse.Namespace, train, val, started: float):
     return network, {
         "epochs": args.epochs,
         "epoch_image_sizes": sizes,
+        "augmentation": {"zoom_range": list(args.zoom_range), **{k: list(v) if isinstance(v, tuple) else v
+                                                                  for k, v in augmentation_options.items()}},
         "zoom_range": list(args.zoom_range),
         "batch_size": args.batch_size,
         "peak_learning_rate": args.learning_rate,
         "seed": args.seed,
         "class_weight": {CELL_TYPES[i]: round(w, 4) for i, w in class_weight.items()},
+        "initial_network": init_record,
         "fit_seconds": round(fit_seconds, 1),
         "epoch_seconds": [round(t, 1) for t in budget.epoch_seconds],
         "epochs_run": len(budget.epoch_seconds),
         "stopped_by_time_budget": budget.stopped,
         "history": {k: [round(float(v), 4) for v in vals] for k, vals in history.history.items()},
     }
+
+
+def load_data(args: argparse.Namespace):
+    """Train, validation and test splits per source: ``{"pbc": (train, val, test), "deepapl": (...)}``."""
+    from training import deepapl_dataset, pbc_dataset
+
+    cache_dir = Path(args.cache_dir) if args.cache_dir else None
+    pbc_dir = args.data_dir or pbc_dataset.data_dir()
+    print(f"loading PBC images from {pbc_dir} ...", flush=True)
+    sources = {"pbc": pbc_dataset.split_dataset(pbc_dir, cache_dir, args.per_class_limit)}
+    if not args.no_deepapl:
+        deepapl_dir = args.deepapl_dir or deepapl_dataset.data_dir()
+        print(f"loading DeepAPL discovery cells from {deepapl_dir} ...", flush=True)
+        sources["deepapl"] = deepapl_dataset.split_dataset(deepapl_dir, cache_dir, args.per_class_limit)
+    for name, (train, val, test) in sources.items():
+        print(f"{name}: train {len(train)}, validation {len(val)}, test {len(test)} images", flush=True)
+    return sources
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -122,26 +191,35 @@ def main(argv: list[str] | None = None) -> dict:
     import keras
     import tensorflow as tf
 
+    from shared.appearance import AppearanceReference, appearance_features
     from shared.vocabulary import CELL_TYPES
-    from training import cnn, export_onnx, model_card, pbc_dataset
+    from training import cnn, deepapl_dataset, export_onnx, model_card, pbc_dataset
     from training.metrics import (apply_unclassified_rule, classification_report, confidence_threshold,
-                                  fit_temperature, softmax)
+                                  fit_temperature, leukaemia_summary, softmax)
 
     keras.utils.set_random_seed(args.seed)
-    data_dir = args.data_dir or pbc_dataset.data_dir()
-    cache_dir = Path(args.cache_dir) if args.cache_dir else None
-    print(f"loading images from {data_dir} ...", flush=True)
-    train, val, test = pbc_dataset.split_dataset(data_dir, cache_dir, args.per_class_limit)
-    print(f"train {len(train.labels)}, validation {len(val.labels)}, test {len(test.labels)} images", flush=True)
+    sources = load_data(args)
+    train = pbc_dataset.concatenate([s[0] for s in sources.values()], "all")
+    val = pbc_dataset.concatenate([s[1] for s in sources.values()], "all")
 
     if args.from_network:
         network = keras.models.load_model(args.from_network, compile=False)
-        fit_record = json.loads((args.from_network.parent / model_card.CARD_JSON).read_text())["training"]
+        beside = args.from_network.parent
+        record_file = beside / "fit_record.json"
+        fit_record = json.loads(record_file.read_text()) if record_file.exists() else \
+            json.loads((beside / model_card.CARD_JSON).read_text())["training"]
         fit_record = {k: fit_record[k] for k in FIT_RECORD_KEYS if k in fit_record} | {
-            "fitted_in_earlier_run": {"network": args.from_network.name, "total_seconds": fit_record["total_seconds"]}}
+            "fitted_in_earlier_run": {"network": args.from_network.name,
+                                      "total_seconds": fit_record.get("total_seconds", fit_record.get("fit_seconds"))}}
         print(f"fit skipped: network from {args.from_network}", flush=True)
     else:
         network, fit_record = fit(args, train, val, started)
+        fitted = args.out / FITTED_DIR
+        fitted.mkdir(parents=True, exist_ok=True)
+        network.save(fitted / model_card.KERAS_FILE)
+        fit_record["total_seconds"] = round(time.perf_counter() - started, 1)
+        (fitted / "fit_record.json").write_text(json.dumps(fit_record, indent=2) + "\n")
+        print(f"fitted network saved in {fitted}", flush=True)
     earlier_seconds = fit_record.get("fitted_in_earlier_run", {}).get("total_seconds", 0.0)
     names = list(CELL_TYPES)
 
@@ -151,19 +229,38 @@ def main(argv: list[str] | None = None) -> dict:
     def logits_of(images: np.ndarray) -> np.ndarray:
         return cnn.view_averaged_logits(network, images, args.test_time_views)
 
-    val_logits, test_logits = logits_of(val.images), logits_of(test.images)
+    val_logits = logits_of(val.images)
     temperature = fit_temperature(val_logits, val.labels)
     val_probabilities = softmax(val_logits, temperature)
-    threshold = confidence_threshold(val_probabilities.max(axis=1), MAX_UNCLASSIFIED_FRACTION)
+    threshold = confidence_threshold(val_probabilities.max(axis=1), args.max_unclassified_fraction)
 
     def predict_with_rule(probabilities: np.ndarray) -> np.ndarray:
         return apply_unclassified_rule(probabilities, threshold, len(CELL_TYPES))
 
-    test_probabilities = softmax(test_logits, temperature)
-    metrics = {
-        "validation": classification_report(val.labels, predict_with_rule(val_probabilities), names),
-        "test": classification_report(test.labels, predict_with_rule(test_probabilities), names),
-        "test_without_unclassified_rule": classification_report(test.labels, test_probabilities.argmax(axis=1), names),
+    metrics = {"validation": classification_report(val.labels, predict_with_rule(val_probabilities), names)}
+    test_probabilities = {}
+    for name, (_, _, test) in sources.items():
+        if len(test):
+            test_probabilities[name] = softmax(logits_of(test.images), temperature)
+            predicted = predict_with_rule(test_probabilities[name])
+            metrics[f"test_{name}"] = classification_report(test.labels, predicted, names) | {
+                "leukaemia": leukaemia_summary(test.labels, predicted)}
+            metrics[f"test_{name}_without_unclassified_rule"] = classification_report(
+                test.labels, test_probabilities[name].argmax(axis=1), names)
+    held_out = []
+    if "deepapl" in sources:
+        held_out = deepapl_dataset.held_out_cells(args.deepapl_dir or deepapl_dataset.data_dir())
+
+    reference = AppearanceReference.fit({
+        name: np.stack([appearance_features(image) for image in split[0].images]) for name, split in sources.items()})
+    val_distances = reference.distances(np.stack([appearance_features(image) for image in val.images]))
+    appearance = {
+        "features": "shared.appearance.FEATURE_NAMES over the preprocessed input",
+        "reference": reference.to_dict(),
+        "image_threshold": float(np.quantile(val_distances, 0.99)),
+        "patient_threshold": float(np.quantile(val_distances, 0.90)),
+        "validation_distance_quantiles": {q: float(np.quantile(val_distances, float(q)))
+                                          for q in ("0.5", "0.9", "0.99")},
     }
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -172,6 +269,9 @@ def main(argv: list[str] | None = None) -> dict:
     output_name = export_onnx.export(serving, onnx_path)
     agreement = export_onnx.max_abs_difference(serving, onnx_path, val.images[:256])
     network.save(args.out / model_card.KERAS_FILE)
+    if held_out:
+        from training.out_of_depth import held_out_class_report
+        metrics["held_out_classes"] = held_out_class_report(onnx_path, held_out, threshold)
     seconds = time.perf_counter() - started + earlier_seconds
 
     card = model_card.build_card(
@@ -180,27 +280,34 @@ def main(argv: list[str] | None = None) -> dict:
         output_name=output_name,
         temperature=temperature,
         threshold=threshold,
-        max_unclassified_fraction=MAX_UNCLASSIFIED_FRACTION,
+        max_unclassified_fraction=args.max_unclassified_fraction,
         test_time_views=cnn.view_names(args.test_time_views),
         metrics=metrics,
+        appearance=appearance,
+        sources=list(sources),
         training={
             **fit_record,
-            "split_seed": pbc_dataset.SPLIT_SEED,
-            "n_train": int(len(train.labels)),
-            "n_validation": int(len(val.labels)),
-            "n_test": int(len(test.labels)),
+            "split_seed": {"pbc": pbc_dataset.SPLIT_SEED, "deepapl": deepapl_dataset.SPLIT_SEED},
+            "n_train": {name: int(len(s[0])) for name, s in sources.items()},
+            "n_validation": {name: int(len(s[1])) for name, s in sources.items()},
+            "n_test": {name: int(len(s[2])) for name, s in sources.items()},
+            "deepapl_patients": dict(zip(("train", "validation", "test"), deepapl_dataset.patient_split(
+                deepapl_dataset.read_patients(args.deepapl_dir or deepapl_dataset.data_dir()))))
+            if "deepapl" in sources else None,
             "per_class_limit": args.per_class_limit,
             "parameters": int(network.count_params()),
             "batch_norm_recalibration_images": recalibrated,
             "total_seconds": round(seconds, 1),
-            "machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPU cores, tensorflow {tf.__version__}",
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, tensorflow {tf.__version__}",
             "onnx_keras_max_abs_difference": agreement,
         },
     )
     model_card.write(card, args.out)
-    summary = {k: {m: metrics[k][m] for m in ("accuracy", "macro_f1", "unclassified_fraction")} for k in metrics}
+    summary = {k: {m: metrics[k][m] for m in ("accuracy", "macro_f1", "unclassified_fraction")}
+               for k in metrics if "accuracy" in metrics[k]}
     print(json.dumps({"total_seconds": round(seconds, 1), "temperature": temperature, "threshold": threshold,
-                      "onnx_keras_max_abs_difference": agreement, **summary}, indent=2), flush=True)
+                      "onnx_keras_max_abs_difference": agreement, **summary,
+                      **{f"{k}_leukaemia": v["leukaemia"] for k, v in metrics.items() if "leukaemia" in v}}, indent=2), flush=True)
     return card
 
 

@@ -10,18 +10,34 @@ from pathlib import Path
 
 from PIL import Image
 
-from shared.vocabulary import CELL_TYPES
-
 DATA_DIR = Path(os.environ.get("AML_DATA_DIR", Path(__file__).resolve().parents[3] / "shared" / "data"))
 FULLSIZE_DIR = DATA_DIR / "pbc_fullsize"
+DEEPAPL_DIR = DATA_DIR / "deepapl_discovery"
+PBC_FOLDERS = ("basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte", "neutrophil", "platelet")
+
+
+def pbc_label(folder: str, file_name: str) -> str:
+    """Vocabulary 2.0 label of a PBC file: its folder, except promyelocytes (``PMY_``) filed under ig."""
+    return "promyelocyte" if file_name.startswith("PMY_") else folder
 
 
 def fullsize_images() -> list[tuple[str, Path]]:
-    """The 64 full-size originals as (true class, path), 8 per class, in a stable order."""
-    items = [(cell_type, path) for cell_type in CELL_TYPES for path in sorted((FULLSIZE_DIR / cell_type).iterdir())]
-    if len(items) < len(CELL_TYPES):
+    """The 64 full-size originals as (true label, path), 8 per PBC folder, in a stable order."""
+    items = [(pbc_label(folder, path.name), path)
+             for folder in PBC_FOLDERS for path in sorted((FULLSIZE_DIR / folder).iterdir())]
+    if len(items) < len(PBC_FOLDERS):
         raise FileNotFoundError(f"no images under {FULLSIZE_DIR}: see README, 'Data'")
     return items
+
+
+def deepapl_images(expert_class: str, n: int, patients: tuple[str, ...] | None = None) -> list[Path]:
+    """Up to ``n`` verified DeepAPL images of one expert class (optionally of some patients), stable order."""
+    import csv
+
+    with open(DEEPAPL_DIR / "cells.csv", newline="") as handle:
+        rows = [r for r in csv.DictReader(handle) if r["verified"] == "1" and r["expert_class"] == expert_class
+                and (patients is None or r["patient_id"] in patients)]
+    return [DEEPAPL_DIR / r["file"] for r in rows[:n]]
 
 
 def encode(image: Image.Image, fmt: str, **options) -> bytes:

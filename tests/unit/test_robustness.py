@@ -32,11 +32,13 @@ def test_report_scores_every_variant_on_real_cells():
 
     cells = fullsize_images()[::4]  # 2 per class
     paths = [str(path) for _, path in cells]
-    labels = np.array([CELL_TYPES.index(cell_type) for cell_type, _ in cells])
+    labels = np.array([CELL_TYPES.index(label) for label, _ in cells])
     model = CellModel(DEFAULT_MODEL_DIR, "cpu")
     results = robustness.evaluate(model, paths, labels)
     assert list(results) == list(robustness.VARIANTS)
     assert all(0.0 <= report["accuracy"] <= 1.0 and report["n"] == 16 for report in results.values())
-    assert results["as given (224x224 copy)"]["accuracy"] >= 0.75  # clear originals of the training hospital
-    table = robustness.markdown(model.card, "test", 16, results)
+    assert results["as given"]["accuracy"] >= 0.75  # clear originals of the training hospital
+    assert results["as given"]["appearance"]["warns"] is False
+    assert results["grayscale"]["appearance"]["warns"] is True
+    table = robustness.markdown(model.card, "test", {"PBC": (16, results)})
     assert table.count("\n| ") == len(robustness.VARIANTS) + 1  # header + one row per variant

@@ -12,7 +12,9 @@ from PIL import Image
 
 from services.cell_classifier.inference import CellModel
 from services.cell_classifier.settings import DEFAULT_MODEL_DIR
+from shared.hashing import file_sha256 as card_sha
 from shared.preprocessing import preprocess
+from shared.vocabulary import CELL_TYPES
 from tests.conftest import require_training_stack
 from tests.helpers.images import fullsize_images
 from tests.helpers.processes import REPO_ROOT
@@ -47,25 +49,31 @@ def test_smoke_training_run_exports_a_servable_model(tmp_path):
     require_training_stack()
     out = tmp_path / "model"
     command = [sys.executable, "-m", "training.train_cells", "--epochs", "2", "--full-size-epochs", "1",
-               "--per-class-limit", "40",
+               "--per-class-limit", "20", "--init-network", str(DEFAULT_MODEL_DIR / "cell_cnn.keras"),
                "--cache-dir", "", "--out", str(out), "--verbose", "2", "--version", "smoke"]
     completed = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     card = json.loads((out / "model_card.json").read_text())
     assert card["version"] == "smoke"
+    # a tiny slice of both sources, split by patient, evaluated per source
+    assert card["training"]["n_train"]["pbc"] > 0 and card["training"]["n_train"]["deepapl"] > 0
+    assert {"test_pbc", "test_deepapl"} <= set(card["metrics"])
+    assert card["training"]["initial_network"]["sha256"] == card_sha(DEFAULT_MODEL_DIR / "cell_cnn.keras")
+    assert set(card["appearance"]["reference"]) == {"pbc", "deepapl"}
+    assert (out / "fitted" / "cell_cnn.keras").is_file(), "the fitted network is saved before anything can fail"
     assert card["training"]["epoch_image_sizes"] == [96, 112]  # progressive resizing, then full size
     assert card["test_time_views"] == ["identity"]
     assert card["training"]["onnx_keras_max_abs_difference"] < 1e-4
     assert (out / "confusion_matrix.png").stat().st_size > 1000
     model = CellModel(out, "cpu")
     probabilities = model.predict(_originals()[:4])
-    assert probabilities.shape == (4, 8)
+    assert probabilities.shape == (4, len(CELL_TYPES))
     assert np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
 
     # the path that finished the committed model: an already fitted network, no second fit
     finished = tmp_path / "finished"
     command = [sys.executable, "-m", "training.train_cells", "--per-class-limit", "40", "--cache-dir", "",
-               "--from-network", str(out / "cell_cnn.keras"), "--out", str(finished), "--version", "smoke-2",
+               "--from-network", str(out / "fitted" / "cell_cnn.keras"), "--out", str(finished), "--version", "smoke-2",
                "--test-time-views", "2"]
     completed = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
@@ -77,7 +85,7 @@ def test_smoke_training_run_exports_a_servable_model(tmp_path):
     assert second["fitted_in_earlier_run"]["total_seconds"] == card["training"]["total_seconds"]
     assert second["total_seconds"] > card["training"]["total_seconds"]
     assert second["history"] == card["training"]["history"] and second["batch_norm_recalibration_images"] > 0
-    assert CellModel(finished, "cpu").predict(_originals()[:2]).shape == (2, 8)
+    assert CellModel(finished, "cpu").predict(_originals()[:2]).shape == (2, len(CELL_TYPES))
 
 
 def test_augmentation_scales_training_images_and_leaves_served_ones_alone():
@@ -110,3 +118,32 @@ def test_view_averaged_evaluation_matches_the_exported_view_averaging():
         assert np.abs(expected - served).max() < 1e-5
     flipped = softmax(view_averaged_logits(network, images[:, :, ::-1], 4), 1.3)
     assert np.abs(flipped - softmax(view_averaged_logits(network, images, 4), 1.3)).max() < 1e-4  # flip-invariant
+
+
+def test_stain_jitter_of_zero_strength_changes_nothing():
+    require_training_stack()
+    from training.cnn import CellAugmentation
+
+    images = _originals()[:4].astype(np.float32)
+    still = CellAugmentation(stain_probability=1.0, stain_scale=0.0)._stain(images, 4).numpy()
+    assert np.abs(still - images).max() < 0.05  # optical density there and back
+    jittered = CellAugmentation(stain_probability=1.0, stain_scale=0.3)._stain(images, 4).numpy()
+    assert np.abs(jittered - images).mean() > 1.0 and 0.0 <= jittered.min() and jittered.max() <= 255.0
+
+
+def test_network_from_an_earlier_vocabulary_keeps_the_shared_classes():
+    require_training_stack()
+    import keras
+
+    from training.cnn import build_network, network_from
+
+    keras.utils.set_random_seed(1)
+    earlier_classes = ["basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte", "neutrophil",
+                       "platelet"]
+    earlier = build_network(n_classes=len(earlier_classes))
+    network = network_from(earlier, earlier_classes)
+    images = _originals()[:3].astype(np.float32)
+    old, new = earlier.predict(images, verbose=0), network.predict(images, verbose=0)
+    assert new.shape == (3, len(CELL_TYPES))
+    for i, name in enumerate(earlier_classes):
+        assert np.allclose(new[:, CELL_TYPES.index(name)], old[:, i], atol=1e-4)

@@ -1,0 +1,83 @@
+"""Training data for vocabulary 2.0: labels of both sources, the patient split, the leukaemia metrics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from shared.vocabulary import CELL_TYPES, UNCLASSIFIED
+from tests.conftest import require_training_stack
+from tests.helpers.images import DEEPAPL_DIR
+
+pytestmark = pytest.mark.train
+
+
+def test_every_verified_deepapl_class_has_a_label_or_is_held_out():
+    require_training_stack()
+    from training.deepapl_dataset import held_out_cells, verified_cells
+
+    cells = verified_cells(DEEPAPL_DIR)  # raises on a class the mapping does not know
+    labels = {c.label for c in cells}
+    assert labels - {None} <= set(CELL_TYPES)
+    assert {"blast", "promyelocyte", "smudge"} <= labels
+    assert all("|" not in c.expert_class for c in cells), "multi-label cells are not labelled data"
+    by_class = {}
+    for c in cells:
+        by_class.setdefault(c.expert_class, c.label)
+    assert by_class["Blast, no lineage spec"] == by_class["Promonocyte"] == "blast"
+    assert by_class["Myelocyte"] == by_class["Metamyelocyte"] == "ig"
+    assert by_class["Smudge cells"] == "smudge"
+    assert {c.expert_class for c in held_out_cells(DEEPAPL_DIR)} == {"Plasma cells", "Prolymphocyte"}
+
+
+def test_patient_split_keeps_every_patient_in_one_split_and_apl_in_each():
+    require_training_stack()
+    from training.deepapl_dataset import patient_split, read_patients
+
+    patients = read_patients(DEEPAPL_DIR)
+    train, val, test = patient_split(patients)
+    assert not (set(train) & set(val) or set(train) & set(test) or set(val) & set(test))
+    assert set(train) | set(val) | set(test) == set(patients)
+    for group in (train, val, test):
+        assert any(patients[p] for p in group) and not all(patients[p] for p in group)
+    assert patient_split(patients) == (train, val, test), "the split is fixed by its seed"
+
+
+def test_pbc_promyelocytes_get_their_own_label():
+    require_training_stack()
+    from training.pbc_dataset import label_of
+
+    assert label_of("ig", "PMY_819354.jpg") == "promyelocyte"
+    assert label_of("ig", "MY_718440.jpg") == label_of("ig", "MMY_166902.jpg") == "ig"
+    assert label_of("neutrophil", "SNE_296573.jpg") == "neutrophil"
+
+
+def test_leukaemia_summary_known_answer():
+    require_training_stack()
+    from training.metrics import leukaemia_summary
+
+    i = {name: k for k, name in enumerate(CELL_TYPES)}
+    u = len(CELL_TYPES)
+    labels = np.array([i["blast"]] * 4 + [i["lymphocyte"]] * 4 + [i["promyelocyte"]] * 2 + [i["smudge"]])
+    predicted = np.array([i["blast"], i["blast"], u, i["lymphocyte"],  # blasts: 2 right, 1 flagged, 1 missed
+                          i["lymphocyte"], i["lymphocyte"], i["lymphocyte"], i["blast"],  # 1 normal called blast
+                          i["blast"], i["ig"],  # promyelocytes as blast or ig are right
+                          i["lymphocyte"]])  # smudge: not counted
+    summary = leukaemia_summary(labels, predicted)
+    assert summary["n_counted"] == 10 and summary["n_blasts"] == 4 and summary["n_normal"] == 4
+    assert summary["accuracy_9"] == pytest.approx(7 / 10)
+    assert summary["blast_recall"] == pytest.approx(0.5)
+    assert summary["blast_flagged"] == pytest.approx(0.75)
+    assert summary["normal_called_blast"] == pytest.approx(0.25)
+    assert UNCLASSIFIED not in CELL_TYPES
+
+
+def test_square_root_class_weights():
+    require_training_stack()
+    from training.train_cells import square_root_class_weights
+
+    labels = np.array([0] * 100 + [1] * 25)
+    weights = square_root_class_weights(labels, 3)
+    assert weights[1] / weights[0] == pytest.approx(2.0)  # 4x rarer -> 2x the weight
+    assert (100 * weights[0] + 25 * weights[1]) / 125 == pytest.approx(1.0)
+    assert weights[2] == 0.0
