@@ -105,9 +105,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         state.metrics = GatewayMetrics()
         state.cache = make_cache(settings.redis_url, settings.cache_ttl_s, settings.redis_timeout_s)
         state.cells = CellServiceClient(settings.cell_url, settings.cell_timeout_s, settings.retry_backoff_s,
-                                        settings.internal_token)
+                                        settings.internal_token, resolve_s=settings.upstream_resolve_s)
         state.subtype = SubtypeServiceClient(settings.subtype_url, settings.subtype_timeout_s, settings.retry_backoff_s,
-                                             settings.internal_token)
+                                             settings.internal_token, resolve_s=settings.upstream_resolve_s)
         state.keys = KeyStore.from_config(settings.api_keys, settings.api_keys_file)
         if not len(state.keys):
             log.warning("no API keys configured: every protected call will be refused (401)")

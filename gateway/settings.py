@@ -13,8 +13,14 @@ class GatewaySettings(BaseSettings):
 
     host: str = Field("127.0.0.1", validation_alias=AliasChoices("GATEWAY_HOST"))
     port: int = Field(8000, validation_alias=AliasChoices("GATEWAY_PORT"))
-    cell_url: str = Field("http://127.0.0.1:8001", validation_alias=AliasChoices("CELL_URL"))
-    subtype_url: str = Field("http://127.0.0.1:8002", validation_alias=AliasChoices("SUBTYPE_URL"))
+    cell_url: str = Field("http://127.0.0.1:8001", validation_alias=AliasChoices("CELL_URL"),
+                          description="one base URL or several, comma-separated (replicas; calls spread over them)")
+    subtype_url: str = Field("http://127.0.0.1:8002", validation_alias=AliasChoices("SUBTYPE_URL"),
+                             description="one base URL or several, comma-separated")
+    upstream_resolve_s: float = Field(0.0, ge=0, validation_alias=AliasChoices("UPSTREAM_RESOLVE_S"),
+                                      description="> 0: resolve the host names in CELL_URL and SUBTYPE_URL to all "
+                                                  "their addresses this often, one replica each (a Kubernetes "
+                                                  "headless Service); 0: use the URLs as given")
     redis_url: str | None = Field(None, validation_alias=AliasChoices("REDIS_URL"),
                                   description="unset: in-process cache")
     cache_ttl_s: int = Field(7 * 24 * 3600, ge=1, validation_alias=AliasChoices("CACHE_TTL_S"))
