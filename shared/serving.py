@@ -10,9 +10,16 @@ from fastapi import FastAPI
 from shared.json_logging import log_config
 
 
+def service_name(create_app: Callable[..., FastAPI]) -> str:
+    """``gateway.app`` -> ``gateway``, ``services.cell_classifier.app`` -> ``cell_classifier``."""
+    parts = create_app.__module__.split(".")
+    return parts[1] if parts[0] == "services" and len(parts) > 1 else parts[0]
+
+
 def run(create_app: Callable[..., FastAPI], settings, access_log: bool = True) -> None:
-    """``settings`` has host, port and log_level; logs are JSON lines on stderr; uvicorn stops
-    gracefully on SIGTERM/Ctrl-C.
+    """``settings`` has host, port and log_level; logs go to stderr as JSON lines or text lines
+    (``LOG_FORMAT``, see shared/json_logging.py); uvicorn stops gracefully on SIGTERM/Ctrl-C.
     ``access_log=False`` where paths carry patient ids (the gateway: its audit log records requests)."""
+    config = log_config(settings.log_level, service=service_name(create_app))
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
-                log_config=log_config(settings.log_level), timeout_graceful_shutdown=10, access_log=access_log)
+                log_config=config, timeout_graceful_shutdown=10, access_log=access_log)
