@@ -27,7 +27,7 @@ test-fast: ## unit tests only
 	$(PYTHON) -m pytest tests/unit
 
 run: ## run the system on localhost: every service, ready-checked (Ctrl-C stops all)
-	$(PYTHON) -m services.run_all
+	$(PYTHON) -m launcher
 
 cell-service: ## the cell classifier alone on CELL_HOST:CELL_PORT (127.0.0.1:8001)
 	$(PYTHON) -m services.cell_classifier

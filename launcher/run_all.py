@@ -1,4 +1,4 @@
-"""`make run`: the whole system on localhost. Starts the cell service, the subtype service, a
+"""`make run` (`python -m launcher`): the whole system on localhost. Starts the cell service, the subtype service, a
 redis-server of its own when one is installed (else the gateway's in-process cache) and the
 gateway; waits until all are ready, prints the URL, stops everything on Ctrl-C.
 

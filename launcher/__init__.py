@@ -1,0 +1,1 @@
+"""`make run` / `python -m launcher`: the whole system on localhost (see launcher.run_all)."""
