@@ -78,7 +78,7 @@ class SubtypeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     counts: dict[CellLabel, CellCount] = Field(
         description=f"cells counted per label ({', '.join(CELL_LABELS)}); missing labels count 0",
-        examples=[{"neutrophil": 12, "lymphocyte": 30, "monocyte": 8, "unclassified": 41}],
+        examples=[{"neutrophil": 12, "lymphocyte": 30, "monocyte": 8, "blast": 41, "smudge": 6}],
     )
 
 
@@ -94,7 +94,8 @@ class SubtypePrediction(BaseModel):
     prediction: PatientClass
     probabilities: dict[str, float] = Field(description=f"one per class: {', '.join(PATIENT_CLASSES)}")
     features: dict[str, float]
-    per_100_leukocytes: dict[str, float] = Field(description="erythroblasts and platelets per 100 leukocytes")
+    per_100_leukocytes: dict[str, float] = Field(
+        description="cells that are not leukocytes (erythroblast, platelet, smudge) per 100 leukocytes")
     warnings: list[str]
 
 

@@ -18,7 +18,7 @@ DEFAULT_CSV = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "
 @dataclass(frozen=True)
 class Patients:
     ids: list[str]
-    fractions: np.ndarray  # (n, 7) leukocyte fractions in LEUKOCYTE_TYPES order
+    fractions: np.ndarray  # (n, len(LEUKOCYTE_TYPES)) leukocyte fractions in LEUKOCYTE_TYPES order
     counts: list[dict[str, float]]  # expert counts over the vocabulary
     labels: np.ndarray  # (n,) 0 = control, 1.. = SUBTYPES index + 1
 
@@ -42,40 +42,59 @@ def load_patients(path: Path | None = None) -> Patients:
 
 
 def feature_matrix(count_rows: np.ndarray) -> np.ndarray:
-    """(n, 7) counts (or fractions) in LEUKOCYTE_TYPES order -> (n, len(FEATURE_NAMES)) float32."""
+    """(n, len(LEUKOCYTE_TYPES)) counts (or fractions) in LEUKOCYTE_TYPES order -> (n, len(FEATURE_NAMES)) float32."""
     out = np.empty((len(count_rows), len(FEATURE_NAMES)), dtype=np.float32)
     for i, row in enumerate(count_rows):
         out[i] = list(features(dict(zip(LEUKOCYTE_TYPES, row))).values())
     return out
 
 
-def _neighbour_confusion() -> np.ndarray:
-    """Where a CNN's count of one leukocyte type leaks to its look-alikes (rows: truth)."""
+# Where a CNN's count of one leukocyte type leaks to its look-alikes (truth, seen): base rates, scaled
+# by a random strength per simulated patient. Vocabulary 2.0: blasts look like lymphocytes (large,
+# agranular), monocytes and promyelocytes, and the CNN's low-confidence cells become ``unclassified``;
+# promyelocytes sit between blasts and the later granulocyte precursors (``ig``: myelocytes,
+# metamyelocytes), which in turn look like band neutrophils. ``unclassified`` in the expert counts is
+# only pb_other (few cells of varied kinds).
+LOOK_ALIKES: dict[tuple[str, str], float] = {
+    ("blast", "lymphocyte"): 0.04, ("blast", "monocyte"): 0.02, ("blast", "unclassified"): 0.02,
+    ("blast", "promyelocyte"): 0.02,
+    ("promyelocyte", "blast"): 0.03, ("promyelocyte", "ig"): 0.03, ("promyelocyte", "unclassified"): 0.01,
+    ("ig", "promyelocyte"): 0.02, ("ig", "neutrophil"): 0.03, ("ig", "monocyte"): 0.02,
+    ("neutrophil", "ig"): 0.02, ("eosinophil", "neutrophil"): 0.02, ("basophil", "lymphocyte"): 0.02,
+    ("monocyte", "lymphocyte"): 0.02, ("monocyte", "ig"): 0.01, ("monocyte", "blast"): 0.02,
+    ("monocyte", "unclassified"): 0.01,
+    ("lymphocyte", "monocyte"): 0.01, ("lymphocyte", "blast"): 0.01, ("lymphocyte", "unclassified"): 0.005,
+    ("unclassified", "blast"): 0.03, ("unclassified", "lymphocyte"): 0.02, ("unclassified", "monocyte"): 0.02,
+}
+# Leukocytes a CNN calls ``smudge`` (or another non-leukocyte) drop out of the differential: fragile
+# blasts and lymphocytes are the usual smudge cells.
+LOST_FROM_DIFFERENTIAL: dict[str, float] = {"blast": 0.01, "lymphocyte": 0.005}
+
+
+def _neighbour_confusion() -> tuple[np.ndarray, np.ndarray]:
+    """(leaks, losses): leaks[truth, seen] between leukocyte types and losses[truth] out of the differential."""
     index = {t: i for i, t in enumerate(LEUKOCYTE_TYPES)}
-    leaks = {
-        ("neutrophil", "ig"): 0.02, ("ig", "neutrophil"): 0.03, ("ig", "monocyte"): 0.02,
-        ("monocyte", "lymphocyte"): 0.02, ("monocyte", "ig"): 0.01, ("lymphocyte", "monocyte"): 0.01,
-        ("eosinophil", "neutrophil"): 0.02, ("basophil", "lymphocyte"): 0.02,
-        ("unclassified", "lymphocyte"): 0.05, ("unclassified", "monocyte"): 0.03, ("unclassified", "ig"): 0.02,
-        ("lymphocyte", "unclassified"): 0.01, ("monocyte", "unclassified"): 0.02,
-    }
     matrix = np.zeros((len(LEUKOCYTE_TYPES), len(LEUKOCYTE_TYPES)))
-    for (truth, seen), rate in leaks.items():
+    for (truth, seen), rate in LOOK_ALIKES.items():
         matrix[index[truth], index[seen]] = rate
-    return matrix
+    losses = np.zeros(len(LEUKOCYTE_TYPES))
+    for truth, rate in LOST_FROM_DIFFERENTIAL.items():
+        losses[index[truth]] = rate
+    return matrix, losses
 
 
-LEAKS = _neighbour_confusion()
+LEAKS, LOSSES = _neighbour_confusion()
 
 
 def simulate_cnn_counts(fractions: np.ndarray, rng: np.random.Generator, total_range=(100, 500),
                         max_leak_scale: float = 2.0) -> np.ndarray:
-    """Counts a CNN might report: look-alike confusion of random strength, then multinomial sampling
-    of 100-500 cells. ``fractions`` (n, 7) -> counts (n, 7)."""
+    """Counts a CNN might report: look-alike confusion (and loss to smudge) of random strength, then
+    multinomial sampling of 100-500 leukocytes. ``fractions`` (n, len(LEUKOCYTE_TYPES)) -> counts, same shape."""
     out = np.empty_like(fractions)
     for i, p in enumerate(fractions):
-        leak = LEAKS * rng.uniform(0.0, max_leak_scale)
-        confusion = leak + np.diag(1.0 - leak.sum(axis=1))
+        scale = rng.uniform(0.0, max_leak_scale)
+        leak, loss = LEAKS * scale, LOSSES * scale
+        confusion = leak + np.diag(1.0 - leak.sum(axis=1) - loss)
         seen = p @ confusion
         out[i] = rng.multinomial(int(rng.integers(total_range[0], total_range[1] + 1)), seen / seen.sum())
     return out

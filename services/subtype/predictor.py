@@ -25,8 +25,8 @@ class SubtypePredictor:
         for index, counts in enumerate(many_counts):
             if leukocyte_total(counts) <= 0:
                 where = f" (item {index})" if len(many_counts) > 1 else ""
-                raise NoLeukocytes(f"no leukocytes counted{where}: erythroblasts and platelets alone give no "
-                                   "differential")
+                raise NoLeukocytes(f"no leukocytes counted{where}: erythroblasts, platelets and smudge "
+                                   "cells alone give no differential")
             feature_rows.append(features(counts))
         x = np.array([[row[name] for name in FEATURE_NAMES] for row in feature_rows], dtype=np.float32)
         probabilities = self.ensemble.predict(x)

@@ -15,7 +15,7 @@ from tests.helpers.processes import start_subtype_service
 
 pytestmark = pytest.mark.integration
 
-AML_LIKE = {"neutrophil": 10, "lymphocyte": 20, "monocyte": 5, "unclassified": 65}
+AML_LIKE = {"neutrophil": 10, "lymphocyte": 20, "monocyte": 5, "blast": 65, "smudge": 13}
 CONTROL_LIKE = {"neutrophil": 61, "lymphocyte": 28, "monocyte": 7, "eosinophil": 3, "basophil": 1, "platelet": 40}
 
 
@@ -38,7 +38,10 @@ def test_predict_one_patient(service):
     assert body["prediction"] in PATIENT_CLASSES and body["prediction"] != "control"
     assert body["aml_probability"] > 0.9
     assert body["model"]["name"] == "aml-subtype-ensemble" and len(body["model"]["sha256"]) == 64
-    assert body["features"]["log_frac_unclassified"] == pytest.approx(math.log(0.65 + 0.005))
+    assert body["features"]["log_frac_blast"] == pytest.approx(math.log(0.65 + 0.005))
+    assert body["features"]["log_frac_unclassified"] == pytest.approx(math.log(0.005))
+    assert body["per_100_leukocytes"]["smudge"] == pytest.approx(13.0), "smudge cells are not leukocytes"
+    assert body["model"]["version"] == "2.0.0"
     assert body["warnings"] == []
 
     control = predict(service.url, {"counts": CONTROL_LIKE}).json()
@@ -47,7 +50,7 @@ def test_predict_one_patient(service):
 
 
 def test_few_leukocytes_answer_with_a_warning(service):
-    body = predict(service.url, {"counts": {"neutrophil": 20, "unclassified": 10}}).json()
+    body = predict(service.url, {"counts": {"neutrophil": 20, "blast": 10, "smudge": 40}}).json()
     assert any("unreliable" in w for w in body["warnings"])
 
 
@@ -61,12 +64,12 @@ def test_batch_in_order(service):
 
 
 @pytest.mark.parametrize("body,needle", [
-    ({"counts": {"blast": 3}}, "counts.blast"),
+    ({"counts": {"myeloblast": 3}}, "counts.myeloblast"),
     ({"counts": {"neutrophil": -1}}, "greater than or equal to 0"),
     ({"counts": {"neutrophil": 1.5}}, "valid integer"),
     ({"counts": {"neutrophil": "12"}}, "valid integer"),
     ({"counts": {"neutrophil": True}}, "valid integer"),
-    ({"counts": {"platelet": 30, "erythroblast": 2}}, "no leukocytes"),
+    ({"counts": {"platelet": 30, "erythroblast": 2, "smudge": 5}}, "no leukocytes"),
     ({"counts": {}}, "no leukocytes"),
     ({}, "counts"),
     ({"counts": {"neutrophil": 3}, "extra": 1}, "extra"),

@@ -14,8 +14,9 @@ from services.subtype.ensemble import ModelIntegrityError, SubtypeEnsemble
 from services.subtype.predictor import NoLeukocytes, SubtypePredictor
 from services.subtype.settings import DEFAULT_MODEL_DIR
 from shared.subtypes import PATIENT_CLASSES, SUBTYPES
-from shared.vocabulary import CELL_LABELS
-from training.subtype_data import feature_matrix, load_patients
+from shared.differential import FEATURE_NAMES
+from shared.vocabulary import CELL_LABELS, LEUKOCYTE_TYPES, NON_LEUKOCYTE_TYPES, VOCABULARY_VERSION
+from training.subtype_data import LEAKS, LOSSES, feature_matrix, load_patients, simulate_cnn_counts
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +33,31 @@ def test_committed_models_reproduce_the_recorded_predictions(predictor):
     now = predictor.ensemble.predict(feature_matrix(patients.fractions))
     expected = np.array([recorded["patients"][pid] for pid in patients.ids])
     assert np.abs(now - expected).max() < 1e-5
+
+
+def test_the_committed_model_speaks_vocabulary_2(predictor):
+    card = predictor.ensemble.card
+    assert card["version"] == "2.0.0"
+    assert card["feature_names"] == list(FEATURE_NAMES) and len(FEATURE_NAMES) == len(LEUKOCYTE_TYPES) == 9
+    assert card["features"]["leukocyte_types"] == list(LEUKOCYTE_TYPES)
+    assert card["features"]["vocabulary"] == VOCABULARY_VERSION
+    answer = predictor.predict_many([{"blast": 60, "promyelocyte": 5, "lymphocyte": 35, "smudge": 20}])[0]
+    assert set(answer.features) == set(FEATURE_NAMES)
+    assert answer.per_100_leukocytes == {"erythroblast": 0.0, "platelet": 0.0, "smudge": 20.0}
+
+
+def test_simulated_cnn_counts_confuse_the_new_categories():
+    index = {t: i for i, t in enumerate(LEUKOCYTE_TYPES)}
+    for truth, seen in [("blast", "lymphocyte"), ("blast", "monocyte"), ("blast", "unclassified"),
+                        ("promyelocyte", "ig"), ("promyelocyte", "blast"), ("ig", "promyelocyte")]:
+        assert LEAKS[index[truth], index[seen]] > 0, (truth, seen)
+    assert (LEAKS.sum(axis=1) + LOSSES).max() < 0.5, "at twice the base rates every type stays mostly itself"
+    blasts_only = np.zeros((1, len(LEUKOCYTE_TYPES)))
+    blasts_only[0, index["blast"]] = 1.0
+    counts = simulate_cnn_counts(np.repeat(blasts_only, 200, axis=0), np.random.default_rng(0))
+    assert counts.shape == (200, 9) and (counts.sum(axis=1) >= 100).all()
+    assert 0.6 < counts[:, index["blast"]].sum() / counts.sum() < 1.0
+    assert counts[:, index["lymphocyte"]].sum() > 0 and counts[:, index["neutrophil"]].sum() == 0
 
 
 @pytest.mark.parametrize("victim", ["aml_vs_control.xgboost.onnx", "subtype.catboost.onnx", "model_card.json"])
@@ -54,7 +80,7 @@ counts_strategy = st.dictionaries(st.sampled_from(CELL_LABELS), st.integers(0, 5
 @given(counts_strategy)
 @settings(max_examples=150, deadline=None)
 def test_any_valid_counts_give_consistent_probabilities(predictor, counts):
-    leukocytes = sum(v for k, v in counts.items() if k not in ("erythroblast", "platelet"))
+    leukocytes = sum(v for k, v in counts.items() if k not in NON_LEUKOCYTE_TYPES)
     if leukocytes == 0:
         with pytest.raises(NoLeukocytes):
             predictor.predict_many([counts])
