@@ -169,10 +169,12 @@ async def _call(name: str, replicas: Replicas, send: Callable[[str], Awaitable[h
         try:
             with replicas.in_flight(url):
                 response = await send(url)
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+        except httpx.ConnectError as exc:
             refused = True
-            status = 504 if isinstance(exc, httpx.ConnectTimeout) else 503
-            failure = UpstreamError(status, f"{name} is unreachable ({type(exc).__name__})")
+            failure = UpstreamError(503, f"{name} is unreachable ({type(exc).__name__})")
+        except httpx.ConnectTimeout:
+            refused = True
+            failure = UpstreamError(504, f"{name} did not answer in time")
         except httpx.TimeoutException:
             failure = UpstreamError(504, f"{name} did not answer in time")
         except httpx.TransportError as exc:
