@@ -23,11 +23,10 @@ from tests.helpers.processes import REPO_ROOT
 
 K8S = REPO_ROOT / "deploy" / "k8s"
 OVERLAYS = ("cpu", "gpu")
-# the oldest Kubernetes still common in data centres we checked, and the newest the package ships
+# an older Kubernetes that many data centres still run, and the newest the package ships schemas for
 VERSIONS = ("1.29.0", kv.latest_version())
 NAMESPACE = "aml-classifier"
 SECRET = "aml-classifier-secrets"
-OUR_IMAGES = {"gateway": "aml-classifier/gateway", "subtype": "aml-classifier/subtype"}
 
 
 # --- a tiny kustomize: resources + JSON-6902 patches -------------------------------------------
