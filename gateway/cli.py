@@ -19,16 +19,32 @@ from pathlib import Path
 
 import httpx
 
-from shared.differential import LEUKOCYTE_TYPES
 from shared.subtypes import PATIENT_CLASSES
-from shared.vocabulary import CELL_LABELS
+from shared.vocabulary import CELL_LABELS, LEUKOCYTE_TYPES, NON_LEUKOCYTE_TYPES
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"}
 COLUMNS = (["patient_id", "status", "n_images", "n_failed", "prediction", "aml_probability"]
            + [f"count_{label}" for label in CELL_LABELS]
            + [f"pct_{label}" for label in LEUKOCYTE_TYPES]
+           + [f"per100_{label}" for label in NON_LEUKOCYTE_TYPES]
            + [f"p_{name}" for name in PATIENT_CLASSES]
-           + ["warnings", "error", "request_id"])
+           + ["unclassified_fraction", "smudge_fraction", "appearance_distance", "review_every_cell",
+              "warnings", "error", "request_id"])
+
+
+class IncompatibleResults(Exception):
+    """--out holds results with other columns (an older vocabulary): appending would corrupt it."""
+
+
+def _check_header(out: Path) -> None:
+    if not out.exists() or out.stat().st_size == 0:
+        return
+    with open(out, newline="") as handle:
+        header = next(csv.reader(handle), [])
+    if header != COLUMNS:
+        raise IncompatibleResults(
+            f"{out} has other columns than this version writes (an older cell vocabulary?); "
+            "choose another --out, or move that file away to redo every patient")
 
 
 def _done_patients(out: Path) -> set[str]:
@@ -46,7 +62,11 @@ def _row(patient_id: str, report: dict | None, error: str | None) -> dict:
            "warnings": " | ".join(report["warnings"]), "request_id": report["request_id"]}
     row.update({f"count_{k}": v for k, v in report["cell_counts"].items()})
     row.update({f"pct_{k}": v for k, v in report["leukocyte_differential"].items()})
+    row.update({f"per100_{k}": v for k, v in report.get("per_100_leukocytes", {}).items()})
     row.update({f"p_{k}": round(v, 6) for k, v in report["probabilities"].items()})
+    quality = report.get("quality") or {}
+    row.update({k: quality.get(k) for k in ("unclassified_fraction", "smudge_fraction", "appearance_distance",
+                                             "review_every_cell")})
     return row
 
 
@@ -89,6 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.directory.is_dir():
         parser.error(f"{args.directory} is not a directory")
     patients = sorted(p for p in args.directory.iterdir() if p.is_dir())
+    try:
+        _check_header(args.out)
+    except IncompatibleResults as exc:
+        parser.error(str(exc))
     done = _done_patients(args.out)
     todo = [p for p in patients if p.name not in done]
     print(f"{len(patients)} patients, {len(done)} already in {args.out}, {len(todo)} to do", file=sys.stderr)

@@ -13,8 +13,12 @@ LOINC = "http://loinc.org"
 LOCAL = "urn:aml-classifier:codes"
 PATIENT_IDENTIFIER_SYSTEM = "urn:aml-classifier:patient-id"
 
-# leukocyte category -> (LOINC code, display); per 100 leukocytes
+# leukocyte category -> (LOINC code, display); per 100 leukocytes. Blasts and promyelocytes have no
+# "by Automated count" code: 26446-5 and 26524-9 are LOINC's method-less codes for them (the ones labs
+# send for a reviewed smear differential).
 DIFFERENTIAL_LOINC: dict[str, tuple[str, str]] = {
+    "blast": ("26446-5", "Blasts/100 leukocytes in Blood"),
+    "promyelocyte": ("26524-9", "Promyelocytes/100 leukocytes in Blood"),
     "neutrophil": ("770-8", "Neutrophils/100 leukocytes in Blood by Automated count"),
     "lymphocyte": ("736-9", "Lymphocytes/100 leukocytes in Blood by Automated count"),
     "monocyte": ("5905-5", "Monocytes/100 leukocytes in Blood by Automated count"),
@@ -36,6 +40,32 @@ def _observation(ident: str, code: dict, value: dict, device: str) -> dict:
             "code": code, "device": {"reference": f"#{device}"}, **value}
 
 
+def _ratio(name: str, text: str, value: float) -> dict:
+    return {"code": {"coding": [{"system": LOCAL, "code": name}], "text": text},
+            "valueQuantity": {"value": round(float(value), 4), "unit": "ratio", "system": "http://unitsofmeasure.org",
+                              "code": "1"}}
+
+
+def _quality_observation(report: PatientReport) -> dict:
+    """How far to trust the counts: unclassified and smudge shares, the images' appearance distance."""
+    quality = report.quality
+    components = [_ratio("unclassified-fraction", "Share of cells the model could not place",
+                         quality.unclassified_fraction),
+                  _ratio("smudge-fraction", "Share of smudge cells", quality.smudge_fraction)]
+    if quality.appearance_distance is not None:
+        components.append(_ratio("appearance-distance", "Median distance of the images' appearance from the "
+                                 "training images'", quality.appearance_distance))
+    observation = _observation(
+        "quality", {"coding": [{"system": LOCAL, "code": "image-set-quality"}],
+                    "text": "Quality of the image set for automated classification"},
+        {"valueBoolean": not quality.review_every_cell, "component": components}, "cell-model")
+    if quality.review_every_cell:
+        observation["interpretation"] = [{"coding": [{
+            "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation", "code": "A",
+            "display": "Abnormal"}], "text": "review every cell: the automated counts may be wrong"}]
+    return observation
+
+
 def to_diagnostic_report(report: PatientReport) -> dict:
     devices = [
         {"resourceType": "Device", "id": f"{kind}-model",
@@ -52,10 +82,16 @@ def to_diagnostic_report(report: PatientReport) -> dict:
     observations.append(_observation(
         "diff-unclassified",
         {"coding": [{"system": LOCAL, "code": "unclassified-per-100-leukocytes"}],
-         "text": "Unclassified leukocytes (not one of the normal types, e.g. blasts)/100 leukocytes"},
+         "text": "Unclassified leukocytes (cells the model could not place)/100 leukocytes"},
         {"valueQuantity": _percent(unclassified)}, "cell-model"))
     leukocytes = sum(report.cell_counts[c] for c in report.leukocyte_differential)
     nrbc = 100.0 * report.cell_counts["erythroblast"] / leukocytes if leukocytes else 0.0
+    smudge = 100.0 * report.cell_counts.get("smudge", 0) / leukocytes if leukocytes else 0.0
+    observations.append(_observation(
+        "smudge", {"coding": [{"system": LOCAL, "code": "smudge-cells-per-100-leukocytes"}],
+                   "text": "Smudge cells/100 leukocytes (not part of the differential)"},
+        {"valueQuantity": {"value": round(smudge, 2), "unit": "/100 WBC", "system": "http://unitsofmeasure.org",
+                           "code": "/100{WBCs}"}}, "cell-model"))
     observations.append(_observation(
         "nrbc", {"coding": [{"system": LOINC, "code": NUCLEATED_RBC_LOINC[0], "display": NUCLEATED_RBC_LOINC[1]}],
                  "text": NUCLEATED_RBC_LOINC[1]},
@@ -75,6 +111,8 @@ def to_diagnostic_report(report: PatientReport) -> dict:
                         "valueQuantity": {"value": round(p, 4), "unit": "probability",
                                           "system": "http://unitsofmeasure.org", "code": "1"}}
                        for name, p in report.probabilities.items()]}, "subtype-model"))
+    if report.quality is not None:
+        observations.append(_quality_observation(report))
     conclusion = (f"Model prediction: {report.prediction} (P(AML) = {report.aml_probability:.2f}) from "
                   f"{report.n_images} images, {report.n_classified} classified, {report.n_unclassified} unclassified, "
                   f"{report.n_failed} failed. Decision support only; to be reviewed by a haematologist.")

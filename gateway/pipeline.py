@@ -12,10 +12,11 @@ from datetime import datetime, timezone
 
 from gateway.cache import Cache
 from gateway.clients import CellServiceClient, SubtypeServiceClient, UpstreamError, UpstreamRejected
-from shared.differential import LEUKOCYTE_TYPES
+from gateway.quality import assess
+from shared.differential import per_100_leukocytes
 from shared.problems import ProblemError
 from shared.schemas import PatientReport
-from shared.vocabulary import CELL_LABELS, CELL_TYPES, UNCLASSIFIED
+from shared.vocabulary import CELL_LABELS, CELL_TYPES, LEUKOCYTE_TYPES, UNCLASSIFIED
 
 log = logging.getLogger("gateway.pipeline")
 MODELS_RECHECK_S = 30.0
@@ -38,6 +39,7 @@ class PatientClassifier:
         self.chunk_size = chunk_size
         self.chunk_concurrency = chunk_concurrency
         self._models: dict[str, dict[str, str]] = {}
+        self._appearance: dict = {}  # the cell model card's appearance thresholds
         self._models_checked = -math.inf
 
     async def models(self) -> dict[str, dict[str, str]]:
@@ -46,6 +48,7 @@ class PatientClassifier:
         if time.monotonic() - self._models_checked > MODELS_RECHECK_S or len(self._models) < 2:
             cell, subtype = await asyncio.gather(self.cells.model(), self.subtype.model())
             self._models = {"cell": _models_info(cell), "subtype": _models_info(subtype)}
+            self._appearance = {k: v for k, v in (cell.get("appearance") or {}).items() if k.endswith("_threshold")}
             self._models_checked = time.monotonic()
         return self._models
 
@@ -98,20 +101,23 @@ class PatientClassifier:
         missing = [first_of[sha] for sha in unique if known[sha] is None]
         fresh = await self._classify_missing(missing, request_id) if missing else {}
         cell_sha = self._models["cell"]["sha256"]
-        await self.cache.set_many({f"cell:{cell_sha}:{sha}": {"label": r["label"], "confidence": r["confidence"]}
+        await self.cache.set_many({f"cell:{cell_sha}:{sha}": {"label": r["label"], "confidence": r["confidence"],
+                                                              "appearance_distance": r.get("appearance_distance")}
                                    for sha, r in fresh.items() if "label" in r})
         per_hash = {**{sha: v for sha, v in known.items() if v is not None}, **fresh}
         return await self._report(patient_id, request_id, images, hashes, per_hash, report_key)
 
     async def _report(self, patient_id, request_id, images, hashes, per_hash, report_key) -> PatientReport:
         counts = {label: 0 for label in CELL_LABELS}
-        cells, failed = [], []
+        cells, failed, distances = [], [], []
         for sha, (name, _) in zip(hashes, images):
             result = per_hash[sha]
             if "label" in result:
                 counts[result["label"]] += 1
+                distances.append(result.get("appearance_distance"))
                 cells.append({"filename": name, "sha256": sha, "label": result["label"],
-                              "confidence": result["confidence"]})
+                              "confidence": result["confidence"],
+                              "appearance_distance": result.get("appearance_distance")})
             else:
                 failed.append({"filename": name, "error": result.get("error", "not classified")})
         leukocytes = sum(counts[t] for t in LEUKOCYTE_TYPES)
@@ -120,7 +126,8 @@ class PatientClassifier:
                                     "read): a differential needs white cells")
         subtype = await self.subtype.predict(counts, request_id)
         self._models["subtype"] = _models_info(subtype["model"])
-        warnings = list(subtype.get("warnings", []))
+        quality, quality_warnings = assess(counts, distances, self._appearance)
+        warnings = quality_warnings + list(subtype.get("warnings", []))
         if failed:
             warnings.append(f"{len(failed)} of {len(images)} images could not be classified (see failed)")
         if not self.cache.available:
@@ -136,6 +143,8 @@ class PatientClassifier:
             failed=failed,
             cell_counts=counts,
             leukocyte_differential={t: round(100.0 * counts[t] / leukocytes, 2) for t in LEUKOCYTE_TYPES},
+            per_100_leukocytes={t: round(v, 2) for t, v in per_100_leukocytes(counts).items()},
+            quality=quality,
             aml_probability=subtype["aml_probability"],
             prediction=subtype["prediction"],
             probabilities=subtype["probabilities"],

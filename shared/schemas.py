@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.subtypes import PATIENT_CLASSES
-from shared.vocabulary import CELL_LABELS, CELL_TYPES
+from shared.vocabulary import CELL_LABELS, CELL_TYPES, LEUKOCYTE_TYPES, NON_LEUKOCYTE_TYPES
 
 CellLabel = Literal[CELL_LABELS]  # type: ignore[valid-type]
 
@@ -34,6 +34,10 @@ class CellPrediction(BaseModel):
     label: CellLabel
     confidence: float = Field(ge=0.0, le=1.0, description="calibrated maximum class probability")
     probabilities: dict[str, float] = Field(description=f"one per cell type: {', '.join(CELL_TYPES)}")
+    appearance_distance: float | None = Field(
+        None, ge=0.0, description="how far the image's colour and density statistics are from the training "
+                                  "images' (Mahalanobis distance to the nearest training source; thresholds in "
+                                  "the model card's `appearance`)")
 
 
 class CellError(BaseModel):
@@ -123,6 +127,23 @@ class ClassifiedCell(BaseModel):
     sha256: str
     label: CellLabel
     confidence: float
+    appearance_distance: float | None = None
+
+
+class ReportQuality(BaseModel):
+    """How far to trust this report (gateway/quality.py; thresholds in the cell model card)."""
+
+    n_cells: int = Field(description="images that received a label")
+    unclassified_fraction: float = Field(ge=0, le=1, description="share of labelled images the model could not place")
+    smudge_fraction: float = Field(ge=0, le=1, description="share of labelled images that are smudge cells")
+    appearance_distance: float | None = Field(
+        None, description="median over the cells of the distance of their appearance (colour, density) from the "
+                          "training images'; None when the cell model has no appearance reference")
+    appearance_threshold: float | None = Field(None, description="above this median the images look unfamiliar")
+    out_of_domain_fraction: float | None = Field(
+        None, description="share of cells whose own distance exceeds the per-image threshold")
+    looks_out_of_domain: bool = Field(description="the images look unlike anything the model was trained on")
+    review_every_cell: bool = Field(description="the counts are not to be trusted without reviewing every cell")
 
 
 class ModelsUsed(BaseModel):
@@ -135,12 +156,17 @@ class PatientReport(BaseModel):
     request_id: str
     created_at: str = Field(description="UTC, ISO 8601")
     n_images: int
-    n_classified: int = Field(description="images labelled with one of the 8 cell types")
+    n_classified: int = Field(description=f"images labelled with one of the {len(CELL_TYPES)} cell types")
     n_unclassified: int
     n_failed: int
     failed: list[FailedImage]
     cell_counts: dict[str, int] = Field(description=f"one per label: {', '.join(CELL_LABELS)}")
-    leukocyte_differential: dict[str, float] = Field(description="percent of leukocytes, 7 categories")
+    leukocyte_differential: dict[str, float] = Field(
+        description=f"percent of leukocytes: {', '.join(LEUKOCYTE_TYPES)}")
+    per_100_leukocytes: dict[str, float] = Field(
+        default_factory=dict, description=f"cells that are not leukocytes, per 100 leukocytes: "
+                                          f"{', '.join(NON_LEUKOCYTE_TYPES)}")
+    quality: ReportQuality | None = Field(None, description="how far to trust this report")
     aml_probability: float
     prediction: PatientClass
     probabilities: dict[str, float]

@@ -51,6 +51,14 @@ function render(report, files) {
   $("r-summary").textContent = `${report.n_images} images: ${report.n_classified} classified, ` +
     `${report.n_unclassified} unclassified, ${report.n_failed} failed` + (report.cached ? " (from cache)" : "");
   $("r-warnings").replaceChildren(...report.warnings.map((w) => Object.assign(document.createElement("li"), { textContent: w })));
+  const quality = report.quality;
+  $("r-quality-banner").hidden = !(quality && quality.review_every_cell);
+  $("r-quality-banner").textContent = quality && quality.looks_out_of_domain
+    ? "These images look unlike the images the model was trained on (another scanner, stain or magnification?): review every cell."
+    : "Many cells could not be placed by the model: review every cell.";
+  $("r-quality").textContent = quality ? `Quality: ${(quality.unclassified_fraction * 100).toFixed(1)}% unclassified, ` +
+    `${(quality.smudge_fraction * 100).toFixed(1)}% smudge cells` + (quality.appearance_distance === null ? "" :
+    `, appearance distance ${quality.appearance_distance.toFixed(1)} (warning above ${quality.appearance_threshold.toFixed(1)})`) : "";
   barChart($("chart-counts"), Object.entries(report.cell_counts), (v) => String(v));
   barChart($("chart-probabilities"), Object.entries(report.probabilities), (v) => `${(v * 100).toFixed(1)}%`);
   const rows = Object.entries(report.leukocyte_differential).map(([k, v]) => {
@@ -60,6 +68,13 @@ function render(report, files) {
     return tr;
   });
   $("r-differential").querySelector("tbody").replaceChildren(...rows);
+  const per100 = Object.entries(report.per_100_leukocytes || {}).map(([k, v]) => {
+    const tr = document.createElement("tr");
+    tr.append(Object.assign(document.createElement("td"), { textContent: k }),
+              Object.assign(document.createElement("td"), { textContent: v.toFixed(1) }));
+    return tr;
+  });
+  $("r-per100").querySelector("tbody").replaceChildren(...per100);
   const byName = new Map();
   files.forEach((f) => { if (!byName.has(f.name)) byName.set(f.name, f); });
   const groups = new Map();

@@ -20,6 +20,7 @@ from services.cell_classifier.inference import CellModel
 from services.cell_classifier.metrics import CellMetrics
 from services.cell_classifier.settings import CellServiceSettings
 from shared.body_limit import BodySizeLimitMiddleware
+from shared.vocabulary import CELL_TYPES, UNCLASSIFIED, VOCABULARY_VERSION
 from shared.internal_auth import InternalTokenMiddleware
 from shared.request_id import install_request_id
 from shared.problems import ProblemError, install_problem_handlers
@@ -54,10 +55,12 @@ MULTIPART_BODY = {
 ERRORS = {status: {"model": Problem, "content": {"application/problem+json": {}}} for status in (413, 415, 422, 503)}
 
 
-def _decode_upload(data: bytes, settings: CellServiceSettings):
+def _decode_upload(data: bytes, settings: CellServiceSettings, model: CellModel) -> tuple[np.ndarray, float | None]:
+    """Bytes -> (network input, appearance distance), in a decode worker."""
     if len(data) > settings.max_image_bytes:
         raise ImageRejected(f"file larger than {settings.max_image_bytes} bytes")
-    return decode_image(data, settings.max_pixels)
+    image = decode_image(data, settings.max_pixels)
+    return image, model.appearance_distance(image)
 
 
 def create_app(settings: CellServiceSettings | None = None, model: CellModel | None = None) -> FastAPI:
@@ -94,8 +97,9 @@ def create_app(settings: CellServiceSettings | None = None, model: CellModel | N
             state.decode_pool.shutdown(wait=False, cancel_futures=True)
             state.inference_pool.shutdown(wait=True)
 
-    app = FastAPI(title="AML cell classifier", version="1.0.0", lifespan=lifespan,
-                  description="Labels single-cell blood smear images with one of 8 PBC cell types or unclassified.")
+    app = FastAPI(title="AML cell classifier", version="2.0.0", lifespan=lifespan,
+                  description="Labels single-cell blood smear images with a cell type of vocabulary "
+                              f"{VOCABULARY_VERSION} ({', '.join(CELL_TYPES)}) or {UNCLASSIFIED}.")
     app.state.settings = settings
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(InternalTokenMiddleware, token=settings.internal_token)
@@ -145,7 +149,8 @@ def create_app(settings: CellServiceSettings | None = None, model: CellModel | N
     async def _decode_and_infer(uploads, state) -> ClassifyCellsResponse:
         loop = asyncio.get_running_loop()
         decoded = await asyncio.gather(
-            *(loop.run_in_executor(state.decode_pool, _decode_upload, data, settings) for _, data in uploads),
+            *(loop.run_in_executor(state.decode_pool, _decode_upload, data, settings, state.model)
+              for _, data in uploads),
             return_exceptions=True,
         )
         good = [i for i, item in enumerate(decoded) if not isinstance(item, BaseException)]
@@ -153,7 +158,7 @@ def create_app(settings: CellServiceSettings | None = None, model: CellModel | N
         probabilities = []
         if good:
             try:
-                probabilities = await state.batcher.submit(np.stack([decoded[i] for i in good]))
+                probabilities = await state.batcher.submit(np.stack([decoded[i][0] for i in good]))
             except QueueFull:
                 raise _queue_full(state.admitted_images) from None
             except BatcherStopped:
@@ -167,7 +172,8 @@ def create_app(settings: CellServiceSettings | None = None, model: CellModel | N
             if i in by_index:
                 labelled = state.model.label(by_index[i])
                 results.append(CellPrediction(filename=filename, label=labelled.label,
-                                              confidence=labelled.confidence, probabilities=labelled.probabilities))
+                                              confidence=labelled.confidence, probabilities=labelled.probabilities,
+                                              appearance_distance=item[1]))
                 state.metrics.images.labels("classified").inc()
             else:
                 message = str(item) if isinstance(item, ImageRejected) else f"could not be processed ({type(item).__name__})"

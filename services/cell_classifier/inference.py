@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from shared.appearance import AppearanceReference, appearance_features
 from shared.hashing import file_sha256
 from shared.preprocessing import IMAGE_SIZE
 from shared.vocabulary import CELL_TYPES, UNCLASSIFIED
@@ -64,6 +65,9 @@ class CellModel:
         self.provider: str = self.session.get_providers()[0]
         self.input_name: str = self.session.get_inputs()[0].name
         self.threshold: float = float(self.card["unclassified_rule"]["threshold"])
+        appearance = self.card.get("appearance") or {}
+        self.appearance: AppearanceReference | None = (
+            AppearanceReference(appearance["reference"]) if appearance.get("reference") else None)
         log.info("loaded %s %s on %s", self.card["name"], self.card["version"], self.provider)
 
     @property
@@ -71,8 +75,15 @@ class CellModel:
         return {"name": self.card["name"], "version": self.card["version"], "sha256": self.card["sha256"],
                 "provider": self.provider}
 
+    def appearance_distance(self, image: np.ndarray) -> float | None:
+        """How far one preprocessed image looks from the training data (``shared.appearance``); None
+        for a model whose card has no appearance reference. Thread-safe: runs in the decode workers."""
+        if self.appearance is None:
+            return None
+        return round(float(self.appearance.distances(appearance_features(image))[0]), 3)
+
     def predict(self, images: np.ndarray) -> np.ndarray:
-        """(n, H, W, 3) uint8 -> (n, 8) calibrated probabilities."""
+        """(n, H, W, 3) uint8 -> (n, len(CELL_TYPES)) calibrated probabilities."""
         return self.session.run(None, {self.input_name: np.ascontiguousarray(images, dtype=np.uint8)})[0]
 
     def warm_up(self, batch_sizes: tuple[int, ...] = (1, 8, 64)) -> None:

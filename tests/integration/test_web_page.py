@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from shared.vocabulary import CELL_LABELS, LEUKOCYTE_TYPES, NON_LEUKOCYTE_TYPES
 from tests.helpers.images import fullsize_images
 from tests.helpers.keys import CLASSIFY_KEY
 from tests.helpers.processes import REPO_ROOT, start_gateway
@@ -54,9 +55,13 @@ def test_upload_images_and_see_the_result(browser, gateway):
     page.wait_for_selector("#result:not([hidden])", timeout=120_000)
     assert "WEB-001" in page.inner_text("#r-patient")
     assert "32 images" in page.inner_text("#r-summary")
-    assert page.locator("#chart-counts rect").count() == 9
+    chart_labels = page.locator("#chart-counts text:nth-child(3n+1)").all_inner_texts()
+    assert chart_labels == list(CELL_LABELS), "the counts chart shows every label of the vocabulary"
     assert page.locator("#chart-probabilities rect").count() == 5
-    assert page.locator("#r-differential tbody tr").count() == 7
+    assert page.locator("#r-differential tbody td:first-child").all_inner_texts() == list(LEUKOCYTE_TYPES)
+    assert page.locator("#r-per100 tbody td:first-child").all_inner_texts() == list(NON_LEUKOCYTE_TYPES)
+    assert "unclassified" in page.inner_text("#r-quality")
+    assert page.locator("#r-quality-banner").is_hidden(), "in-domain originals raise no quality banner"
     assert page.locator("#gallery .cell img").count() == 32
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "web_page.png"), full_page=True)
