@@ -28,9 +28,29 @@ def confidence_threshold(confidences: np.ndarray, max_unclassified_fraction: flo
     return float(ordered[allowed]) if allowed < len(ordered) else float(ordered[-1])
 
 
-def apply_unclassified_rule(probabilities: np.ndarray, threshold: float, n_classes: int) -> np.ndarray:
-    """Class index per row, or ``n_classes`` (``unclassified``) where the top probability is below ``threshold``."""
-    return np.where(probabilities.max(axis=1) >= threshold, probabilities.argmax(axis=1), n_classes)
+def apply_unclassified_rule(probabilities: np.ndarray, threshold: float, n_classes: int,
+                            class_minimum: dict[int, float] | None = None) -> np.ndarray:
+    """Class index per row, or ``n_classes`` (``unclassified``) where the top probability is below ``threshold``
+    or, for a class in ``class_minimum``, below that class's own minimum."""
+    best = probabilities.argmax(axis=1)
+    top = probabilities.max(axis=1)
+    floor = np.full(len(best), threshold, dtype=float)
+    for index, minimum in (class_minimum or {}).items():
+        floor = np.where(best == index, np.maximum(floor, minimum), floor)
+    return np.where(top >= floor, best, n_classes)
+
+
+def class_minimum_for_false_positives(probabilities: np.ndarray, labels: np.ndarray, threshold: float,
+                                      target: int, negatives: np.ndarray, max_rate: float) -> float:
+    """The smallest minimum probability for class ``target`` (at least ``threshold``) at which at most
+    ``max_rate`` of the rows whose label is in ``negatives`` are labelled ``target``."""
+    rows = np.isin(labels, negatives)
+    called = rows & (probabilities.argmax(axis=1) == target)
+    confidences = np.sort(probabilities[called, target])
+    allowed = int(np.floor(max_rate * rows.sum()))
+    if len(confidences) <= allowed:
+        return float(threshold)
+    return float(max(threshold, np.nextafter(confidences[len(confidences) - allowed - 1], 1.0)))
 
 
 def classification_report(labels: np.ndarray, predicted: np.ndarray, class_names: list[str]) -> dict:

@@ -49,7 +49,8 @@ LIMITATIONS = (
 
 
 def build_card(*, version, onnx_path: Path, output_name, temperature, threshold, max_unclassified_fraction,
-               test_time_views: list[str], metrics, training, appearance=None, sources=("pbc",)) -> dict:
+               test_time_views: list[str], metrics, training, appearance=None, sources=("pbc",),
+               class_minimum=None, max_normal_called_blast=None) -> dict:
     return {
         "name": MODEL_NAME,
         "version": version,
@@ -78,6 +79,10 @@ def build_card(*, version, onnx_path: Path, output_name, temperature, threshold,
             "threshold": threshold,
             "rule": f"label = '{UNCLASSIFIED}' when max probability < threshold",
             "chosen_so_that": f"at most {max_unclassified_fraction:.1%} of validation cells are unclassified",
+            "class_minimum": class_minimum or {},
+            "class_minimum_chosen_so_that": (
+                f"at most {max_normal_called_blast:.1%} of the validation split's normal cells (the 8 PBC types) are "
+                "labelled blast" if class_minimum else None),
         },
         "data": {"training": [DATA_DESCRIPTION[s] for s in sources],
                  "attribution": [DATA_ATTRIBUTION[s] for s in sources],
@@ -146,7 +151,11 @@ def _markdown(card: dict) -> str:
         "## Unclassified rule (how `unclassified` is set)",
         f"A cell is labelled `{rule['label']}` when its {rule['score']} is below {rule['threshold']:.4f} "
         f"(temperature {rule['temperature']:.3f}, fitted on the validation split by negative log-likelihood). "
-        f"The threshold was chosen so that {rule['chosen_so_that']}.",
+        f"The threshold was chosen so that {rule['chosen_so_that']}."
+        + "".join(f" A cell whose most probable class is `{name}` needs a probability of at least {value:.4f}, or it "
+                  f"is labelled `{rule['label']}` (chosen so that {rule['class_minimum_chosen_so_that']}): a doubtful "
+                  "blast is shown for review, not counted as one."
+                  for name, value in rule.get("class_minimum", {}).items() if value > rule["threshold"]),
     ]
     held_out = card["metrics"].get("held_out_classes")
     if held_out:

@@ -12,17 +12,20 @@ from shared.preprocessing import preprocess
 from shared.vocabulary import CELL_TYPES, UNCLASSIFIED
 
 
-def labels_of(onnx_path: Path, images: np.ndarray, threshold: float) -> list[str]:
+def labels_of(onnx_path: Path, images: np.ndarray, threshold: float, class_minimum: dict[int, float]) -> list[str]:
     import onnxruntime as ort
+
+    from training.metrics import apply_unclassified_rule
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     probabilities = np.concatenate([session.run(None, {name: images[i: i + 256]})[0]
                                     for i in range(0, len(images), 256)])
-    return [CELL_TYPES[p.argmax()] if p.max() >= threshold else UNCLASSIFIED for p in probabilities]
+    labels = list(CELL_TYPES) + [UNCLASSIFIED]
+    return [labels[i] for i in apply_unclassified_rule(probabilities, threshold, len(CELL_TYPES), class_minimum)]
 
 
-def held_out_class_report(onnx_path: Path, cells, threshold: float) -> dict:
+def held_out_class_report(onnx_path: Path, cells, threshold: float, class_minimum: dict[int, float]) -> dict:
     """Per expert class outside the vocabulary: how many cells, and what the model called them."""
     report = {}
     for expert_class in sorted({c.expert_class for c in cells}):
@@ -31,7 +34,7 @@ def held_out_class_report(onnx_path: Path, cells, threshold: float) -> dict:
         for path in paths:
             with Image.open(path) as image:
                 images.append(preprocess(image))
-        labels = Counter(labels_of(onnx_path, np.stack(images), threshold))
+        labels = Counter(labels_of(onnx_path, np.stack(images), threshold, class_minimum))
         report[expert_class] = {"n": len(paths), "unclassified_fraction": labels[UNCLASSIFIED] / len(paths),
                                 "labels": dict(labels.most_common())}
     return report

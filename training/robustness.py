@@ -100,7 +100,7 @@ def evaluate(model: CellModel, paths: list[str], labels: np.ndarray) -> dict[str
             with Image.open(path) as image:
                 arrays.append(preprocess(transform(image.convert("RGB"))))
         probabilities = model.predict(np.stack(arrays))
-        predicted = apply_unclassified_rule(probabilities, threshold, len(CELL_TYPES))
+        predicted = apply_unclassified_rule(probabilities, threshold, len(CELL_TYPES), model.class_minimum)
         results[name] = classification_report(labels, predicted, list(CELL_TYPES))
         if appearance:
             distances = np.array([model.appearance_distance(a) for a in arrays])

@@ -61,6 +61,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--max-unclassified-fraction", type=float, default=0.02,
                         help="the threshold leaves at most this share of validation cells unclassified")
+    parser.add_argument("--max-normal-called-blast", type=float, default=0.03,
+                        help="blasts need a probability high enough that at most this share of the validation "
+                             "split's normal cells (the 8 PBC types) are labelled blast; below it: unclassified")
     parser.add_argument("--per-class-limit", type=int, default=None, help="use only N images per class (smoke runs)")
     parser.add_argument("--cache-dir", default=str(REPO_ROOT / ".cache"), help="decoded-array cache; '' for none")
     parser.add_argument("--version", default="2.0.0")
@@ -194,8 +197,9 @@ def main(argv: list[str] | None = None) -> dict:
     from shared.appearance import AppearanceReference, appearance_features
     from shared.vocabulary import CELL_TYPES
     from training import cnn, deepapl_dataset, export_onnx, model_card, pbc_dataset
-    from training.metrics import (apply_unclassified_rule, classification_report, confidence_threshold,
-                                  fit_temperature, leukaemia_summary, softmax)
+    from training.metrics import (NORMAL_TYPES, apply_unclassified_rule, class_minimum_for_false_positives,
+                                  classification_report, confidence_threshold, fit_temperature, leukaemia_summary,
+                                  softmax)
 
     keras.utils.set_random_seed(args.seed)
     sources = load_data(args)
@@ -233,9 +237,14 @@ def main(argv: list[str] | None = None) -> dict:
     temperature = fit_temperature(val_logits, val.labels)
     val_probabilities = softmax(val_logits, temperature)
     threshold = confidence_threshold(val_probabilities.max(axis=1), args.max_unclassified_fraction)
+    blast = CELL_TYPES.index("blast")
+    class_minimum = {blast: class_minimum_for_false_positives(
+        val_probabilities, val.labels, threshold, blast, np.array([CELL_TYPES.index(n) for n in NORMAL_TYPES]),
+        args.max_normal_called_blast)}
+    print(f"unclassified threshold {threshold:.4f}; blast minimum {class_minimum[blast]:.4f}", flush=True)
 
     def predict_with_rule(probabilities: np.ndarray) -> np.ndarray:
-        return apply_unclassified_rule(probabilities, threshold, len(CELL_TYPES))
+        return apply_unclassified_rule(probabilities, threshold, len(CELL_TYPES), class_minimum)
 
     metrics = {"validation": classification_report(val.labels, predict_with_rule(val_probabilities), names)}
     test_probabilities = {}
@@ -271,7 +280,7 @@ def main(argv: list[str] | None = None) -> dict:
     network.save(args.out / model_card.KERAS_FILE)
     if held_out:
         from training.out_of_depth import held_out_class_report
-        metrics["held_out_classes"] = held_out_class_report(onnx_path, held_out, threshold)
+        metrics["held_out_classes"] = held_out_class_report(onnx_path, held_out, threshold, class_minimum)
     seconds = time.perf_counter() - started + earlier_seconds
 
     card = model_card.build_card(
@@ -281,6 +290,8 @@ def main(argv: list[str] | None = None) -> dict:
         temperature=temperature,
         threshold=threshold,
         max_unclassified_fraction=args.max_unclassified_fraction,
+        class_minimum={CELL_TYPES[i]: v for i, v in class_minimum.items()},
+        max_normal_called_blast=args.max_normal_called_blast,
         test_time_views=cnn.view_names(args.test_time_views),
         metrics=metrics,
         appearance=appearance,

@@ -65,6 +65,10 @@ class CellModel:
         self.provider: str = self.session.get_providers()[0]
         self.input_name: str = self.session.get_inputs()[0].name
         self.threshold: float = float(self.card["unclassified_rule"]["threshold"])
+        # a class may demand more confidence than the others (blasts: so that normal cells are rarely called blast)
+        self.class_minimum: dict[int, float] = {
+            CELL_TYPES.index(name): float(value)
+            for name, value in self.card["unclassified_rule"].get("class_minimum", {}).items()}
         appearance = self.card.get("appearance") or {}
         self.appearance: AppearanceReference | None = (
             AppearanceReference(appearance["reference"]) if appearance.get("reference") else None)
@@ -94,5 +98,6 @@ class CellModel:
         """Apply the card's unclassified rule to one probability vector."""
         best = int(np.argmax(probabilities))
         confidence = float(probabilities[best])
-        label = CELL_TYPES[best] if confidence >= self.threshold else UNCLASSIFIED
+        needed = max(self.threshold, self.class_minimum.get(best, 0.0))
+        label = CELL_TYPES[best] if confidence >= needed else UNCLASSIFIED
         return Labelled(label, confidence, {name: float(p) for name, p in zip(CELL_TYPES, probabilities)})

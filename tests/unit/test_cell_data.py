@@ -81,3 +81,17 @@ def test_square_root_class_weights():
     assert weights[1] / weights[0] == pytest.approx(2.0)  # 4x rarer -> 2x the weight
     assert (100 * weights[0] + 25 * weights[1]) / 125 == pytest.approx(1.0)
     assert weights[2] == 0.0
+
+
+def test_class_minimum_caps_false_positives_on_validation_known_answer():
+    require_training_stack()
+    from training.metrics import apply_unclassified_rule, class_minimum_for_false_positives
+
+    # class 1 = "blast"; rows 0-3 are normal cells (label 0), rows 4-5 blasts
+    probabilities = np.array([[0.9, 0.1], [0.4, 0.6], [0.3, 0.7], [0.2, 0.8], [0.1, 0.9], [0.35, 0.65]])
+    labels = np.array([0, 0, 0, 0, 1, 1])
+    minimum = class_minimum_for_false_positives(probabilities, labels, 0.5, 1, np.array([0]), max_rate=0.25)
+    assert 0.7 < minimum <= 0.8  # one of four normal cells may stay a blast: the one at 0.8
+    predicted = apply_unclassified_rule(probabilities, 0.5, 2, {1: minimum})
+    assert predicted.tolist() == [0, 2, 2, 1, 1, 2]  # below the blast minimum: unclassified, not another class
+    assert class_minimum_for_false_positives(probabilities, labels, 0.5, 1, np.array([0]), max_rate=1.0) == 0.5

@@ -55,3 +55,24 @@ def test_tampered_model_is_refused(tmp_path, card):
         handle.write(b"\0")
     with pytest.raises(ModelIntegrityError, match="sha256"):
         CellModel(tmp_path, "cpu")
+
+
+def test_class_minimum_in_the_card_turns_a_doubtful_blast_into_unclassified(tmp_path, card):
+    import numpy as np
+
+    from shared.vocabulary import UNCLASSIFIED
+
+    changed = json.loads(json.dumps(card))
+    changed["unclassified_rule"]["threshold"] = 0.3
+    changed["unclassified_rule"]["class_minimum"] = {"blast": 0.8}
+    (tmp_path / "model_card.json").write_text(json.dumps(changed))
+    (tmp_path / card["file"]).write_bytes((DEFAULT_MODEL_DIR / card["file"]).read_bytes())
+    model = CellModel(tmp_path, "cpu")
+    probabilities = np.zeros(len(CELL_TYPES))
+    blast, lymphocyte = CELL_TYPES.index("blast"), CELL_TYPES.index("lymphocyte")
+    probabilities[[blast, lymphocyte]] = 0.7, 0.3
+    assert model.label(probabilities).label == UNCLASSIFIED  # 0.7 < the blast minimum 0.8
+    probabilities[[blast, lymphocyte]] = 0.3, 0.7
+    assert model.label(probabilities).label == "lymphocyte"  # other classes: the plain threshold
+    probabilities[[blast, lymphocyte]] = 0.85, 0.15
+    assert model.label(probabilities).label == "blast"
