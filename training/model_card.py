@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gateway.quality import SMUDGE_WARNING, UNCLASSIFIED_WARNING
 from shared.preprocessing import IMAGE_SIZE
 from shared.vocabulary import CELL_TYPES, UNCLASSIFIED, VOCABULARY_VERSION
 from shared.hashing import file_sha256
@@ -179,7 +180,10 @@ def _markdown(card: dict) -> str:
             "(validation 99th percentile).",
             f"- A patient's report warns that the images look unlike the training data when the median distance of "
             f"its cells exceeds {appearance['patient_threshold']:.2f} (validation 90th percentile of single cells: "
-            "an in-domain patient's median sits near the 50th).",
+            "an in-domain patient's median sits near the 50th), and asks for every cell to be reviewed.",
+            f"- The report (`gateway/quality.py`) also asks for every cell to be reviewed when "
+            f"{UNCLASSIFIED_WARNING:.0%} or more of the cells are unclassified, and warns when {SMUDGE_WARNING:.0%} "
+            "or more are smudge cells.",
         ]
     lines += [
         "",
