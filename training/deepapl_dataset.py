@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import train_test_split
 
+from shared.preprocessing import DEFAULT_DECODER
 from shared.vocabulary import CELL_TYPES
 from training.pbc_dataset import Split, load_arrays
 
@@ -92,9 +93,10 @@ def patient_split(patients: dict[str, bool], seed: int = SPLIT_SEED) -> tuple[li
     return sorted(train), sorted(val), sorted(test)
 
 
-def split_dataset(root: Path, cache_dir: Path | None = None, per_class_limit: int | None = None
-                  ) -> tuple[Split, Split, Split]:
-    """Labelled cells of the train, validation and test patients (``per_class_limit``: smoke runs)."""
+def split_dataset(root: Path, cache_dir: Path | None = None, per_class_limit: int | None = None,
+                  decoder: str = DEFAULT_DECODER) -> tuple[Split, Split, Split]:
+    """Labelled cells of the train, validation and test patients (``per_class_limit``: smoke runs;
+    ``decoder``: ``shared.preprocessing.DECODERS``, the earlier path only to measure against)."""
     groups = patient_split(read_patients(root))
     cells = [c for c in verified_cells(root) if c.label is not None]
     splits = []
@@ -109,7 +111,7 @@ def split_dataset(root: Path, cache_dir: Path | None = None, per_class_limit: in
                     limited.append(c)
             chosen = limited
         paths = [c.path for c in chosen]
-        images = load_arrays(paths, cache_dir, name="deepapl") if paths else np.zeros((0, 1, 1, 3), np.uint8)
+        images = load_arrays(paths, cache_dir, name="deepapl", decoder=decoder) if paths else np.zeros((0, 1, 1, 3), np.uint8)
         labels = np.asarray([CELL_TYPES.index(c.label) for c in chosen], dtype=np.int64)
         splits.append(Split(images, labels, [str(p) for p in paths], "deepapl"))
     return splits[0], splits[1], splits[2]

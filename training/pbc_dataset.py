@@ -14,10 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from sklearn.model_selection import train_test_split
 
-from shared.preprocessing import IMAGE_SIZE, preprocess
+from shared.preprocessing import DEFAULT_DECODER, IMAGE_SIZE, PREPROCESSING_VERSION, preprocess_file
 from shared.vocabulary import CELL_TYPES
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pbc"
@@ -74,19 +73,26 @@ def list_images(root: Path, per_class_limit: int | None = None) -> tuple[list[Pa
     return paths, np.asarray(folders, dtype=np.int64), np.asarray(labels, dtype=np.int64)
 
 
-def _load(path: Path) -> np.ndarray:
-    with Image.open(path) as image:
-        return preprocess(image)
+def _load(path: Path, decoder: str = DEFAULT_DECODER) -> np.ndarray:
+    """The network input of one file, by the service's own path (``shared.preprocessing.preprocess_file``)."""
+    return preprocess_file(path, IMAGE_SIZE, decoder)
 
 
-def load_arrays(paths: list[Path], cache_dir: Path | None, name: str = "pbc") -> np.ndarray:
-    """Decode and preprocess every image (cached as .npy keyed by the file list)."""
-    key = hashlib.sha256(("\n".join(map(str, paths)) + f"|{IMAGE_SIZE}").encode()).hexdigest()[:16]
-    cache = cache_dir / f"{name}_{IMAGE_SIZE}_{key}.npy" if cache_dir else None
+def cache_key(paths: list[Path], decoder: str = DEFAULT_DECODER) -> str:
+    """Cache name part: the file list, the input size and the preprocessing (its version and decoder path)."""
+    version = PREPROCESSING_VERSION if decoder == DEFAULT_DECODER else f"{PREPROCESSING_VERSION}-{decoder}"
+    text = "\n".join(map(str, paths)) + f"|{IMAGE_SIZE}|preprocessing {version}"
+    return f"p{version}_" + hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def load_arrays(paths: list[Path], cache_dir: Path | None, name: str = "pbc",
+                decoder: str = DEFAULT_DECODER) -> np.ndarray:
+    """Decode and preprocess every image (cached as .npy keyed by the file list and the preprocessing)."""
+    cache = cache_dir / f"{name}_{IMAGE_SIZE}_{cache_key(paths, decoder)}.npy" if cache_dir else None
     if cache is not None and cache.exists():
         return np.load(cache)
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        images = np.stack(list(pool.map(_load, paths)))
+        images = np.stack(list(pool.map(lambda p: _load(p, decoder), paths)))
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         np.save(cache, images)
@@ -95,11 +101,12 @@ def load_arrays(paths: list[Path], cache_dir: Path | None, name: str = "pbc") ->
 
 def split_dataset(
     root: Path, cache_dir: Path | None = None, per_class_limit: int | None = None,
-    val_fraction: float = 0.1, test_fraction: float = 0.1,
+    val_fraction: float = 0.1, test_fraction: float = 0.1, decoder: str = DEFAULT_DECODER,
 ) -> tuple[Split, Split, Split]:
-    """Train/validation/test split stratified by folder with the fixed seed ``SPLIT_SEED``."""
+    """Train/validation/test split stratified by folder with the fixed seed ``SPLIT_SEED``
+    (``decoder``: ``shared.preprocessing.DECODERS``, the earlier path only to measure against)."""
     paths, folders, labels = list_images(root, per_class_limit)
-    images = load_arrays(paths, cache_dir)
+    images = load_arrays(paths, cache_dir, decoder=decoder)
     index = np.arange(len(paths))
     train_val, test = train_test_split(index, test_size=test_fraction, stratify=folders, random_state=SPLIT_SEED)
     train, val = train_test_split(

@@ -7,7 +7,7 @@ import io
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from shared.preprocessing import preprocess
+from shared.preprocessing import DECODERS, DEFAULT_DECODER, preprocess, request_scale
 
 SUPPORTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "TIFF", "BMP"})
 
@@ -16,8 +16,13 @@ class ImageRejected(ValueError):
     """The image cannot be classified; the message is safe to show to the caller."""
 
 
-def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
-    """Bytes of a JPEG/PNG/TIFF/BMP file -> preprocessed uint8 array, or ``ImageRejected``."""
+def decode_image(data: bytes, max_pixels: int, decoder: str = DEFAULT_DECODER) -> np.ndarray:
+    """Bytes of a JPEG/PNG/TIFF/BMP file -> preprocessed uint8 array, or ``ImageRejected``.
+
+    The file is decoded at the scale the network needs (``shared.preprocessing.request_scale``;
+    ``decoder="full"``: at full size, the earlier path, kept for the benchmark)."""
+    if decoder not in DECODERS:
+        raise ValueError(f"decoder must be one of {DECODERS}, not {decoder!r}")
     if not data:
         raise ImageRejected("empty file")
     try:
@@ -37,6 +42,7 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
         if width * height > max_pixels:
             raise ImageRejected(f"too many pixels: {width}x{height} exceeds the limit of {max_pixels}")
         try:
+            request_scale(image, decoder=decoder)  # after the pixel check: it sees the file's own size
             image.load()
             return preprocess(image)
         except Exception as exc:  # noqa: BLE001 - truncated or corrupt data
