@@ -27,6 +27,7 @@ class CellModelInfo(BaseModel):
     version: str
     sha256: str
     provider: str = Field(description="onnxruntime execution provider in use, e.g. CPUExecutionProvider")
+    variant: str = Field("float", description="the model file that runs: float, or int8 (quantized, same card)")
 
 
 class CellPrediction(BaseModel):
@@ -51,13 +52,15 @@ class ClassifyCellsResponse(BaseModel):
 
 
 class CellModelCard(BaseModel):
-    """The model card as trained (training/model_card.py) plus the provider in use."""
+    """The model card as trained (training/model_card.py) plus the provider and variant in use;
+    ``file`` and ``sha256`` are those of the file that runs (the variants: ``serving_variants``)."""
 
     model_config = ConfigDict(extra="allow")
     name: str
     version: str
     sha256: str
     provider: str
+    variant: str = "float"
     class_order: list[str]
     unclassified_rule: dict[str, Any]
 

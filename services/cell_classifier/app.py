@@ -77,7 +77,8 @@ def create_app(settings: CellServiceSettings | None = None, model: CellModel | N
         state.inference_pool = ThreadPoolExecutor(1, thread_name_prefix="onnx")
         loop = asyncio.get_running_loop()
         state.model = model or await loop.run_in_executor(
-            state.inference_pool, lambda: CellModel(settings.model_dir, settings.provider, settings.inference_threads)
+            state.inference_pool, lambda: CellModel(settings.model_dir, settings.provider, settings.inference_threads,
+                                                    settings.model_variant)
         )
         await loop.run_in_executor(state.inference_pool, state.model.warm_up)
         state.batcher = DynamicBatcher(
@@ -183,9 +184,11 @@ def create_app(settings: CellServiceSettings | None = None, model: CellModel | N
 
     @app.get("/v1/model", response_model=CellModelCard)
     async def model_card(request: Request) -> CellModelCard:
-        """The model card of the model in use, with the execution provider."""
-        state = request.app.state
-        return CellModelCard(**state.model.card, provider=state.model.provider)
+        """The model card of the model in use, with the execution provider and the variant (float or int8)
+        that runs; `file` and `sha256` are the running file's."""
+        model = request.app.state.model
+        return CellModelCard(**{**model.card, "file": model.file, "sha256": model.sha256},
+                             provider=model.provider, variant=model.variant)
 
     @app.get("/healthz", response_model=Health)
     async def healthz() -> Health:

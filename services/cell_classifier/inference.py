@@ -17,6 +17,7 @@ from shared.vocabulary import CELL_TYPES, UNCLASSIFIED
 
 log = logging.getLogger(__name__)
 CARD_FILE = "model_card.json"
+VARIANTS = ("float", "int8")
 
 
 class ModelIntegrityError(RuntimeError):
@@ -43,25 +44,62 @@ class Labelled:
     probabilities: dict[str, float]
 
 
+def model_variants(card: dict) -> dict[str, dict]:
+    """The files a card offers: ``float`` (the card's own ``file``/``sha256``) and those listed in its
+    ``serving_variants`` (``int8``: written by ``python -m training.quantize_cells``)."""
+    variants = {"float": {"file": card["file"], "sha256": card["sha256"]}}
+    for name, entry in (card.get("serving_variants") or {}).get("files", {}).items():
+        if name != "float":
+            variants[name] = entry
+    return variants
+
+
+def choose_variant(card: dict, preference: str, providers: list[str]) -> str:
+    """``float``/``int8`` as asked; ``auto``: float on CUDA (int8 QDQ is a CPU speed-up), else the
+    card's default (int8 only where its accuracy criterion held when it was quantized)."""
+    variants = model_variants(card)
+    preference = preference.lower()
+    if preference not in ("auto", *VARIANTS):
+        raise ValueError(f"CELL_MODEL_VARIANT must be auto, {' or '.join(VARIANTS)}, not {preference!r}")
+    if preference == "auto":
+        if providers[0] != "CPUExecutionProvider":
+            return "float"
+        chosen = (card.get("serving_variants") or {}).get("default", "float")
+        return chosen if chosen in variants else "float"
+    if preference not in variants:
+        raise ModelIntegrityError(f"CELL_MODEL_VARIANT={preference} but the model card offers only "
+                                  f"{sorted(variants)} (run python -m training.quantize_cells)")
+    return preference
+
+
 class CellModel:
-    def __init__(self, model_dir: Path, provider: str = "auto", threads: int = 0):
+    def __init__(self, model_dir: Path, provider: str = "auto", threads: int = 0, variant: str = "auto"):
         card_path = model_dir / CARD_FILE
         self.card: dict = json.loads(card_path.read_text())
         if self.card["class_order"] != list(CELL_TYPES):
             raise ModelIntegrityError(f"class order {self.card['class_order']} is not {list(CELL_TYPES)}")
         if self.card["input"]["shape"][1:] != [IMAGE_SIZE, IMAGE_SIZE, 3]:
             raise ModelIntegrityError(f"model input {self.card['input']['shape']} does not match preprocessing")
-        model_path = model_dir / self.card["file"]
+        providers = choose_providers(provider)
+        self.variant: str = choose_variant(self.card, variant, providers)
+        entry = model_variants(self.card)[self.variant]
+        if self.variant != "float" and entry.get("float_sha256") != self.card["sha256"]:
+            raise ModelIntegrityError(f"the {self.variant} model was made from the float model with sha256 "
+                                      f"{entry.get('float_sha256')}, the card's is {self.card['sha256']}: "
+                                      "run python -m training.quantize_cells again")
+        model_path = model_dir / entry["file"]
         actual = file_sha256(model_path)
-        if actual != self.card["sha256"]:
-            raise ModelIntegrityError(f"{model_path} has sha256 {actual}, its card says {self.card['sha256']}")
+        if actual != entry["sha256"]:
+            raise ModelIntegrityError(f"{model_path} has sha256 {actual}, its card says {entry['sha256']}")
+        self.file: str = entry["file"]
+        self.sha256: str = entry["sha256"]
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Decoding threads share the cores with inference: idle ORT threads must sleep, not spin.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(model_path), options, providers=choose_providers(provider))
+        self.session = ort.InferenceSession(str(model_path), options, providers=providers)
         self.provider: str = self.session.get_providers()[0]
         self.input_name: str = self.session.get_inputs()[0].name
         self.threshold: float = float(self.card["unclassified_rule"]["threshold"])
@@ -72,12 +110,15 @@ class CellModel:
         appearance = self.card.get("appearance") or {}
         self.appearance: AppearanceReference | None = (
             AppearanceReference(appearance["reference"]) if appearance.get("reference") else None)
-        log.info("loaded %s %s on %s", self.card["name"], self.card["version"], self.provider)
+        log.info("loaded %s %s (%s, %s) on %s", self.card["name"], self.card["version"], self.variant, self.file,
+                 self.provider)
 
     @property
     def info(self) -> dict:
-        return {"name": self.card["name"], "version": self.card["version"], "sha256": self.card["sha256"],
-                "provider": self.provider}
+        """What runs: ``sha256`` is the running file's (float and int8 answer slightly differently, so
+        a cache keyed by it never mixes them)."""
+        return {"name": self.card["name"], "version": self.card["version"], "sha256": self.sha256,
+                "provider": self.provider, "variant": self.variant}
 
     def appearance_distance(self, image: np.ndarray) -> float | None:
         """How far one preprocessed image looks from the training data (``shared.appearance``); None

@@ -19,6 +19,9 @@ class CellServiceSettings(BaseSettings):
     model_dir: Path = Field(DEFAULT_MODEL_DIR, validation_alias=AliasChoices("CELL_MODEL_DIR"))
     provider: str = Field("auto", validation_alias=AliasChoices("CELL_PROVIDER"),
                           description="auto (CUDA if available, else CPU), cuda or cpu")
+    model_variant: str = Field("auto", validation_alias=AliasChoices("CELL_MODEL_VARIANT"),
+                               description="auto (the card's default on CPU: int8 where its accuracy held; float "
+                                           "on CUDA), int8 or float")
     max_batch: int = Field(64, ge=1, validation_alias=AliasChoices("MAX_BATCH", "CELL_MAX_BATCH"))
     max_delay_ms: float = Field(5.0, ge=0, validation_alias=AliasChoices("MAX_DELAY_MS", "CELL_MAX_DELAY_MS"))
     max_queue: int = Field(768, ge=1, validation_alias=AliasChoices("MAX_QUEUE", "CELL_MAX_QUEUE"),

@@ -54,7 +54,7 @@ def test_tampered_model_is_refused(tmp_path, card):
     with open(tmp_path / card["file"], "ab") as handle:
         handle.write(b"\0")
     with pytest.raises(ModelIntegrityError, match="sha256"):
-        CellModel(tmp_path, "cpu")
+        CellModel(tmp_path, "cpu", variant="float")  # the float file is the one tampered with
 
 
 def test_class_minimum_in_the_card_turns_a_doubtful_blast_into_unclassified(tmp_path, card):
@@ -67,7 +67,7 @@ def test_class_minimum_in_the_card_turns_a_doubtful_blast_into_unclassified(tmp_
     changed["unclassified_rule"]["class_minimum"] = {"blast": 0.8}
     (tmp_path / "model_card.json").write_text(json.dumps(changed))
     (tmp_path / card["file"]).write_bytes((DEFAULT_MODEL_DIR / card["file"]).read_bytes())
-    model = CellModel(tmp_path, "cpu")
+    model = CellModel(tmp_path, "cpu", variant="float")  # only the float file is copied
     probabilities = np.zeros(len(CELL_TYPES))
     blast, lymphocyte = CELL_TYPES.index("blast"), CELL_TYPES.index("lymphocyte")
     probabilities[[blast, lymphocyte]] = 0.7, 0.3

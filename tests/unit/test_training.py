@@ -41,7 +41,7 @@ def test_committed_onnx_matches_keras_on_real_images():
     serving = build_serving_model(network, card["unclassified_rule"]["temperature"], len(card["test_time_views"]))
     images = _originals()
     keras_probabilities = serving.predict(images, verbose=0)
-    onnx_probabilities = CellModel(DEFAULT_MODEL_DIR, "cpu").predict(images)
+    onnx_probabilities = CellModel(DEFAULT_MODEL_DIR, "cpu", variant="float").predict(images)
     assert np.abs(keras_probabilities - onnx_probabilities).max() < 1e-4
 
 
