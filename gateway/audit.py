@@ -2,7 +2,9 @@
 
 Fields: time, request_id, key_id, patient (a keyed HMAC-SHA256 of the patient id, so entries
 of one patient can be linked by whoever holds AUDIT_HMAC_KEY, and by nobody else), endpoint,
-n_images, prediction, models, outcome (HTTP status). No image bytes, raw ids or keys.
+n_images, prediction, models, outcome (HTTP status); for the report store also report_id, status
+and a small ``detail`` (a review's reviewer and number of corrections, an erasure's counts).
+No image bytes, raw patient ids or keys.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ class AuditLog:
 
     def record(self, *, request_id: str, key_id: str | None, patient_id: str | None, endpoint: str,
                outcome: int, n_images: int | None = None, prediction: str | None = None,
-               models: dict | None = None) -> None:
+               models: dict | None = None, report_id: str | None = None, status: str | None = None,
+               detail: dict | None = None) -> None:
         entry = {
             "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
             "audit": True,
@@ -47,6 +50,12 @@ class AuditLog:
             "models": {k: f"{v['name']} {v['version']}" for k, v in (models or {}).items()},
             "outcome": outcome,
         }
+        if report_id is not None:
+            entry["report_id"] = report_id
+        if status is not None:
+            entry["status"] = status
+        if detail:
+            entry["detail"] = detail
         line = json.dumps(entry, separators=(",", ":"))
         with self._lock:
             self._stream.write(line + "\n")

@@ -21,6 +21,7 @@ class Cache(Protocol):
 
     async def get_many(self, keys: list[str]) -> list[Any | None]: ...
     async def set_many(self, items: dict[str, Any]) -> None: ...
+    async def delete(self, keys: list[str], prefixes: list[str] = ()) -> int: ...
     async def ping(self) -> bool: ...
     async def close(self) -> None: ...
 
@@ -53,6 +54,11 @@ class MemoryCache:
         expires = time.monotonic() + self.ttl_s
         for key, value in items.items():
             self._items[key] = (expires, json.dumps(value))
+
+    async def delete(self, keys: list[str], prefixes: list[str] = ()) -> int:
+        """Remove ``keys`` and every key starting with one of ``prefixes``; how many were there."""
+        doomed = set(keys) | {k for k in self._items if any(k.startswith(p) for p in prefixes)}
+        return sum(self._items.pop(k, None) is not None for k in doomed)
 
     async def ping(self) -> bool:
         return True
@@ -100,6 +106,18 @@ class RedisCache:
             self._down(exc)
             return
         self.available = True
+
+    async def delete(self, keys: list[str], prefixes: list[str] = ()) -> int:
+        """Remove ``keys`` and every key starting with one of ``prefixes`` (prefixes must hold no glob
+        characters). Unlike reads, failures raise: an erasure must not pass silently."""
+        doomed = set(keys)
+        for prefix in prefixes:
+            async for key in self._client.scan_iter(match=f"{prefix}*", count=1000):
+                doomed.add(key)
+        if not doomed:
+            return 0
+        doomed = sorted(doomed)
+        return sum([await self._client.delete(*doomed[i: i + 500]) for i in range(0, len(doomed), 500)])
 
     async def ping(self) -> bool:
         try:

@@ -33,8 +33,8 @@ def _percent(value: float) -> dict:
     return {"value": round(float(value), 2), "unit": "%", "system": "http://unitsofmeasure.org", "code": "%"}
 
 
-def _observation(ident: str, code: dict, value: dict, device: str) -> dict:
-    return {"resourceType": "Observation", "id": ident, "status": "final",
+def _observation(ident: str, code: dict, value: dict, device: str, status: str = "final") -> dict:
+    return {"resourceType": "Observation", "id": ident, "status": status,
             "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
                                       "code": "laboratory"}]}],
             "code": code, "device": {"reference": f"#{device}"}, **value}
@@ -67,6 +67,24 @@ def _quality_observation(report: PatientReport) -> dict:
 
 
 def to_diagnostic_report(report: PatientReport) -> dict:
+    """Status follows the report (preliminary, final, amended), the Observations' too; the reviewer
+    is the ``resultsInterpreter``."""
+    resource = _diagnostic_report(report)
+    for item in resource["contained"]:
+        if item["resourceType"] == "Observation":
+            item["status"] = report.status
+    if report.reviewed_by:
+        resource["resultsInterpreter"] = [{"display": report.reviewed_by}]
+        resource["conclusion"] += (f" Reviewed by {report.reviewed_by} at {report.reviewed_at}"
+                                   + (" and signed off." if report.status != "preliminary" else " (not signed off)."))
+        if report.review_comment:
+            resource["conclusion"] += f" Reviewer's comment: {report.review_comment}"
+    if report.supersedes:
+        resource["extension"] = [{"url": "urn:aml-classifier:replaces-report", "valueString": report.supersedes}]
+    return resource
+
+
+def _diagnostic_report(report: PatientReport) -> dict:
     devices = [
         {"resourceType": "Device", "id": f"{kind}-model",
          "deviceName": [{"name": info["name"], "type": "model-name"}],
@@ -113,15 +131,18 @@ def to_diagnostic_report(report: PatientReport) -> dict:
                        for name, p in report.probabilities.items()]}, "subtype-model"))
     if report.quality is not None:
         observations.append(_quality_observation(report))
-    conclusion = (f"Model prediction: {report.prediction} (P(AML) = {report.aml_probability:.2f}) from "
+    conclusion = ("Preliminary (automated pre-classification, not yet signed off). " if report.status == "preliminary"
+                  else "")
+    conclusion += (f"Model prediction: {report.prediction} (P(AML) = {report.aml_probability:.2f}) from "
                   f"{report.n_images} images, {report.n_classified} classified, {report.n_unclassified} unclassified, "
-                  f"{report.n_failed} failed. Decision support only; to be reviewed by a haematologist.")
+                  f"{report.n_failed} failed. Decision support only.")
     if report.warnings:
         conclusion += " Warnings: " + "; ".join(report.warnings)
     return {
         "resourceType": "DiagnosticReport",
-        "id": report.request_id,
-        "status": "final",
+        "id": report.report_id or report.request_id,
+        "identifier": [{"system": "urn:aml-classifier:report-id", "value": report.report_id or report.request_id}],
+        "status": report.status,
         "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0074", "code": "LAB",
                                   "display": "Laboratory"}]}],
         "code": {"coding": [{"system": LOINC, "code": "57021-8", "display": "CBC W Auto Differential panel - Blood"}],

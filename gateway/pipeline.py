@@ -13,9 +13,11 @@ from datetime import datetime, timezone
 from gateway.cache import Cache
 from gateway.clients import CellServiceClient, SubtypeServiceClient, UpstreamError, UpstreamRejected
 from gateway.quality import assess
+from gateway.store.repository import ReportStore, StoredReport
+from gateway.thumbnails import make_thumbnails
 from shared.differential import per_100_leukocytes
 from shared.problems import ProblemError
-from shared.schemas import PatientReport
+from shared.schemas import ClassifiedCell, PatientReport, ReviewRequest
 from shared.vocabulary import CELL_LABELS, CELL_TYPES, LEUKOCYTE_TYPES, UNCLASSIFIED
 
 log = logging.getLogger("gateway.pipeline")
@@ -26,14 +28,19 @@ def latest_key(patient_id: str) -> str:
     return f"latest:{patient_id}"
 
 
+def report_key(patient_id: str, content_key: str) -> str:
+    return f"report:{patient_id}:{content_key}"
+
+
 def _models_info(card: dict) -> dict[str, str]:
     return {"name": card["name"], "version": card["version"], "sha256": card["sha256"]}
 
 
 class PatientClassifier:
     def __init__(self, cache: Cache, cells: CellServiceClient, subtype: SubtypeServiceClient, *,
-                 chunk_size: int, chunk_concurrency: int):
+                 chunk_size: int, chunk_concurrency: int, store: ReportStore):
         self.cache = cache
+        self.store = store
         self.cells = cells
         self.subtype = subtype
         self.chunk_size = chunk_size
@@ -85,12 +92,10 @@ class PatientClassifier:
         content = hashlib.sha256("\n".join(
             [models["cell"]["sha256"], models["subtype"]["sha256"]]
             + sorted(f"{sha} {name}" for sha, (name, _) in zip(hashes, images))).encode()).hexdigest()
-        report_key = f"report:{patient_id}:{content}"
-        cached = (await self.cache.get_many([report_key]))[0]
-        if cached is not None:
-            report = PatientReport(**{**cached, "cached": True})
-            await self.cache.set_many({latest_key(patient_id): report.model_dump()})
-            return report
+        key = report_key(patient_id, content)
+        cached = (await self.cache.get_many([key]))[0]
+        if cached is not None and cached.get("report_id"):
+            return PatientReport(**{**cached, "cached": True})
 
         cell_sha = models["cell"]["sha256"]
         unique = list(dict.fromkeys(hashes))
@@ -105,9 +110,22 @@ class PatientClassifier:
                                                               "appearance_distance": r.get("appearance_distance")}
                                    for sha, r in fresh.items() if "label" in r})
         per_hash = {**{sha: v for sha, v in known.items() if v is not None}, **fresh}
-        return await self._report(patient_id, request_id, images, hashes, per_hash, report_key)
+        report = await self._report(patient_id, request_id, images, hashes, per_hash)
+        labelled = {c.sha256 for c in report.cells or []}
+        thumbnails = await asyncio.to_thread(
+            make_thumbnails, {sha: data for sha, (_, data) in zip(hashes, images) if sha in labelled})
+        # the database first (StoreUnavailable: nothing is stored, nothing cached), then the cache
+        report = await self.store.add_report(report, content, dict(self._appearance), thumbnails)
+        await self._cache_version(report, content)
+        return report
 
-    async def _report(self, patient_id, request_id, images, hashes, per_hash, report_key) -> PatientReport:
+    async def _cache_version(self, report: PatientReport, content_key: str) -> None:
+        """The newest version answers both a repeated upload and 'latest'."""
+        stored = report.model_dump()
+        await self.cache.set_many({report_key(report.patient_id, content_key): stored,
+                                   latest_key(report.patient_id): stored})
+
+    async def _report(self, patient_id, request_id, images, hashes, per_hash) -> PatientReport:
         counts = {label: 0 for label in CELL_LABELS}
         cells, failed, distances = [], [], []
         for sha, (name, _) in zip(hashes, images):
@@ -153,10 +171,75 @@ class PatientClassifier:
             warnings=warnings,
             cells=cells,
         )
-        stored = report.model_dump()
-        await self.cache.set_many({report_key: stored, latest_key(patient_id): stored})
         return report
 
     async def latest(self, patient_id: str) -> PatientReport | None:
+        """From the cache when there, else from the store (and cached again)."""
         stored = (await self.cache.get_many([latest_key(patient_id)]))[0]
-        return PatientReport(**stored) if stored is not None else None
+        if stored is not None and stored.get("report_id"):
+            return PatientReport(**stored)
+        report = await self.store.latest(patient_id)
+        if report is not None:
+            await self.cache.set_many({latest_key(patient_id): report.model_dump()})
+        return report
+
+    async def review(self, base: StoredReport, review: ReviewRequest, request_id: str) -> PatientReport:
+        """The new version a review makes: corrected labels replace the model's (which are kept in
+        ``model_label``), counts, differential, quality and the subtype prediction are recomputed from
+        them (the subtype service gets the corrected counts; no image is classified again)."""
+        old = base.report
+        if old.status in ("final", "amended") and not review.sign_off:
+            raise ProblemError(422, f"report {old.report_id} was released as {old.status}: a change to it is an "
+                                    "amendment and needs sign_off true")
+        corrections = {c.sha256: c.label for c in review.corrections}
+        known = {c.sha256 for c in old.cells or []}
+        unknown = sorted(set(corrections) - known)
+        if unknown:
+            raise ProblemError(422, f"{len(unknown)} corrected cell(s) are not in report {old.report_id}: "
+                                    + ", ".join(u[:12] for u in unknown[:5]))
+        cells: list[ClassifiedCell] = []
+        for cell in old.cells or []:
+            model_label = cell.model_label or cell.label
+            label = corrections.get(cell.sha256, cell.label)
+            cells.append(cell.model_copy(update={"label": label,
+                                                 "model_label": model_label if label != model_label else None}))
+        counts = {label: 0 for label in CELL_LABELS}
+        for cell in cells:
+            counts[cell.label] += 1
+        leukocytes = sum(counts[t] for t in LEUKOCYTE_TYPES)
+        if leukocytes == 0:
+            raise ProblemError(422, "after these corrections no leukocyte is left: a differential needs white cells")
+        subtype = await self.subtype.predict(counts, request_id)
+        quality, quality_warnings = assess(counts, [c.appearance_distance for c in cells], base.appearance)
+        warnings = quality_warnings + list(subtype.get("warnings", []))
+        if old.failed:
+            warnings.append(f"{len(old.failed)} of {old.n_images} images could not be classified (see failed)")
+        changed = sum(1 for c in cells if c.model_label is not None)
+        if changed:
+            warnings.append(f"{changed} cell label(s) corrected by the reviewer")
+        status = ("amended" if old.status in ("final", "amended") else "final") if review.sign_off else "preliminary"
+        return PatientReport.model_validate({
+            **old.model_dump(),
+            "request_id": request_id,
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "status": status,
+            "n_classified": sum(counts[t] for t in CELL_TYPES),
+            "n_unclassified": counts[UNCLASSIFIED],
+            "cell_counts": counts,
+            "leukocyte_differential": {t: round(100.0 * counts[t] / leukocytes, 2) for t in LEUKOCYTE_TYPES},
+            "per_100_leukocytes": {t: round(v, 2) for t, v in per_100_leukocytes(counts).items()},
+            "quality": quality.model_dump(),
+            "aml_probability": subtype["aml_probability"],
+            "prediction": subtype["prediction"],
+            "probabilities": subtype["probabilities"],
+            "models": {"cell": old.models.cell, "subtype": _models_info(subtype["model"])},
+            "cached": False,
+            "warnings": warnings,
+            "cells": [c.model_dump() for c in cells],
+        })
+
+    async def store_review(self, base: StoredReport, report: PatientReport, review: ReviewRequest) -> PatientReport:
+        stored = await self.store.add_review(base, report, review.reviewer, review.comment, review.sign_off,
+                                             [c.model_dump() for c in review.corrections])
+        await self._cache_version(stored, base.content_key)
+        return stored

@@ -22,7 +22,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-SCOPES = frozenset({"classify", "read"})
+SCOPES = frozenset({"classify", "read", "review", "admin"})
+"""classify: upload images; read: reports; review: correct and sign off reports; admin: erase a patient's data."""
 KEY_PATTERN = re.compile(r"^aml_([A-Za-z0-9-]{1,32})_([A-Za-z0-9_-]{16,128})$")
 _DUMMY_SALT = "00" * 16
 

@@ -44,3 +44,14 @@ class GatewaySettings(BaseSettings):
                                         description="JSON-lines audit file; unset: stderr")
     audit_hmac_key: str | None = Field(None, validation_alias=AliasChoices("AUDIT_HMAC_KEY"),
                                        description="keys the patient-id hash in the audit log; unset: random")
+    data_dir: Path = Field(Path("data"), validation_alias=AliasChoices("DATA_DIR"),
+                           description="where the default SQLite report store lives (reports.db)")
+    database_url: str | None = Field(None, validation_alias=AliasChoices("DATABASE_URL"),
+                                     description="sqlite:///path or postgresql://user:pw@host/db; "
+                                                 "unset: SQLite under DATA_DIR")
+    database_schema: str | None = Field(None, validation_alias=AliasChoices("DATABASE_SCHEMA"),
+                                        description="PostgreSQL schema for the tables (created when missing)")
+    database_timeout_s: float = Field(5.0, gt=0, validation_alias=AliasChoices("DATABASE_TIMEOUT_S"))
+    migrate_on_start: bool = Field(True, validation_alias=AliasChoices("MIGRATE_ON_START"),
+                                   description="apply the store's migrations at start (else: python -m "
+                                               "gateway.store migrate)")

@@ -128,9 +128,11 @@ class FailedImage(BaseModel):
 class ClassifiedCell(BaseModel):
     filename: str
     sha256: str
-    label: CellLabel
-    confidence: float
+    label: CellLabel = Field(description="the reviewer's label where a reviewer corrected it, else the model's")
+    confidence: float = Field(description="the model's confidence in its own label")
     appearance_distance: float | None = None
+    model_label: CellLabel | None = Field(None, description="the model's label, kept beside a reviewer's correction "
+                                                            "(None: not corrected)")
 
 
 class ReportQuality(BaseModel):
@@ -154,8 +156,19 @@ class ModelsUsed(BaseModel):
     subtype: dict[str, str]
 
 
+ReportStatus = Literal["preliminary", "final", "amended"]
+
+
 class PatientReport(BaseModel):
     patient_id: str
+    report_id: str | None = Field(None, description="this version's id (GET /reports/{report_id})")
+    version: int = Field(1, ge=1, description="1: the models' report; +1 per review")
+    status: ReportStatus = Field("preliminary", description="preliminary: the models' (or a reviewer's unsigned) "
+                                 "result; final: signed off by a reviewer; amended: a final report corrected later")
+    supersedes: str | None = Field(None, description="the version this one replaces")
+    reviewed_by: str | None = None
+    reviewed_at: str | None = Field(None, description="UTC, ISO 8601")
+    review_comment: str | None = None
     request_id: str
     created_at: str = Field(description="UTC, ISO 8601")
     n_images: int
@@ -177,3 +190,48 @@ class PatientReport(BaseModel):
     cached: bool
     warnings: list[str]
     cells: list[ClassifiedCell] | None = Field(None, description="with ?include=cells")
+
+
+# --- report store and review ------------------------------------------------------------------
+
+SHA256_PATTERN = r"^[0-9a-f]{64}$"
+
+
+class ReportSummary(BaseModel):
+    id: str
+    patient_id: str
+    version: int
+    status: ReportStatus
+    created_at: str
+    supersedes: str | None = None
+    superseded_by: str | None = Field(None, description="the newer version of this report, if any")
+    reviewed_by: str | None = None
+    reviewed_at: str | None = None
+    prediction: str
+    models: ModelsUsed
+
+
+class ReportList(BaseModel):
+    patient_id: str
+    reports: list[ReportSummary] = Field(description="newest first")
+
+
+class CellCorrection(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    sha256: str = Field(pattern=SHA256_PATTERN, description="the cell's image hash, as in `cells`")
+    label: CellLabel
+
+
+class ReviewRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reviewer: str = Field(min_length=1, max_length=128, description="who checked the cells (name or staff id)")
+    corrections: list[CellCorrection] = Field(default_factory=list, max_length=10_000)
+    comment: str = Field("", max_length=4000)
+    sign_off: bool = Field(False, description="true: the new version is final (amended when correcting a final one)")
+
+
+class ErasureResult(BaseModel):
+    patient_id: str
+    reports_deleted: int
+    thumbnails_deleted: int
+    cache_entries_deleted: int

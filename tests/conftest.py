@@ -23,3 +23,13 @@ def require_training_stack():
         return
     for module in ("tensorflow", "tf2onnx", "sklearn", "xgboost", "catboost", "imblearn", "skl2onnx", "onnxmltools"):
         pytest.importorskip(module)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request, tmp_path):
+    """An empty report-store database (not migrated): SQLite, or a fresh PostgreSQL schema."""
+    from tests.helpers.database import open_database
+
+    db, cleanup = open_database(request.param, tmp_path)
+    yield db
+    cleanup()

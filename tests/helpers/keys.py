@@ -6,5 +6,9 @@ from gateway.security import new_key
 
 CLASSIFY_KEY, CLASSIFY_ENTRY = new_key("tests", {"classify", "read"})
 READ_ONLY_KEY, READ_ONLY_ENTRY = new_key("reader", {"read"})
-API_KEYS_JSON = json.dumps([CLASSIFY_ENTRY, READ_ONLY_ENTRY])
+REVIEW_KEY, REVIEW_ENTRY = new_key("reviewer", {"read", "review"})
+ADMIN_KEY, ADMIN_ENTRY = new_key("dpo", {"admin"})
+API_KEYS_JSON = json.dumps([CLASSIFY_ENTRY, READ_ONLY_ENTRY, REVIEW_ENTRY, ADMIN_ENTRY])
 AUTH = {"Authorization": f"Bearer {CLASSIFY_KEY}"}
+REVIEW_AUTH = {"Authorization": f"Bearer {REVIEW_KEY}"}
+ADMIN_AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}

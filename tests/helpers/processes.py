@@ -90,8 +90,8 @@ def start_gateway(tmp_path: Path, cell_url: str, subtype_url: str, redis_url: st
                   ready_path: str = "/healthz", **env: str) -> ServiceProcess:
     from tests.helpers.keys import API_KEYS_JSON
 
-    settings = {"CELL_URL": cell_url, "SUBTYPE_URL": subtype_url, "REDIS_URL": redis_url or "",
-                "API_KEYS": API_KEYS_JSON, **env}
     port = free_port()
+    settings = {"CELL_URL": cell_url, "SUBTYPE_URL": subtype_url, "REDIS_URL": redis_url or "",
+                "API_KEYS": API_KEYS_JSON, "DATA_DIR": str(tmp_path / f"data-{port}"), **env}
     settings.update({"GATEWAY_HOST": "127.0.0.1", "GATEWAY_PORT": str(port)})
     return ServiceProcess("gateway", settings, port, tmp_path / f"gateway-{port}.log").start(ready_path)

@@ -1,0 +1,105 @@
+"""A report as an HL7 v2.5.1 ORU^R01 message (built and checked with hl7apy), for LIS interfaces
+that do not speak FHIR.
+
+- MSH: sender AML-CLASSIFIER, message control id = the report version's id, processing id P.
+- PID-3: the patient id (assigning authority AML, type PI). PID-5: name type U (the gateway
+  never holds names).
+- OBR: the panel LOINC 57021-8 as in the FHIR report, OBR-3 the report version id, OBR-7 when
+  the models produced the result, OBR-22 when this version was made, OBR-25 the result status
+  (P preliminary, F final, C corrected = amended), OBR-32 the reviewer.
+- OBX: one per leukocyte category (same LOINC codes as the FHIR Observations, % of leukocytes),
+  nucleated RBC 58413-6, smudge cells, AML probability and the predicted subtype under local
+  codes (coding system L); OBX-11 carries the same status as OBR-25.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+
+from hl7apy.consts import VALIDATION_LEVEL
+from hl7apy.core import Message
+
+from gateway.fhir import DIFFERENTIAL_LOINC, NUCLEATED_RBC_LOINC
+from shared.schemas import PatientReport
+
+HL7_MEDIA_TYPE = "application/hl7-v2"
+RESULT_STATUS = {"preliminary": "P", "final": "F", "amended": "C"}
+_SPECIAL = re.compile(r"[|^~\\&\r\n]")
+
+
+def _text(value: str, limit: int = 200) -> str:
+    """Free text without HL7 delimiters (the message stays parseable whatever a reviewer typed)."""
+    return _SPECIAL.sub(" ", value)[:limit].strip()
+
+
+def _ts(iso: str | None) -> str:
+    if not iso:
+        return ""
+    return datetime.fromisoformat(iso).strftime("%Y%m%d%H%M%S%z")
+
+
+def to_oru_r01(report: PatientReport, sending_facility: str = "LAB", receiving_application: str = "LIS") -> str:
+    """The report as ER7 text (segments separated by carriage returns)."""
+    status = RESULT_STATUS[report.status]
+    message = Message("ORU_R01", version="2.5.1", validation_level=VALIDATION_LEVEL.STRICT)
+    msh = message.msh
+    msh.msh_3 = "AML-CLASSIFIER"
+    msh.msh_4 = _text(sending_facility)
+    msh.msh_5 = _text(receiving_application)
+    msh.msh_7 = _ts(report.reviewed_at or report.created_at)
+    msh.msh_9 = "ORU^R01^ORU_R01"
+    msh.msh_10 = (report.report_id or report.request_id)[:20]
+    msh.msh_11 = "P"
+    msh.msh_12 = "2.5.1"
+    result = message.add_group("ORU_R01_PATIENT_RESULT")
+    patient = result.add_group("ORU_R01_PATIENT")
+    patient.pid.pid_1 = "1"
+    patient.pid.pid_3 = f"{report.patient_id}^^^AML^PI"
+    patient.pid.pid_5 = "^^^^^^U"
+    order = result.add_group("ORU_R01_ORDER_OBSERVATION")
+    obr = order.obr
+    obr.obr_1 = "1"
+    obr.obr_3 = f"{report.report_id or report.request_id}^AML-CLASSIFIER"
+    obr.obr_4 = "57021-8^CBC W Auto Differential panel - Blood^LN"
+    obr.obr_7 = _ts(report.created_at if report.version == 1 else (report.reviewed_at or report.created_at))
+    obr.obr_22 = _ts(report.reviewed_at or report.created_at)
+    obr.obr_25 = status
+    if report.reviewed_by:
+        obr.obr_32 = f"&{_text(report.reviewed_by)}"
+
+    observations: list[tuple[str, str, str, str]] = []  # (type, code^text^system, value, units)
+    for category, (code, display) in DIFFERENTIAL_LOINC.items():
+        observations.append(("NM", f"{code}^{display}^LN", f"{report.leukocyte_differential[category]:.2f}",
+                             "%^%^UCUM"))
+    observations.append(("NM", "unclassified-per-100-leukocytes^Unclassified leukocytes/100 leukocytes^L",
+                         f"{report.leukocyte_differential['unclassified']:.2f}", "%^%^UCUM"))
+    leukocytes = sum(report.cell_counts[c] for c in report.leukocyte_differential)
+    nrbc = 100.0 * report.cell_counts["erythroblast"] / leukocytes if leukocytes else 0.0
+    smudge = 100.0 * report.cell_counts.get("smudge", 0) / leukocytes if leukocytes else 0.0
+    observations.append(("NM", f"{NUCLEATED_RBC_LOINC[0]}^{NUCLEATED_RBC_LOINC[1]}^LN", f"{nrbc:.2f}",
+                         "/100{WBCs}^/100 WBC^UCUM"))
+    observations.append(("NM", "smudge-cells-per-100-leukocytes^Smudge cells/100 leukocytes^L", f"{smudge:.2f}",
+                         "/100{WBCs}^/100 WBC^UCUM"))
+    observations.append(("NM", "aml-probability^Probability of AML from the leukocyte differential^L",
+                         f"{report.aml_probability:.4f}", "1^probability^UCUM"))
+    observations.append(("CWE", "aml-genetic-subtype^Predicted AML genetic subtype (or control)^L",
+                         f"{report.prediction}^{report.prediction}^L", ""))
+    for i, (kind, code, value, units) in enumerate(observations, start=1):
+        obx = order.add_group("ORU_R01_OBSERVATION").obx
+        obx.obx_1 = str(i)
+        obx.obx_2 = kind
+        obx.obx_3 = code
+        obx.obx_5 = value
+        if units:
+            obx.obx_6 = units
+        obx.obx_11 = status
+    note = (f"Automated pre-classification from {report.n_images} cell images; decision support only. "
+            + (f"Reviewed by {_text(report.reviewed_by)}." if report.reviewed_by else "Not yet reviewed."))
+    if report.review_comment:
+        note += f" Comment: {_text(report.review_comment, 1000)}"
+    nte = order.add_segment("NTE")
+    nte.nte_1 = "1"
+    nte.nte_3 = _text(note, 2000)
+    message.validate()
+    return message.to_er7() + "\r"

@@ -1,0 +1,84 @@
+"""What every gateway router shares: API-key checks, patient-id checks, report rendering
+(JSON, FHIR, HL7 v2) and the store-unavailable answer."""
+
+from __future__ import annotations
+
+import math
+import re
+from contextlib import contextmanager
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response
+
+from gateway.fhir import FHIR_MEDIA_TYPE, to_diagnostic_report
+from gateway.hl7 import HL7_MEDIA_TYPE, to_oru_r01
+from gateway.store.repository import StoreUnavailable
+from shared.problems import ProblemError
+from shared.schemas import PATIENT_ID_PATTERN, PatientReport, Problem
+
+RETRY_AFTER_S = 2  # told to clients when a service behind is down or sheds load (503)
+PATIENT_ID = re.compile(PATIENT_ID_PATTERN)
+REPORT_ID = re.compile(r"^[0-9a-f]{32}$")
+PROBLEMS = {s: {"model": Problem, "content": {"application/problem+json": {}}}
+            for s in (401, 403, 404, 409, 413, 415, 422, 429, 502, 503, 504)}
+REPORT_RESPONSES = {
+    200: {"content": {FHIR_MEDIA_TYPE: {"schema": {"type": "object"}}, HL7_MEDIA_TYPE: {"schema": {"type": "string"}}},
+          "description": "the report; a FHIR R4 DiagnosticReport with Accept: application/fhir+json; an HL7 v2.5.1 "
+                         "ORU^R01 message with Accept: application/hl7-v2"},
+    **{s: PROBLEMS[s] for s in (401, 403, 404, 413, 415, 422, 429, 502, 503, 504)},
+}
+
+
+def check_patient_id(patient_id: str) -> None:
+    if not PATIENT_ID.fullmatch(patient_id):
+        raise ProblemError(422, "invalid patient id: 1-64 characters, letters, digits, '.', '_' or '-', "
+                                "starting with a letter or digit")
+
+
+def check_report_id(report_id: str) -> None:
+    if not REPORT_ID.fullmatch(report_id):
+        raise ProblemError(404, f"no report {report_id[:64]!r}")
+
+
+def _presented_key(request: Request) -> str | None:
+    authorization = request.headers.get("authorization", "")
+    if authorization.lower().startswith("bearer "):
+        return authorization[7:].strip()
+    return request.headers.get("x-api-key")
+
+
+def authorize(request: Request, scope: str) -> str:
+    """The caller's key id; 401 without a valid key, 403 without ``scope``, 429 over its rate."""
+    state = request.app.state
+    key = state.keys.authenticate(_presented_key(request))
+    if key is None:
+        raise ProblemError(401, "a valid API key is required (Authorization: Bearer <key> or X-API-Key)",
+                           headers={"WWW-Authenticate": 'Bearer realm="aml-classifier"'})
+    request.state.key_id = key.key_id
+    if scope not in key.scopes:
+        raise ProblemError(403, f"this key may not {scope} (its scopes: {', '.join(sorted(key.scopes))})")
+    wait_s = state.rate_limiter.acquire(key.key_id)
+    if wait_s > 0:
+        raise ProblemError(429, "rate limit exceeded for this key", headers={"Retry-After": str(math.ceil(wait_s))})
+    return key.key_id
+
+
+def render(request: Request, report: PatientReport, include_cells: bool) -> Response:
+    accept = request.headers.get("accept", "")
+    if FHIR_MEDIA_TYPE in accept:
+        return JSONResponse(to_diagnostic_report(report), media_type=FHIR_MEDIA_TYPE)
+    if HL7_MEDIA_TYPE in accept:
+        return Response(to_oru_r01(report), media_type=HL7_MEDIA_TYPE)
+    body = report.model_dump(exclude={"cells"} if not include_cells else None)
+    return JSONResponse(body)
+
+
+@contextmanager
+def store_errors():
+    """A database that cannot be reached answers 503 (problem+json, Retry-After), never 500."""
+    try:
+        yield
+    except StoreUnavailable as exc:
+        raise ProblemError(503, f"the report database is unavailable ({exc}); nothing was stored, try again "
+                                "shortly", headers={"Retry-After": str(RETRY_AFTER_S)},
+                           title="Report Store Unavailable") from None

@@ -1,0 +1,74 @@
+"""A patient's report versions, and erasure of everything the gateway holds about a patient."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+
+from gateway.pipeline import latest_key
+from gateway.routers.common import PROBLEMS, authorize, check_patient_id, store_errors
+from shared.problems import ProblemError
+from shared.schemas import ErasureResult, ReportList
+
+router = APIRouter(tags=["patients"])
+
+
+async def _clear_cache(cache, keys: list[str], patient_id: str) -> int:
+    try:
+        return await cache.delete(keys, prefixes=[f"report:{patient_id}:"])
+    except Exception as exc:  # noqa: BLE001 - an erasure that cannot clear the cache must not pass silently
+        raise ProblemError(503, f"the cache could not be cleared ({type(exc).__name__}); nothing or not everything "
+                                "was erased: repeat the request", headers={"Retry-After": "2"}) from None
+
+
+@router.get("/patients/{patient_id}/reports", response_model=ReportList,
+            responses={s: PROBLEMS[s] for s in (401, 403, 404, 422, 429, 503)})
+async def list_reports(request: Request, patient_id: str) -> ReportList:
+    """Every report version of this patient, newest first (404 when there is none)."""
+    status, reports = 200, []
+    try:
+        authorize(request, "read")
+        check_patient_id(patient_id)
+        with store_errors():
+            reports = await request.app.state.store.list(patient_id)
+        if not reports:
+            raise ProblemError(404, f"no reports for patient {patient_id}")
+        return ReportList(patient_id=patient_id, reports=reports)
+    except ProblemError as exc:
+        status = exc.status
+        raise
+    finally:
+        request.app.state.audit.record(
+            request_id=request.state.request_id, key_id=getattr(request.state, "key_id", None),
+            patient_id=patient_id if status != 422 else None, endpoint="list-reports", outcome=status,
+            detail={"reports": len(reports)})
+
+
+@router.delete("/patients/{patient_id}", response_model=ErasureResult,
+               responses={s: PROBLEMS[s] for s in (401, 403, 422, 429, 503)})
+async def erase_patient(request: Request, patient_id: str) -> ErasureResult:
+    """Erase everything about this patient: every report version and review, the thumbnails no other
+    patient's report shows, and the cache entries (reports, latest, the cells' labels). Scope `admin`.
+    Idempotent: erasing a patient with nothing stored answers 200 with zero counts. The audit log
+    keeps one line (the keyed patient hash, who, when, the counts), never the data."""
+    state = request.app.state
+    status, result = 200, None
+    try:
+        authorize(request, "admin")
+        check_patient_id(patient_id)
+        # the cache first: were it down, an erased report could come back from it later
+        removed = await _clear_cache(state.cache, [latest_key(patient_id)], patient_id)
+        with store_errors():
+            erased = await state.store.erase(patient_id)
+        removed += await _clear_cache(state.cache, [latest_key(patient_id)] + [
+            f"cell:{model}:{sha}" for model in erased.cell_models for sha in erased.sha256s], patient_id)
+        result = ErasureResult(patient_id=patient_id, reports_deleted=erased.reports,
+                               thumbnails_deleted=erased.thumbnails, cache_entries_deleted=removed)
+        return result
+    except ProblemError as exc:
+        status = exc.status
+        raise
+    finally:
+        state.audit.record(
+            request_id=request.state.request_id, key_id=getattr(request.state, "key_id", None),
+            patient_id=patient_id if status != 422 else None, endpoint="erase", outcome=status,
+            detail=result.model_dump(exclude={"patient_id"}) if result else None)

@@ -1,0 +1,118 @@
+"""Report versions: read one (JSON, FHIR, HL7 v2), its cell thumbnails, and the review that makes
+the next version (scope ``review``)."""
+
+from __future__ import annotations
+
+import re
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response
+
+from gateway.clients import UpstreamError, UpstreamRejected
+from gateway.routers.common import (PROBLEMS, REPORT_RESPONSES, RETRY_AFTER_S, authorize, check_report_id, render,
+                                    store_errors)
+from gateway.store.repository import StaleVersion
+from shared.problems import ProblemError
+from shared.schemas import PatientReport, ReviewRequest
+
+router = APIRouter(tags=["reports"])
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+async def _load(request: Request, report_id: str):
+    check_report_id(report_id)
+    with store_errors():
+        stored = await request.app.state.store.get(report_id)
+    if stored is None:
+        raise ProblemError(404, f"no report {report_id}")
+    return stored
+
+
+@router.get("/reports/{report_id}", response_model=PatientReport, responses=REPORT_RESPONSES)
+async def get_report(request: Request, report_id: str,
+                     include: str | None = Query(None, description="'cells' adds the per-image labels")):
+    """One report version, exactly as stored (versions never change)."""
+    status, stored = 200, None
+    try:
+        authorize(request, "read")
+        stored = await _load(request, report_id)
+        response = render(request, stored.report, include == "cells")
+        if stored.superseded_by:
+            response.headers["X-Superseded-By"] = stored.superseded_by
+        return response
+    except ProblemError as exc:
+        status = exc.status
+        raise
+    finally:
+        report = stored.report if stored else None
+        request.app.state.audit.record(
+            request_id=request.state.request_id, key_id=getattr(request.state, "key_id", None),
+            patient_id=report.patient_id if report else None, endpoint="read-report", outcome=status,
+            prediction=report.prediction if report else None, report_id=report.report_id if report else None,
+            status=report.status if report else None)
+
+
+@router.get("/reports/{report_id}/cells/{sha256}.jpg", response_class=Response,
+            responses={200: {"content": {"image/jpeg": {}}, "description": "the cell's thumbnail (<= 144x144)"},
+                       **{s: PROBLEMS[s] for s in (401, 403, 404, 503)}})
+async def cell_thumbnail(request: Request, report_id: str, sha256: str):
+    """The stored thumbnail of one cell of this report (for review days later)."""
+    authorize(request, "read")
+    check_report_id(report_id)
+    if not SHA256.fullmatch(sha256):
+        raise ProblemError(404, "no such cell")
+    with store_errors():
+        jpeg = await request.app.state.store.thumbnail(report_id, sha256)
+    if jpeg is None:
+        raise ProblemError(404, f"report {report_id} has no stored thumbnail for cell {sha256[:12]}")
+    return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+
+
+@router.post("/reports/{report_id}/review", response_model=PatientReport, status_code=201,
+             responses={201: {"description": "the new version"},
+                        **{s: PROBLEMS[s] for s in (401, 403, 404, 409, 422, 429, 502, 503, 504)}})
+async def review_report(request: Request, report_id: str, review: ReviewRequest,
+                        include: str | None = Query(None, description="'cells' adds the per-image labels")):
+    """Correct cell labels and (optionally) sign off: makes the next version of this report.
+
+    The version reviewed must be the newest of its report (409 otherwise: someone else reviewed
+    first; reload and review the newer version). Counts, differential, quality and the subtype
+    prediction are recomputed from the corrected labels; the model's labels stay in `model_label`.
+    """
+    state = request.app.state
+    status, base, report = 201, None, None
+    try:
+        authorize(request, "review")
+        base = await _load(request, report_id)
+        if base.superseded_by:
+            raise ProblemError(409, f"report {report_id} was already replaced by version {base.superseded_by}: "
+                                    "review the newest version", title="Stale Version")
+        try:
+            draft = await state.classifier.review(base, review, request.state.request_id)
+        except UpstreamError as exc:
+            retry = {"Retry-After": str(RETRY_AFTER_S)} if exc.status == 503 else None
+            raise ProblemError(exc.status, exc.detail, headers=retry) from None
+        except UpstreamRejected as exc:
+            raise ProblemError(502, f"a service behind the gateway refused the request: {exc.detail}") from None
+        with store_errors():
+            try:
+                report = await state.classifier.store_review(base, draft, review)
+            except StaleVersion as exc:
+                raise ProblemError(409, f"report {report_id} was just replaced by version {exc.newer} (another "
+                                        "review was first): review the newest version", title="Stale Version") from None
+        response = render(request, report, include == "cells")
+        response.status_code = 201
+        response.headers["Location"] = f"/reports/{report.report_id}"
+        return response
+    except ProblemError as exc:
+        status = exc.status
+        raise
+    finally:
+        subject = report or (base.report if base else None)
+        state.audit.record(
+            request_id=request.state.request_id, key_id=getattr(request.state, "key_id", None),
+            patient_id=subject.patient_id if subject else None, endpoint="review", outcome=status,
+            prediction=report.prediction if report else None, models=report.models.model_dump() if report else None,
+            report_id=report.report_id if report else report_id[:32], status=report.status if report else None,
+            detail={"reviewer": review.reviewer, "corrections": len(review.corrections), "sign_off": review.sign_off,
+                    "replaces": report_id[:32]})

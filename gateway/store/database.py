@@ -1,0 +1,100 @@
+"""The database engine (async SQLAlchemy: aiosqlite or asyncpg) and the migrations.
+
+``DATABASE_URL`` selects the database: ``sqlite:///path/reports.db`` or
+``postgresql://user:password@host:5432/name`` (the async drivers are filled in here). Unset: a
+SQLite file ``reports.db`` under ``DATA_DIR``. ``DATABASE_SCHEMA`` (PostgreSQL only) puts every
+table in that schema (created when missing), e.g. one schema per test run.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+log = logging.getLogger("gateway.store")
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+def database_url(url: str | None, data_dir: Path) -> str:
+    """The async SQLAlchemy URL for ``DATABASE_URL`` (or the default SQLite file)."""
+    if not url:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        return f"sqlite+aiosqlite:///{(data_dir / 'reports.db').resolve()}"
+    parsed = make_url(url)
+    if parsed.drivername in ("sqlite", "sqlite+pysqlite"):
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        parsed = parsed.set(drivername="sqlite+aiosqlite")
+    elif parsed.drivername in ("postgresql", "postgres", "postgresql+psycopg", "postgresql+psycopg2"):
+        parsed = parsed.set(drivername="postgresql+asyncpg")
+    return parsed.render_as_string(hide_password=False)
+
+
+def make_engine(settings) -> AsyncEngine:
+    url = database_url(settings.database_url, Path(settings.data_dir))
+    schema = settings.database_schema
+    timeout = settings.database_timeout_s
+    if url.startswith("sqlite"):
+        engine = create_async_engine(url, connect_args={"timeout": timeout})
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _pragmas(dbapi_connection, _record):  # foreign keys on; WAL lets readers run beside a writer
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.close()
+        return engine
+    server_settings = {"application_name": "aml-gateway"}
+    if schema:
+        if not SCHEMA_NAME.fullmatch(schema):
+            raise ValueError(f"DATABASE_SCHEMA {schema!r}: lower-case letters, digits and _")
+        server_settings["search_path"] = schema
+    return create_async_engine(url, pool_pre_ping=True, pool_timeout=timeout,
+                               connect_args={"timeout": timeout, "command_timeout": max(timeout, 30.0),
+                                             "server_settings": server_settings})
+
+
+def alembic_config() -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    return config
+
+
+async def migrate(engine: AsyncEngine, schema: str | None = None, revision: str = "head") -> None:
+    """Bring the database to ``revision`` (from empty, too)."""
+    async with engine.begin() as conn:
+        if schema and engine.dialect.name == "postgresql":
+            await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+
+    def upgrade(sync_connection) -> None:
+        config = alembic_config()
+        config.attributes["connection"] = sync_connection
+        command.upgrade(config, revision)
+
+    async with engine.begin() as conn:
+        await conn.run_sync(upgrade)
+
+
+async def downgrade(engine: AsyncEngine, revision: str = "base") -> None:
+    def run(sync_connection) -> None:
+        config = alembic_config()
+        config.attributes["connection"] = sync_connection
+        command.downgrade(config, revision)
+
+    async with engine.begin() as conn:
+        await conn.run_sync(run)
+
+
+async def current_revision(engine: AsyncEngine) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    async with engine.connect() as conn:
+        return await conn.run_sync(lambda c: MigrationContext.configure(c).get_current_revision())

@@ -1,0 +1,293 @@
+"""Every read and write of the report store, in one place. Report versions are immutable: a
+review inserts a new version; nothing is updated in place. Each write is one transaction, so a
+failure leaves nothing half-written.
+
+Any database failure (unreachable, timeout, lost connection) surfaces as ``StoreUnavailable``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from sqlalchemy import and_, delete, exists, func, select, text
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from gateway.store.models import ReportImageRow, ReportRow, ReviewRow, ThumbnailRow
+from shared.schemas import ModelsUsed, PatientReport, ReportSummary
+
+INSERT_RETRIES = 5
+
+
+class StoreUnavailable(Exception):
+    """The database could not be reached or did not answer in time."""
+
+
+class StaleVersion(Exception):
+    """The version was already replaced by another review; ``newer`` is the version that replaced it."""
+
+    def __init__(self, newer: str | None):
+        super().__init__(newer)
+        self.newer = newer
+
+
+@dataclass(frozen=True)
+class Thumbnail:
+    sha256: str
+    jpeg: bytes
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class StoredReport:
+    report: PatientReport
+    content_key: str
+    appearance: dict
+    superseded_by: str | None
+
+
+@dataclass(frozen=True)
+class Erased:
+    reports: int
+    thumbnails: int
+    sha256s: list[str]
+    cell_models: list[str]
+    content_keys: list[str]
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).isoformat(timespec="seconds")
+
+
+def new_report_id() -> str:
+    return uuid.uuid4().hex
+
+
+class ReportStore:
+    def __init__(self, engine: AsyncEngine):
+        self.engine = engine
+        self.kind = engine.dialect.name
+
+    async def _run(self, work, *, write: bool):
+        """``work(conn)`` in one transaction; database failures become ``StoreUnavailable``."""
+        try:
+            if write:
+                async with self.engine.begin() as conn:
+                    return await work(conn)
+            async with self.engine.connect() as conn:
+                return await work(conn)
+        except (IntegrityError, StaleVersion):
+            raise
+        except (OperationalError, InterfaceError, DBAPIError, OSError, asyncio.TimeoutError, SQLAlchemyError) as exc:
+            raise StoreUnavailable(f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}") \
+                from exc
+
+    async def ping(self) -> bool:
+        try:
+            await self._run(lambda conn: conn.execute(text("SELECT 1")), write=False)
+        except StoreUnavailable:
+            return False
+        return True
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    # --- writes ------------------------------------------------------------------------------
+
+    async def _insert_thumbnails(self, conn: AsyncConnection, thumbnails: Iterable[Thumbnail]) -> None:
+        rows = [{"sha256": t.sha256, "jpeg": t.jpeg, "width": t.width, "height": t.height, "created_at": _now()}
+                for t in thumbnails]
+        if not rows:
+            return
+        if self.kind == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        await conn.execute(insert(ThumbnailRow).on_conflict_do_nothing(index_elements=["sha256"]), rows)
+
+    async def _insert_version(self, conn: AsyncConnection, report: PatientReport, content_key: str,
+                              appearance: dict, created: datetime, reviewed_at: datetime | None) -> None:
+        seq = (await conn.execute(select(func.coalesce(func.max(ReportRow.seq), 0))
+                                  .where(ReportRow.patient_id == report.patient_id))).scalar_one() + 1
+        await conn.execute(ReportRow.__table__.insert().values(
+            id=report.report_id, patient_id=report.patient_id, seq=seq, version=report.version,
+            supersedes=report.supersedes, status=report.status, content_key=content_key, created_at=created,
+            reviewed_by=report.reviewed_by, reviewed_at=reviewed_at, appearance=appearance,
+            body=report.model_dump(mode="json")))
+        shas = sorted({c.sha256 for c in report.cells or []})
+        if shas:
+            present = set((await conn.execute(select(ThumbnailRow.sha256).where(ThumbnailRow.sha256.in_(shas))))
+                          .scalars())
+            links = [{"report_id": report.report_id, "sha256": s} for s in shas if s in present]
+            if links:
+                await conn.execute(ReportImageRow.__table__.insert(), links)
+
+    async def add_report(self, report: PatientReport, content_key: str, appearance: dict,
+                         thumbnails: list[Thumbnail]) -> PatientReport:
+        """Store the models' report as version 1 of a new report (status preliminary); its id is set here."""
+        report = report.model_copy(update={"report_id": new_report_id(), "version": 1, "status": "preliminary",
+                                           "supersedes": None, "cached": False})
+        created = _now()
+
+        async def work(conn):
+            await self._insert_thumbnails(conn, thumbnails)
+            await self._insert_version(conn, report, content_key, appearance, created, None)
+
+        for attempt in range(INSERT_RETRIES):  # two reports of one patient at once: the seq collides, retry
+            try:
+                await self._run(work, write=True)
+                return report
+            except IntegrityError:
+                if attempt == INSERT_RETRIES - 1:
+                    raise StoreUnavailable("could not allocate a report sequence number") from None
+                await asyncio.sleep(0.01 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    async def add_review(self, base: StoredReport, report: PatientReport, reviewer: str, comment: str,
+                         sign_off: bool, corrections: list[dict]) -> PatientReport:
+        """Store ``report`` (built from ``base`` by the review) as the version replacing ``base``.
+        ``StaleVersion`` when another review replaced ``base`` first."""
+        now = _now()
+        report = report.model_copy(update={
+            "report_id": new_report_id(), "version": base.report.version + 1, "supersedes": base.report.report_id,
+            "reviewed_by": reviewer, "reviewed_at": _iso(now), "review_comment": comment or None, "cached": False})
+
+        async def work(conn):
+            newer = (await conn.execute(select(ReportRow.id).where(ReportRow.supersedes == base.report.report_id))
+                     ).scalar_one_or_none()
+            if newer is not None:
+                raise StaleVersion(newer)
+            await self._insert_version(conn, report, base.content_key, base.appearance, now, now)
+            await conn.execute(ReviewRow.__table__.insert().values(
+                report_id=report.report_id, reviewer=reviewer, comment=comment, sign_off=sign_off,
+                corrections=corrections))
+
+        for attempt in range(INSERT_RETRIES):
+            try:
+                await self._run(work, write=True)
+                return report
+            except IntegrityError:
+                # either another review of the same version won (supersedes is unique) or a seq collision
+                newer = await self.superseded_by(base.report.report_id)
+                if newer is not None:
+                    raise StaleVersion(newer) from None
+                if attempt == INSERT_RETRIES - 1:
+                    raise StoreUnavailable("could not store the review") from None
+                await asyncio.sleep(0.01 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    async def erase(self, patient_id: str) -> Erased:
+        """Delete every report version, review and thumbnail link of a patient, and the thumbnails
+        that no other patient's report shows."""
+
+        async def work(conn):
+            rows = (await conn.execute(select(ReportRow.id, ReportRow.content_key, ReportRow.body)
+                                       .where(ReportRow.patient_id == patient_id))).all()
+            ids = [r.id for r in rows]
+            if not ids:
+                return Erased(0, 0, [], [], [])
+            shas = sorted(set((await conn.execute(select(ReportImageRow.sha256)
+                                                  .where(ReportImageRow.report_id.in_(ids)))).scalars())
+                          | {c["sha256"] for r in rows for c in (r.body.get("cells") or [])})
+            models = sorted({r.body["models"]["cell"]["sha256"] for r in rows})
+            await conn.execute(delete(ReviewRow).where(ReviewRow.report_id.in_(ids)))
+            await conn.execute(delete(ReportImageRow).where(ReportImageRow.report_id.in_(ids)))
+            await conn.execute(ReportRow.__table__.update().where(ReportRow.id.in_(ids)).values(supersedes=None))
+            await conn.execute(delete(ReportRow).where(ReportRow.id.in_(ids)))
+            orphaned = delete(ThumbnailRow).where(and_(
+                ThumbnailRow.sha256.in_(shas),
+                ~exists().where(ReportImageRow.sha256 == ThumbnailRow.sha256)))
+            thumbnails = (await conn.execute(orphaned)).rowcount if shas else 0
+            return Erased(len(ids), thumbnails, shas, models, sorted({r.content_key for r in rows}))
+
+        return await self._run(work, write=True)
+
+    # --- reads -------------------------------------------------------------------------------
+
+    @staticmethod
+    def _stored(row, superseded_by: str | None) -> StoredReport:
+        return StoredReport(PatientReport(**row.body), row.content_key, row.appearance or {}, superseded_by)
+
+    async def get(self, report_id: str) -> StoredReport | None:
+        async def work(conn):
+            row = (await conn.execute(select(ReportRow.body, ReportRow.content_key, ReportRow.appearance)
+                                      .where(ReportRow.id == report_id))).first()
+            if row is None:
+                return None
+            newer = (await conn.execute(select(ReportRow.id).where(ReportRow.supersedes == report_id))
+                     ).scalar_one_or_none()
+            return self._stored(row, newer)
+
+        return await self._run(work, write=False)
+
+    async def superseded_by(self, report_id: str) -> str | None:
+        return await self._run(lambda conn: self._scalar(conn, select(ReportRow.id)
+                                                         .where(ReportRow.supersedes == report_id)), write=False)
+
+    @staticmethod
+    async def _scalar(conn, statement):
+        return (await conn.execute(statement)).scalar_one_or_none()
+
+    async def latest(self, patient_id: str) -> PatientReport | None:
+        async def work(conn):
+            body = (await conn.execute(select(ReportRow.body).where(ReportRow.patient_id == patient_id)
+                                       .order_by(ReportRow.seq.desc()).limit(1))).scalar_one_or_none()
+            return PatientReport(**body) if body is not None else None
+
+        return await self._run(work, write=False)
+
+    async def list(self, patient_id: str) -> list[ReportSummary]:
+        async def work(conn):
+            rows = (await conn.execute(select(ReportRow.id, ReportRow.supersedes, ReportRow.body)
+                                       .where(ReportRow.patient_id == patient_id)
+                                       .order_by(ReportRow.seq.desc()))).all()
+            newer = {r.supersedes: r.id for r in rows if r.supersedes}
+            out = []
+            for r in rows:
+                b = r.body
+                out.append(ReportSummary(
+                    id=r.id, patient_id=b["patient_id"], version=b["version"], status=b["status"],
+                    created_at=b["created_at"], supersedes=r.supersedes, superseded_by=newer.get(r.id),
+                    reviewed_by=b.get("reviewed_by"), reviewed_at=b.get("reviewed_at"), prediction=b["prediction"],
+                    models=ModelsUsed(**b["models"])))
+            return out
+
+        return await self._run(work, write=False)
+
+    async def thumbnail(self, report_id: str, sha256: str) -> bytes | None:
+        """The JPEG of a cell of this report (None when the report does not show that cell)."""
+        async def work(conn):
+            return (await conn.execute(
+                select(ThumbnailRow.jpeg).join(ReportImageRow, ReportImageRow.sha256 == ThumbnailRow.sha256)
+                .where(ReportImageRow.report_id == report_id, ThumbnailRow.sha256 == sha256))).scalar_one_or_none()
+
+        return await self._run(work, write=False)
+
+    async def reviewed_heads(self) -> list[StoredReport]:
+        """The newest version of every reviewed report chain (status final or amended)."""
+        async def work(conn):
+            replaced = select(ReportRow.supersedes).where(ReportRow.supersedes.is_not(None))
+            rows = (await conn.execute(select(ReportRow.body, ReportRow.content_key, ReportRow.appearance)
+                                       .where(ReportRow.status.in_(("final", "amended")),
+                                              ReportRow.id.not_in(replaced))
+                                       .order_by(ReportRow.created_at))).all()
+            return [self._stored(r, None) for r in rows]
+
+        return await self._run(work, write=False)
+
+    async def thumbnails(self, sha256s: list[str]) -> dict[str, bytes]:
+        async def work(conn):
+            rows = (await conn.execute(select(ThumbnailRow.sha256, ThumbnailRow.jpeg)
+                                       .where(ThumbnailRow.sha256.in_(sha256s)))).all()
+            return {r.sha256: r.jpeg for r in rows}
+
+        return await self._run(work, write=False) if sha256s else {}

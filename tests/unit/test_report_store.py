@@ -1,0 +1,145 @@
+"""The report store on SQLite and PostgreSQL (the same tests): migrations from empty, versions,
+concurrent reviews, thumbnails, erasure, an unreachable database."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from sqlalchemy import inspect
+
+from gateway.store.database import current_revision, downgrade, make_engine, migrate
+from gateway.store.repository import ReportStore, StaleVersion, StoreUnavailable, Thumbnail
+from gateway.thumbnails import MAX_BYTES, MAX_SIDE, make_thumbnail
+from tests.helpers.images import fullsize_images
+from tests.helpers.processes import free_port
+from tests.helpers.reports import sample_report
+
+TABLES = {"reports", "report_images", "thumbnails", "reviews", "alembic_version"}
+
+
+def run(coroutine):
+    return asyncio.run(coroutine)
+
+
+async def _tables(engine) -> set[str]:
+    async with engine.connect() as conn:
+        return set(await conn.run_sync(lambda c: inspect(c).get_table_names()))
+
+
+def thumbs(report) -> list[Thumbnail]:
+    return [Thumbnail(c.sha256, b"\xff\xd8jpeg-" + c.sha256.encode()[:8], 10, 10) for c in report.cells]
+
+
+def test_migrations_from_empty_and_back(database):
+    async def main():
+        engine = make_engine(database.settings())
+        try:
+            assert not (await _tables(engine)) & TABLES
+            await migrate(engine, database.schema)
+            assert await current_revision(engine) == "0001"
+            assert TABLES <= await _tables(engine)
+            await migrate(engine, database.schema)  # idempotent
+            await downgrade(engine, "base")
+            assert (await _tables(engine)) & TABLES <= {"alembic_version"}
+            await migrate(engine, database.schema)
+            assert await current_revision(engine) == "0001"
+        finally:
+            await engine.dispose()
+
+    run(main())
+
+
+def test_versions_latest_list_and_concurrent_reviews(database):
+    async def main():
+        engine = make_engine(database.settings())
+        await migrate(engine, database.schema)
+        store = ReportStore(engine)
+        try:
+            first = await store.add_report(sample_report("P-1"), "k1", {}, thumbs(sample_report("P-1")))
+            assert first.report_id and first.version == 1 and first.status == "preliminary"
+            assert (await store.latest("P-1")) == first
+            base = await store.get(first.report_id)
+            assert base.report == first and base.superseded_by is None and base.content_key == "k1"
+
+            draft = first.model_copy(update={"status": "final"})
+            results = await asyncio.gather(
+                store.add_review(base, draft, "Dr A", "", True, []),
+                store.add_review(base, draft, "Dr B", "", True, []), return_exceptions=True)
+            won = [r for r in results if not isinstance(r, Exception)]
+            lost = [r for r in results if isinstance(r, Exception)]
+            assert len(won) == 1 and len(lost) == 1 and isinstance(lost[0], StaleVersion), results
+            second = won[0]
+            assert second.version == 2 and second.supersedes == first.report_id and second.reviewed_by in ("Dr A", "Dr B")
+            assert lost[0].newer == second.report_id
+            with pytest.raises(StaleVersion):
+                await store.add_review(await store.get(first.report_id), draft, "Dr C", "", True, [])
+
+            assert (await store.latest("P-1")) == second
+            assert (await store.get(first.report_id)).report == first, "a version never changes"
+            listed = await store.list("P-1")
+            assert [r.id for r in listed] == [second.report_id, first.report_id]
+            assert listed[1].superseded_by == second.report_id and listed[0].status == "final"
+            sha = first.cells[0].sha256
+            assert (await store.thumbnail(second.report_id, sha)).startswith(b"\xff\xd8")
+            assert await store.thumbnail(second.report_id, "0" * 64) is None
+            assert [h.report.report_id for h in await store.reviewed_heads()] == [second.report_id]
+        finally:
+            await store.close()
+
+    run(main())
+
+
+def test_erasure_keeps_what_other_patients_share(database):
+    async def main():
+        engine = make_engine(database.settings())
+        await migrate(engine, database.schema)
+        store = ReportStore(engine)
+        try:
+            mine = sample_report("P-gone")
+            shared_cell = mine.cells[0]
+            other = sample_report("P-stays", salt="x")
+            other = other.model_copy(update={"cells": [shared_cell] + other.cells[1:]})
+            kept = await store.add_report(other, "k2", {}, thumbs(other))
+            gone = await store.add_report(mine, "k1", {}, thumbs(mine))
+            base = await store.get(gone.report_id)
+            await store.add_review(base, gone.model_copy(update={"status": "final"}), "Dr A", "c", True, [])
+            erased = await store.erase("P-gone")
+            assert erased.reports == 2 and erased.thumbnails == len(mine.cells) - 1
+            assert shared_cell.sha256 in erased.sha256s and erased.content_keys == ["k1"]
+            assert await store.latest("P-gone") is None and await store.list("P-gone") == []
+            assert await store.get(gone.report_id) is None
+            assert await store.thumbnail(kept.report_id, shared_cell.sha256) is not None
+            assert (await store.erase("P-gone")).reports == 0
+        finally:
+            await store.close()
+
+    run(main())
+
+
+def test_unreachable_database_is_store_unavailable(database):
+    if database.kind != "postgresql":
+        pytest.skip("a file database cannot be unreachable")
+    dead = database.settings(database_url=f"postgresql://postgres@127.0.0.1:{free_port()}/test",
+                             database_timeout_s=1.0)
+
+    async def main():
+        store = ReportStore(make_engine(dead))
+        try:
+            assert await store.ping() is False
+            with pytest.raises(StoreUnavailable):
+                await store.add_report(sample_report(), "k", {}, [])
+            with pytest.raises(StoreUnavailable):
+                await store.latest("P-1")
+        finally:
+            await store.close()
+
+    run(main())
+
+
+def test_thumbnail_is_bounded():
+    _, path = fullsize_images()[0]
+    thumbnail = make_thumbnail("f" * 64, path.read_bytes())
+    assert thumbnail is not None and max(thumbnail.width, thumbnail.height) <= MAX_SIDE
+    assert len(thumbnail.jpeg) <= MAX_BYTES and thumbnail.jpeg[:2] == b"\xff\xd8"
+    assert make_thumbnail("f" * 64, b"not an image") is None
