@@ -1,0 +1,64 @@
+"""Cells a lab's haematologists reviewed (``aml-export-reviewed DIR``) as extra labelled data.
+
+DIR holds ``<label>/<sha256>.jpg`` (thumbnails, at most 144x144 px: upscaled to the network
+input by the same preprocessing as every image) and optionally ``cells.csv``. Labels are the
+vocabulary's cell types; ``unclassified`` cells (a reviewer could not place them either) and
+unknown folders are left out. The split is by file hash (80 / 10 / 10 % train / validation /
+test), stable however many cells are added later, so a cell never moves from test to train.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+from shared.vocabulary import CELL_TYPES
+
+SUFFIXES = {".jpg", ".jpeg", ".png"}
+SPLITS = ("train", "val", "test")
+
+
+def split_of(name: str) -> str:
+    """train, val or test, from the hash of the file name (the cell's sha256)."""
+    bucket = int(hashlib.sha256(name.encode()).hexdigest()[:8], 16) % 10
+    return "test" if bucket == 0 else "val" if bucket == 1 else "train"
+
+
+def list_cells(root: Path) -> list[tuple[Path, str]]:
+    """(path, label) of every usable image under ``root/<label>/``, in a stable order."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"no reviewed-cells directory at {root}")
+    cells = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        if folder.name not in CELL_TYPES:
+            continue
+        cells += [(path, folder.name) for path in sorted(folder.iterdir()) if path.suffix.lower() in SUFFIXES]
+    return cells
+
+
+def split_dataset(root: Path, cache_dir: Path | None = None, per_class_limit: int | None = None):
+    """(train, val, test) ``training.pbc_dataset.Split``s of source ``reviewed``."""
+    from shared.preprocessing import IMAGE_SIZE
+    from training.pbc_dataset import Split, load_arrays
+
+    cells = list_cells(root)
+    if per_class_limit is not None:
+        taken: dict[str, int] = {}
+        kept = []
+        for path, label in cells:
+            if taken.get(label, 0) < per_class_limit:
+                taken[label] = taken.get(label, 0) + 1
+                kept.append((path, label))
+        cells = kept
+    out = []
+    for name in SPLITS:
+        chosen = [(p, label) for p, label in cells if split_of(p.name) == name]
+        paths = [p for p, _ in chosen]
+        images = (load_arrays(paths, cache_dir, name="reviewed") if paths
+                  else np.zeros((0, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8))
+        labels = np.asarray([CELL_TYPES.index(label) for _, label in chosen], dtype=np.int64)
+        out.append(Split(images, labels, [str(p) for p in paths], "reviewed"))
+    return out[0], out[1], out[2]
