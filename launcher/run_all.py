@@ -63,7 +63,7 @@ def main(timeout_s: float = 180.0) -> int:
         elif "REDIS_URL" not in env:
             print("cache: in-process (redis-server is not installed)", flush=True)
         if not env.get("API_KEYS") and not env.get("API_KEYS_FILE"):
-            key, entry = new_key("local", {"classify", "read"})
+            key, entry = new_key("local", {"classify", "read", "review"})
             env["API_KEYS"] = json.dumps([entry])
             print(f"API key for this run (enter it in the page; not stored): {key}", flush=True)
         env.setdefault("INTERNAL_TOKEN", secrets.token_urlsafe(24))

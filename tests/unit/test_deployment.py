@@ -22,8 +22,9 @@ def load(path: str) -> dict:
 
 
 def test_compose_services_and_exposure():
-    compose = load("docker-compose.yml")["services"]
-    assert set(compose) == {"redis", "cell-classifier", "subtype", "gateway"}
+    document = load("docker-compose.yml")
+    compose = document["services"]
+    assert set(compose) == {"redis", "postgres", "cell-classifier", "subtype", "gateway"}
     published = {name for name, service in compose.items() if service.get("ports")}
     assert published == {"gateway"}, "only the gateway is reachable from outside"
     for name, service in compose.items():
@@ -33,6 +34,12 @@ def test_compose_services_and_exposure():
     assert devices[0]["capabilities"] == ["gpu"]
     assert compose["cell-classifier"]["build"]["target"] == "cell-gpu"
     assert compose["gateway"]["depends_on"]["cell-classifier"]["condition"] == "service_healthy"
+    postgres = compose["postgres"]
+    assert postgres["healthcheck"]["test"] and "pg_isready" in " ".join(postgres["healthcheck"]["test"])
+    volume = postgres["volumes"][0].split(":")
+    assert volume[1] == "/var/lib/postgresql/data" and volume[0] in document["volumes"], "reports outlive the container"
+    assert compose["gateway"]["environment"]["DATABASE_URL"].startswith("postgresql://")
+    assert compose["gateway"]["depends_on"]["postgres"]["condition"] == "service_healthy"
     cpu = load("deploy/compose.cpu.yml")["services"]["cell-classifier"]
     assert cpu["build"]["target"] == "cell-cpu" and cpu["deploy"] is None
 
@@ -57,5 +64,5 @@ def _compose_available() -> bool:
 def test_docker_compose_config_validates(files):
     args = ["docker", "compose"] + [a for f in files for a in ("-f", f)] + ["config", "--quiet"]
     result = subprocess.run(args, cwd=REPO_ROOT, capture_output=True, text=True,
-                            env={**os.environ, "REDIS_PASSWORD": "test-only"})
+                            env={**os.environ, "REDIS_PASSWORD": "test-only", "POSTGRES_PASSWORD": "test-only"})
     assert result.returncode == 0, result.stderr
