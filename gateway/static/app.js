@@ -4,6 +4,8 @@
 
 const $ = (id) => document.getElementById(id);
 let chosen = [];
+// the report on screen and the reviewer's unsaved corrections (sha256 -> label)
+let current = null;
 // the key lives in this tab's sessionStorage only: gone when the tab closes
 $("api-key").value = sessionStorage.getItem("aml-api-key") || "";
 $("api-key").addEventListener("change", () => sessionStorage.setItem("aml-api-key", $("api-key").value.trim()));
@@ -44,8 +46,96 @@ function barChart(svg, entries, format) {
   });
 }
 
+function countsNow() {
+  const report = current.report;
+  if (!report.cells) return { ...report.cell_counts };
+  const counts = Object.fromEntries(Object.keys(report.cell_counts).map((k) => [k, 0]));
+  report.cells.forEach((c) => { counts[current.corrections.get(c.sha256) || c.label] += 1; });
+  return counts;
+}
+
+function showCounts() {
+  barChart($("chart-counts"), Object.entries(countsNow()), (v) => String(v));
+  const n = current.corrections.size;
+  $("r-corrections").textContent = n ? `${n} correction(s) not saved yet` : "";
+}
+
+function showStatus(report) {
+  const status = report.status || "preliminary";
+  $("r-status").className = `status ${status}`;
+  $("r-status").textContent = `${status} · version ${report.version || 1}` +
+    (report.reviewed_by ? ` · reviewed by ${report.reviewed_by} at ${report.reviewed_at}` : " · not reviewed yet");
+  $("save-draft").disabled = status !== "preliminary";  // a released report changes only by a signed-off amendment
+  $("sign-off").textContent = status === "preliminary" ? "Sign off" : "Sign off amendment";
+}
+
+function labelText(cell) {
+  const label = current.corrections.get(cell.sha256) || cell.label;
+  const model = cell.model_label || (label !== cell.label ? cell.label : null);
+  return model ? `${label} (model: ${model})` : label;
+}
+
+function refreshCell(sha) {
+  const cell = current.report.cells.find((c) => c.sha256 === sha);
+  document.querySelectorAll(`#gallery .cell[data-sha256="${sha}"]`).forEach((box) => {
+    box.querySelector(".label-badge").textContent = labelText(cell);
+    box.classList.toggle("corrected", labelText(cell).includes("(model:"));
+  });
+}
+
+function selectCell(cell) {
+  document.querySelectorAll("#gallery .cell.selected").forEach((b) => b.classList.remove("selected"));
+  document.querySelectorAll(`#gallery .cell[data-sha256="${cell.sha256}"]`).forEach((b) => b.classList.add("selected"));
+  $("cell-editor").hidden = false;
+  $("cell-editor").dataset.sha256 = cell.sha256;
+  $("cell-name").textContent = cell.filename;
+  $("cell-model-label").textContent = cell.model_label || cell.label;
+  $("relabel").value = current.corrections.get(cell.sha256) || cell.label;
+}
+
+$("relabel").addEventListener("change", () => {
+  const sha = $("cell-editor").dataset.sha256;
+  const cell = current.report.cells.find((c) => c.sha256 === sha);
+  if ($("relabel").value === cell.label) current.corrections.delete(sha);
+  else current.corrections.set(sha, $("relabel").value);
+  refreshCell(sha);
+  showCounts();
+});
+
+async function thumbnail(img, reportId, sha) {
+  // cells of a stored report whose files are not on this computer: the gateway's thumbnail
+  const response = await fetch(`/reports/${reportId}/cells/${sha}.jpg`, { headers: { "X-API-Key": $("api-key").value.trim() } });
+  if (response.ok) img.src = URL.createObjectURL(await response.blob());
+}
+
+function sendReview(signOff) {
+  $("error").hidden = true;
+  const reviewer = $("reviewer").value.trim();
+  if (!reviewer) return showError("Enter the reviewer's name.");
+  const key = $("api-key").value.trim();
+  const body = { reviewer, comment: $("review-comment").value.trim(), sign_off: signOff,
+                 corrections: [...current.corrections].map(([sha256, label]) => ({ sha256, label })) };
+  $("sign-off").disabled = true;
+  fetch(`/reports/${current.report.report_id}/review?include=cells`, {
+    method: "POST", headers: { "Content-Type": "application/json", "X-API-Key": key }, body: JSON.stringify(body),
+  }).then(async (response) => {
+    let answer = null;
+    try { answer = await response.json(); } catch (e) { /* not JSON */ }
+    $("sign-off").disabled = false;
+    if (response.status === 201 && answer) render(answer, current.files);
+    else showError(answer && answer.detail ? `${answer.title || "Error"} (${response.status}): ${answer.detail}` : `HTTP ${response.status}`);
+  }).catch(() => { $("sign-off").disabled = false; showError("Network error: the gateway could not be reached."); });
+}
+$("sign-off").addEventListener("click", () => sendReview(true));
+$("save-draft").addEventListener("click", () => sendReview(false));
+
 function render(report, files) {
+  current = { report, files, corrections: new Map() };
   $("result").hidden = false;
+  showStatus(report);
+  $("cell-editor").hidden = true;
+  $("relabel").replaceChildren(...Object.keys(report.cell_counts).map((label) =>
+    Object.assign(document.createElement("option"), { value: label, textContent: label })));
   $("r-patient").textContent = report.patient_id;
   $("r-prediction").textContent = `${report.prediction} (P(AML) ${(report.aml_probability * 100).toFixed(1)}%)`;
   $("r-summary").textContent = `${report.n_images} images: ${report.n_classified} classified, ` +
@@ -59,7 +149,7 @@ function render(report, files) {
   $("r-quality").textContent = quality ? `Quality: ${(quality.unclassified_fraction * 100).toFixed(1)}% unclassified, ` +
     `${(quality.smudge_fraction * 100).toFixed(1)}% smudge cells` + (quality.appearance_distance === null ? "" :
     `, appearance distance ${quality.appearance_distance.toFixed(1)} (warning above ${quality.appearance_threshold.toFixed(1)})`) : "";
-  barChart($("chart-counts"), Object.entries(report.cell_counts), (v) => String(v));
+  showCounts();
   barChart($("chart-probabilities"), Object.entries(report.probabilities), (v) => `${(v * 100).toFixed(1)}%`);
   const rows = Object.entries(report.leukocyte_differential).map(([k, v]) => {
     const tr = document.createElement("tr");
@@ -89,15 +179,24 @@ function render(report, files) {
     cells.slice(0, 60).forEach((c) => {
       const box = document.createElement("div");
       box.className = "cell";
+      box.dataset.sha256 = c.sha256;
+      box.tabIndex = 0;
+      box.title = `${c.filename}: click to correct its label`;
       const file = byName.get(c.filename);
-      if (file) box.append(Object.assign(document.createElement("img"), { src: URL.createObjectURL(file), alt: c.filename }));
-      box.append(document.createTextNode(`${(c.confidence * 100).toFixed(0)}%`));
+      const img = Object.assign(document.createElement("img"), { alt: c.filename });
+      if (file) img.src = URL.createObjectURL(file);
+      else if (report.report_id) thumbnail(img, report.report_id, c.sha256);
+      box.append(img, Object.assign(document.createElement("span"), { className: "label-badge" }),
+                 document.createElement("br"), document.createTextNode(`${(c.confidence * 100).toFixed(0)}%`));
+      box.addEventListener("click", () => selectCell(c));
+      box.addEventListener("keydown", (e) => { if (e.key === "Enter") selectCell(c); });
       strip.append(box);
     });
     section.append(strip);
     return section;
   });
   $("gallery").replaceChildren(...sections);
+  (report.cells || []).forEach((c) => refreshCell(c.sha256));
   $("r-models").textContent = `cell model ${report.models.cell.name} ${report.models.cell.version}; ` +
     `subtype model ${report.models.subtype.name} ${report.models.subtype.version}; request ${report.request_id}`;
 }

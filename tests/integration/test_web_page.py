@@ -10,7 +10,7 @@ import pytest
 
 from shared.vocabulary import CELL_LABELS, LEUKOCYTE_TYPES, NON_LEUKOCYTE_TYPES
 from tests.helpers.images import fullsize_images
-from tests.helpers.keys import CLASSIFY_KEY
+from tests.helpers.keys import CLASSIFY_KEY, LAB_KEY
 from tests.helpers.processes import REPO_ROOT, start_gateway
 
 pytestmark = pytest.mark.integration
@@ -55,7 +55,7 @@ def test_upload_images_and_see_the_result(browser, gateway):
     page.wait_for_selector("#result:not([hidden])", timeout=120_000)
     assert "WEB-001" in page.inner_text("#r-patient")
     assert "32 images" in page.inner_text("#r-summary")
-    chart_labels = page.locator("#chart-counts text:nth-child(3n+1)").all_inner_texts()
+    chart_labels = page.locator("#chart-counts text:nth-child(3n+1)").all_text_contents()
     assert chart_labels == list(CELL_LABELS), "the counts chart shows every label of the vocabulary"
     assert page.locator("#chart-probabilities rect").count() == 5
     assert page.locator("#r-differential tbody td:first-child").all_inner_texts() == list(LEUKOCYTE_TYPES)
@@ -76,4 +76,43 @@ def test_upload_images_and_see_the_result(browser, gateway):
     page.click("#submit")
     page.wait_for_selector("#error:not([hidden])")
     assert "401" in page.inner_text("#error")
+    page.close()
+
+
+def test_review_a_cell_and_sign_off(browser, gateway):
+    import httpx
+
+    page = browser.new_page(viewport={"width": 1200, "height": 1600})
+    page.goto(gateway.url + "/")
+    page.fill("#patient-id", "WEB-REVIEW")
+    page.fill("#api-key", LAB_KEY)
+    page.set_input_files("#images", [str(path) for _, path in fullsize_images()[1::4]])
+    page.click("#submit")
+    page.wait_for_selector("#result:not([hidden])", timeout=120_000)
+    assert page.inner_text("#r-status").startswith("preliminary")
+    counts_before = dict(zip(page.locator("#chart-counts text:nth-child(3n+1)").all_text_contents(),
+                             map(int, page.locator("#chart-counts text:nth-child(3n)").all_text_contents())))
+    cell = page.locator("#gallery .cell").first
+    sha = cell.get_attribute("data-sha256")
+    cell.click()
+    assert page.locator("#cell-editor").is_visible()
+    old = page.input_value("#relabel")
+    new = "blast" if old != "blast" else "lymphocyte"
+    page.select_option("#relabel", new)
+    counts_after = dict(zip(page.locator("#chart-counts text:nth-child(3n+1)").all_text_contents(),
+                            map(int, page.locator("#chart-counts text:nth-child(3n)").all_text_contents())))
+    assert counts_after[old] == counts_before[old] - 1 and counts_after[new] == counts_before[new] + 1
+    assert "1 correction" in page.inner_text("#r-corrections")
+    assert f"(model: {old})" in cell.inner_text()
+    page.fill("#reviewer", "Dr. Page")
+    page.click("#sign-off")
+    page.wait_for_function("document.querySelector('#r-status').textContent.startsWith('final')", timeout=60_000)
+    assert "Dr. Page" in page.inner_text("#r-status")
+    assert f"(model: {old})" in page.locator(f'#gallery .cell[data-sha256="{sha}"]').first.inner_text()
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "web_page_review.png"), full_page=True)
+    stored = httpx.get(f"{gateway.url}/patients/WEB-REVIEW/classification",
+                       headers={"X-API-Key": LAB_KEY}, timeout=10).json()
+    assert stored["status"] == "final" and stored["reviewed_by"] == "Dr. Page"
+    assert stored["cell_counts"][new] == counts_before[new] + 1
     page.close()
