@@ -20,8 +20,8 @@ import sys
 from pathlib import Path
 
 from gateway.settings import GatewaySettings
-from gateway.store.database import make_engine
-from gateway.store.repository import ReportStore
+from gateway.store.database import current_revision, make_engine
+from gateway.store.repository import ReportStore, StoreUnavailable
 from shared.vocabulary import CELL_LABELS
 
 COLUMNS = ["sha256", "label", "model_label", "report_id", "reviewed_by", "reviewed_at", "cell_model", "file"]
@@ -30,6 +30,9 @@ COLUMNS = ["sha256", "label", "model_label", "report_id", "reviewed_by", "review
 async def export(out: Path, settings: GatewaySettings) -> int:
     store = ReportStore(make_engine(settings))
     try:
+        if await current_revision(store.engine) is None:
+            raise StoreUnavailable("this database holds no report store (no migrations applied): point DATABASE_URL "
+                                   "(and DATABASE_SCHEMA, DATA_DIR) at the gateway's database")
         heads = await store.reviewed_heads()
         chosen: dict[str, dict] = {}
         for stored in heads:  # oldest first: a newer review of the same cell wins
@@ -67,7 +70,11 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", type=Path, help="output directory (DIR/<label>/<sha256>.jpg, DIR/cells.csv)")
     args = parser.parse_args(argv)
-    n = asyncio.run(export(args.out, GatewaySettings()))
+    try:
+        n = asyncio.run(export(args.out, GatewaySettings()))
+    except (StoreUnavailable, OSError) as exc:
+        print(f"aml-export-reviewed: {exc}", file=sys.stderr)
+        return 1
     print(f"{n} reviewed cells written to {args.out}", file=sys.stderr)
     return 0
 
