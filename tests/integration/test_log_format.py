@@ -52,11 +52,11 @@ def test_text_lines_when_asked(tmp_path):
     assert any("GET /healthz" in line for line in cell_lines), "uvicorn's access log goes the same way"
 
 
-def test_text_by_default_on_a_terminal():
+def test_text_by_default_on_a_terminal(tmp_path):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "LOG_FORMAT"}
     env.update(GATEWAY_HOST="127.0.0.1", GATEWAY_PORT=str(port), CELL_URL=NO_SERVICE, SUBTYPE_URL=NO_SERVICE,
-               REDIS_URL="")
+               REDIS_URL="", DATA_DIR=str(tmp_path))
     controller, terminal = pty.openpty()
     process = subprocess.Popen([sys.executable, "-m", "gateway"], cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL,
                                stdout=terminal, stderr=terminal)
