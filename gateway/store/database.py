@@ -8,6 +8,7 @@ table in that schema (created when missing), e.g. one schema per test run.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from pathlib import Path
@@ -20,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 log = logging.getLogger("gateway.store")
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+MIGRATION_LOCK = 0x414D4C5F5354  # "AML_ST": the advisory lock held while migrating
 SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
@@ -70,16 +72,30 @@ def alembic_config() -> Config:
 
 async def migrate(engine: AsyncEngine, schema: str | None = None, revision: str = "head") -> None:
     """Bring the database to ``revision`` (from empty, too)."""
-    async with engine.begin() as conn:
-        if schema and engine.dialect.name == "postgresql":
-            await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
-
     def upgrade(sync_connection) -> None:
         config = alembic_config()
         config.attributes["connection"] = sync_connection
         command.upgrade(config, revision)
 
+    database = engine.url.database if engine.dialect.name == "sqlite" else None
+    if database and database != ":memory:":
+        # SQLite: DDL is not transactional enough for two migrators at once; a file lock beside the database
+        import fcntl
+
+        with open(f"{database}.migrate-lock", "a") as lock:
+            await asyncio.to_thread(fcntl.flock, lock, fcntl.LOCK_EX)
+            try:
+                async with engine.begin() as conn:
+                    await conn.run_sync(upgrade)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+        return
     async with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            # several gateway replicas starting at once: one migrates, the others wait, then find nothing to do
+            await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
+            if schema:
+                await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
         await conn.run_sync(upgrade)
 
 

@@ -143,3 +143,17 @@ def test_thumbnail_is_bounded():
     assert thumbnail is not None and max(thumbnail.width, thumbnail.height) <= MAX_SIDE
     assert len(thumbnail.jpeg) <= MAX_BYTES and thumbnail.jpeg[:2] == b"\xff\xd8"
     assert make_thumbnail("f" * 64, b"not an image") is None
+
+
+def test_replicas_migrating_at_once(database):
+    """Several gateways starting together on one empty database: all succeed, one schema."""
+    async def main():
+        engines = [make_engine(database.settings()) for _ in range(3)]
+        try:
+            await asyncio.gather(*(migrate(e, database.schema) for e in engines))
+            assert {await current_revision(e) for e in engines} == {"0001"}
+        finally:
+            for e in engines:
+                await e.dispose()
+
+    run(main())
