@@ -57,15 +57,24 @@ async def get_report(request: Request, report_id: str,
                        **{s: PROBLEMS[s] for s in (401, 403, 404, 503)}})
 async def cell_thumbnail(request: Request, report_id: str, sha256: str):
     """The stored thumbnail of one cell of this report (for review days later)."""
-    authorize(request, "read")
-    check_report_id(report_id)
-    if not SHA256.fullmatch(sha256):
-        raise ProblemError(404, "no such cell")
-    with store_errors():
-        jpeg = await request.app.state.store.thumbnail(report_id, sha256)
-    if jpeg is None:
-        raise ProblemError(404, f"report {report_id} has no stored thumbnail for cell {sha256[:12]}")
-    return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+    status = 200
+    try:
+        authorize(request, "read")
+        check_report_id(report_id)
+        if not SHA256.fullmatch(sha256):
+            raise ProblemError(404, "no such cell")
+        with store_errors():
+            jpeg = await request.app.state.store.thumbnail(report_id, sha256)
+        if jpeg is None:
+            raise ProblemError(404, f"report {report_id} has no stored thumbnail for cell {sha256[:12]}")
+        return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "private, no-store"})
+    except ProblemError as exc:
+        status = exc.status
+        raise
+    finally:  # an image of a patient's blood was shown: audited like a report read
+        request.app.state.audit.record(
+            request_id=request.state.request_id, key_id=getattr(request.state, "key_id", None), patient_id=None,
+            endpoint="read-thumbnail", outcome=status, report_id=report_id[:32], detail={"cell": sha256[:64]})
 
 
 @router.post("/reports/{report_id}/review", response_model=PatientReport, status_code=201,

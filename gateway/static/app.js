@@ -235,3 +235,20 @@ $("upload-form").addEventListener("submit", (event) => {
   xhr.onerror = () => { $("submit").disabled = false; showError("Network error: the gateway could not be reached."); };
   xhr.send(form);
 });
+
+// a stored report, days later: its cells come from the gateway's thumbnails
+$("open-latest").addEventListener("click", () => {
+  $("error").hidden = true;
+  const patient = $("patient-id").value.trim();
+  if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(patient)) return showError("Invalid patient id.");
+  const key = $("api-key").value.trim();
+  if (!key) return showError("Enter your API key.");
+  sessionStorage.setItem("aml-api-key", key);
+  fetch(`/patients/${encodeURIComponent(patient)}/classification?include=cells`, { headers: { "X-API-Key": key } })
+    .then(async (response) => {
+      let body = null;
+      try { body = await response.json(); } catch (e) { /* not JSON */ }
+      if (response.ok && body) render(body, []);
+      else showError(body && body.detail ? `${body.title || "Error"} (${response.status}): ${body.detail}` : `HTTP ${response.status}`);
+    }).catch(() => showError("Network error: the gateway could not be reached."));
+});

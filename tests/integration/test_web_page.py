@@ -116,3 +116,15 @@ def test_review_a_cell_and_sign_off(browser, gateway):
     assert stored["status"] == "final" and stored["reviewed_by"] == "Dr. Page"
     assert stored["cell_counts"][new] == counts_before[new] + 1
     page.close()
+
+    later = browser.new_page(viewport={"width": 1200, "height": 1600})  # another day, another tab
+    later.goto(gateway.url + "/")
+    later.fill("#patient-id", "WEB-REVIEW")
+    later.fill("#api-key", LAB_KEY)
+    later.click("#open-latest")
+    later.wait_for_function("document.querySelector('#r-status').textContent.startsWith('final')", timeout=30_000)
+    later.wait_for_function("[...document.querySelectorAll('#gallery .cell img')].every(i => i.complete && "
+                            "i.naturalWidth > 0)", timeout=30_000)
+    assert later.locator("#gallery .cell img").count() == 16, "the stored thumbnails, not the local files"
+    assert f"(model: {old})" in later.locator(f'#gallery .cell[data-sha256="{sha}"]').first.inner_text()
+    later.close()
