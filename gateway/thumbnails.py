@@ -8,7 +8,9 @@ lower quality), so 2000 cells of a patient stay under 16 MB.
 from __future__ import annotations
 
 import io
+import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 from PIL import Image
 
@@ -35,12 +37,18 @@ def make_thumbnail(sha256: str, data: bytes) -> Thumbnail | None:
         return None
     for quality in (QUALITY, 70, 50, 30):
         buffer = io.BytesIO()
-        image.save(buffer, format="JPEG", quality=quality, optimize=True)
+        image.save(buffer, format="JPEG", quality=quality)
         if buffer.tell() <= MAX_BYTES:
             break
     return Thumbnail(sha256, buffer.getvalue(), image.width, image.height)
 
 
 def make_thumbnails(images: dict[str, bytes]) -> list[Thumbnail]:
-    """sha256 -> bytes of the images to keep -> their thumbnails (undecodable ones left out)."""
-    return [t for t in (make_thumbnail(sha, data) for sha, data in images.items()) if t is not None]
+    """sha256 -> bytes of the images to keep -> their thumbnails (undecodable ones left out); Pillow
+    releases the GIL while decoding and resizing, so a few threads use the cores."""
+    if len(images) < 32:
+        made = [make_thumbnail(sha, data) for sha, data in images.items()]
+    else:
+        with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+            made = list(pool.map(lambda item: make_thumbnail(*item), images.items()))
+    return [t for t in made if t is not None]
