@@ -157,3 +157,20 @@ def test_replicas_migrating_at_once(database):
                 await e.dispose()
 
     run(main())
+
+
+def test_migrate_command(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from tests.helpers.processes import REPO_ROOT
+
+    env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'cmd.db'}"}
+    current = subprocess.run([sys.executable, "-m", "gateway.store", "current"], cwd=REPO_ROOT, env=env,
+                             capture_output=True, text=True, timeout=60)
+    assert current.returncode == 0 and "revision None" in current.stdout
+    migrated = subprocess.run([sys.executable, "-m", "gateway.store", "migrate"], cwd=REPO_ROOT, env=env,
+                              capture_output=True, text=True, timeout=60)
+    assert migrated.returncode == 0, migrated.stderr
+    assert "sqlite: schema revision 0001" in migrated.stdout
