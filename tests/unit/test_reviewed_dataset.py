@@ -1,0 +1,52 @@
+"""training.reviewed_dataset: a lab's reviewed cells (aml-export-reviewed DIR) as extra labelled data."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.thumbnails import make_thumbnail
+from tests.helpers.images import fullsize_images
+from training.reviewed_dataset import list_cells, split_of
+
+
+def export_like(root, n_per_label: int = 6):
+    """DIR/<label>/<sha256>.jpg as aml-export-reviewed writes them (thumbnails), plus folders to ignore."""
+    import hashlib
+
+    written = 0
+    for label, path in fullsize_images():
+        folder = root / label
+        if folder.is_dir() and len(list(folder.iterdir())) >= n_per_label:
+            continue
+        data = path.read_bytes()
+        sha = hashlib.sha256(data).hexdigest()
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{sha}.jpg").write_bytes(make_thumbnail(sha, data).jpeg)
+        written += 1
+    (root / "unclassified").mkdir()
+    (root / "unclassified" / ("0" * 64 + ".jpg")).write_bytes(b"x")
+    (root / "cells.csv").write_text("sha256,label\n")
+    return written
+
+
+def test_list_and_split(tmp_path):
+    written = export_like(tmp_path)
+    cells = list_cells(tmp_path)
+    assert len(cells) == written, "unclassified and non-label folders are left out"
+    assert all(path.parent.name == label for path, label in cells)
+    splits = [split_of(path.name) for path, _ in cells]
+    assert set(splits) <= {"train", "val", "test"} and splits.count("train") > splits.count("test")
+    with pytest.raises(FileNotFoundError):
+        list_cells(tmp_path / "missing")
+
+
+def test_split_dataset_arrays(tmp_path):
+    pytest.importorskip("sklearn")  # training.pbc_dataset needs the training extra
+    from shared.preprocessing import IMAGE_SIZE
+    from training.reviewed_dataset import split_dataset
+
+    written = export_like(tmp_path, n_per_label=3)
+    train, val, test = split_dataset(tmp_path, cache_dir=None)
+    assert len(train) + len(val) + len(test) == written
+    assert train.images.shape[1:] == (IMAGE_SIZE, IMAGE_SIZE, 3) and train.source == "reviewed"
+    assert all(s.images.shape[1:] == (IMAGE_SIZE, IMAGE_SIZE, 3) for s in (train, val, test))
