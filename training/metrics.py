@@ -84,9 +84,10 @@ def leukaemia_summary(labels: np.ndarray, predicted: np.ndarray) -> dict:
     """What a lab reading leukaemic blood needs from the cell step, on label indices over ``CELL_TYPES``
     (``len(CELL_TYPES)`` = unclassified):
 
-    - ``accuracy_9``: accuracy over the 8 PBC types + blast (smudge cells not counted); a promyelocyte is
-      right as ``promyelocyte`` or ``ig`` (the 8-type vocabulary) or ``blast`` (abnormal promyelocytes are
-      blast equivalents);
+    - ``accuracy_9``: accuracy over the 8 PBC types + blast (smudge cells not counted), scored in the 8-type
+      vocabulary: ``promyelocyte`` counts as ``ig`` both ways (a true ig labelled promyelocyte is right, and a
+      true promyelocyte labelled ig), and a promyelocyte labelled ``blast`` is right too (abnormal
+      promyelocytes are blast equivalents);
     - ``blast_recall``: expert blasts labelled ``blast``; ``blast_flagged``: labelled ``blast`` or
       ``unclassified``;
     - ``normal_called_blast``: share of the 8 normal types labelled ``blast``.
@@ -99,7 +100,9 @@ def leukaemia_summary(labels: np.ndarray, predicted: np.ndarray) -> dict:
     is_blast = labels == blast
     is_promyelocyte = labels == index["promyelocyte"]
     counted = normal | is_blast | is_promyelocyte
-    right = (predicted == labels) | (is_promyelocyte & np.isin(predicted, [index["ig"], blast]))
+    is_ig = labels == index["ig"]
+    right = ((predicted == labels) | (is_promyelocyte & np.isin(predicted, [index["ig"], blast]))
+             | (is_ig & (predicted == index["promyelocyte"])))
     return {
         "n_counted": int(counted.sum()),
         "accuracy_9": float(right[counted].mean()) if counted.any() else float("nan"),

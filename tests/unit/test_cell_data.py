@@ -58,17 +58,19 @@ def test_leukaemia_summary_known_answer():
 
     i = {name: k for k, name in enumerate(CELL_TYPES)}
     u = len(CELL_TYPES)
-    labels = np.array([i["blast"]] * 4 + [i["lymphocyte"]] * 4 + [i["promyelocyte"]] * 2 + [i["smudge"]])
+    labels = np.array([i["blast"]] * 4 + [i["lymphocyte"]] * 4 + [i["promyelocyte"]] * 2 + [i["ig"]]
+                      + [i["smudge"]])
     predicted = np.array([i["blast"], i["blast"], u, i["lymphocyte"],  # blasts: 2 right, 1 flagged, 1 missed
                           i["lymphocyte"], i["lymphocyte"], i["lymphocyte"], i["blast"],  # 1 normal called blast
                           i["blast"], i["ig"],  # promyelocytes as blast or ig are right
+                          i["promyelocyte"],  # an ig labelled promyelocyte is right (scored as ig)
                           i["lymphocyte"]])  # smudge: not counted
     summary = leukaemia_summary(labels, predicted)
-    assert summary["n_counted"] == 10 and summary["n_blasts"] == 4 and summary["n_normal"] == 4
-    assert summary["accuracy_9"] == pytest.approx(7 / 10)
+    assert summary["n_counted"] == 11 and summary["n_blasts"] == 4 and summary["n_normal"] == 5
+    assert summary["accuracy_9"] == pytest.approx(8 / 11)
     assert summary["blast_recall"] == pytest.approx(0.5)
     assert summary["blast_flagged"] == pytest.approx(0.75)
-    assert summary["normal_called_blast"] == pytest.approx(0.25)
+    assert summary["normal_called_blast"] == pytest.approx(1 / 5)
     assert UNCLASSIFIED not in CELL_TYPES
 
 
