@@ -23,3 +23,13 @@ def redis_server(tmp_path_factory):
     server = RedisServer(tmp_path_factory.mktemp("redis")).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def plain_gateway(tmp_path_factory, cell_service, subtype_service):
+    """A gateway over the shared cell and subtype services, in-process cache, for one test module."""
+    from tests.helpers.processes import start_gateway
+
+    process = start_gateway(tmp_path_factory.mktemp("gateway"), cell_service.url, subtype_service.url)
+    yield process
+    process.stop()

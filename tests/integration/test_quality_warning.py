@@ -13,16 +13,13 @@ from PIL import Image
 from services.cell_classifier.settings import DEFAULT_MODEL_DIR
 from tests.helpers.images import deepapl_images, encode, fullsize_images
 from tests.helpers.keys import AUTH
-from tests.helpers.processes import start_gateway
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory, cell_service, subtype_service):
-    process = start_gateway(tmp_path_factory.mktemp("gateway-quality"), cell_service.url, subtype_service.url)
-    yield process
-    process.stop()
+def gateway(plain_gateway):
+    return plain_gateway
 
 
 def classify(url: str, patient: str, files: list[tuple[str, bytes]]) -> dict:

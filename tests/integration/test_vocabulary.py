@@ -11,16 +11,13 @@ from gateway.fhir import DIFFERENTIAL_LOINC
 from shared.vocabulary import CELL_LABELS, CELL_TYPES, LEUKOCYTE_TYPES, NON_LEUKOCYTE_TYPES, UNCLASSIFIED
 from tests.helpers.images import deepapl_images, fullsize_images
 from tests.helpers.keys import AUTH
-from tests.helpers.processes import start_gateway
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory, cell_service, subtype_service):
-    process = start_gateway(tmp_path_factory.mktemp("gateway-vocabulary"), cell_service.url, subtype_service.url)
-    yield process
-    process.stop()
+def gateway(plain_gateway):
+    return plain_gateway
 
 
 def label_enum(spec: dict, schema: str, field: str = "label") -> list[str]:
