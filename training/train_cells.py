@@ -40,6 +40,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--deepapl-dir", type=Path, default=None,
                         help="DeepAPL discovery folder (default $DEEPAPL_DIR or ../shared/data/deepapl_discovery)")
     parser.add_argument("--no-deepapl", action="store_true", help="train on PBC alone")
+    parser.add_argument("--extra-labelled", type=Path, default=None, metavar="DIR",
+                        help="extra labelled cells as DIR/<label>/*.jpg, e.g. a lab's reviewed cells from "
+                             "aml-export-reviewed DIR (a source of its own: split, evaluated, appearance reference)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--init-network", type=Path, default=None,
                         help="start the fit from this cell_cnn.keras (its model_card.json beside it)")
@@ -182,6 +185,11 @@ def load_data(args: argparse.Namespace):
         deepapl_dir = args.deepapl_dir or deepapl_dataset.data_dir()
         print(f"loading DeepAPL discovery cells from {deepapl_dir} ...", flush=True)
         sources["deepapl"] = deepapl_dataset.split_dataset(deepapl_dir, cache_dir, args.per_class_limit)
+    if args.extra_labelled:
+        from training import reviewed_dataset
+
+        print(f"loading extra labelled cells from {args.extra_labelled} ...", flush=True)
+        sources["reviewed"] = reviewed_dataset.split_dataset(args.extra_labelled, cache_dir, args.per_class_limit)
     for name, (train, val, test) in sources.items():
         print(f"{name}: train {len(train)}, validation {len(val)}, test {len(test)} images", flush=True)
     return sources

@@ -50,3 +50,16 @@ def test_split_dataset_arrays(tmp_path):
     assert len(train) + len(val) + len(test) == written
     assert train.images.shape[1:] == (IMAGE_SIZE, IMAGE_SIZE, 3) and train.source == "reviewed"
     assert all(s.images.shape[1:] == (IMAGE_SIZE, IMAGE_SIZE, 3) for s in (train, val, test))
+
+
+def test_train_cells_takes_extra_labelled(tmp_path):
+    pytest.importorskip("sklearn")
+    from training.train_cells import load_data, parse_args
+    from tests.helpers.images import DATA_DIR
+
+    export_like(tmp_path / "reviewed", n_per_label=2)
+    args = parse_args(["--extra-labelled", str(tmp_path / "reviewed"), "--no-deepapl", "--per-class-limit", "12",
+                       "--cache-dir", "", "--data-dir", str(DATA_DIR / "pbc")])
+    sources = load_data(args)
+    assert set(sources) == {"pbc", "reviewed"}
+    assert sum(len(split) for split in sources["reviewed"]) == len(list_cells(tmp_path / "reviewed"))
