@@ -152,8 +152,9 @@ def markdown(card: dict, split: str, sections: dict[str, tuple[int, dict[str, di
     zoom = augmentation.get("wide_zoom_range", augmentation["zoom_range"])
     lines += [
         "",
-        f"Training drew the scale from up to {zoom[0]:g}x to {zoom[1]:g}x; cells magnified beyond that (another "
-        "scanner's tighter crops) are the weakest case, so such images should be measured before use.",
+        f"Training drew the scale from as wide a range as {zoom[0]:g}x to {zoom[1]:g}x; cells magnified beyond that "
+        "(another scanner's tighter crops) are the weakest case, so such images should be measured before use. "
+        "Blur is not caught by the appearance check: its statistics are colour and stained area, not sharpness.",
     ]
     return "\n".join(lines) + "\n"
 
