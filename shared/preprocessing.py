@@ -10,21 +10,23 @@ becomes an ``IMAGE_SIZE`` x ``IMAGE_SIZE`` x 3 ``uint8`` RGB array:
    original of the same cell give nearly the same array.
 
 Files are read at the scale the network needs (``preprocess_file``, or ``request_scale``
-between opening and loading): a JPEG at least twice as large as the input on both sides is
-decoded by libjpeg at 1/2, 1/4 or 1/8 scale (its DCT-domain downscaling, Pillow's
-``Image.draft``), never below the input size, and the resize above does the rest. A 360x363
-original decodes as 180x182 (about 1.6x faster to decode), a 224x224 training copy as
-112x112 (no resize left). Other formats and smaller JPEGs are decoded whole as before.
-``decoder="full"`` is the earlier path (version 1: every file decoded at full size), kept to
-measure against; on real cells the two differ by about 1/255 on average
-(tests/unit/test_decoder_paths.py states the tolerance), and accuracy is the same within
-0.2 points (model card, ``serving_variants``).
+between opening and loading): a JPEG large enough is decoded by libjpeg at 1/2, 1/4 or 1/8 scale
+(its DCT-domain downscaling, Pillow's ``Image.draft``), choosing the smallest scale that still
+leaves ``DRAFT_MIN_FACTOR`` (1.5) times the input size on both sides, and the antialiased resize
+above does the rest. A 360x363 original decodes as 180x182 (the resize then blurs as much as it
+did from full size); a 224x224 training copy or a 144x144 DeepAPL cell is decoded whole, as
+before. Scaling to exactly the input size in the DCT domain (224 -> 112 with no resize left) was
+measured and rejected: its sharper image cost the committed network 0.55 points of PBC validation
+accuracy. Other formats are decoded whole. ``decoder="full"`` is the earlier path (every file
+decoded at full size), kept to measure against; on the 64 full-size originals the two differ by
+0.84/255 on average (tests/unit/test_decoder_paths.py states the tolerance).
 
 Normalisation (x / 127.5 - 1) happens inside the network, so the ONNX input is raw uint8.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from typing import BinaryIO
 
@@ -33,9 +35,11 @@ from PIL import Image
 
 IMAGE_SIZE = 112
 # Bump when the arrays ``preprocess_file`` gives change (training caches are keyed by it).
-# 1: full decode + resize; 2: JPEG DCT-domain downscaling where the file is >= 2x the input.
-PREPROCESSING_VERSION = 2
-DECODERS = ("draft", "full")  # "draft": version 2 (the default), "full": version 1
+# 1: full decode + resize; 2: JPEG DCT-domain downscaling down to the input size (2.0.0's calibration
+# and card metrics used it); 3: the same, but never below DRAFT_MIN_FACTOR x the input size.
+PREPROCESSING_VERSION = 3
+DRAFT_MIN_FACTOR = 1.5
+DECODERS = ("draft", "full")  # "draft": the current version (the default), "full": version 1
 DEFAULT_DECODER = "draft"
 _SCALABLE_FORMATS = frozenset({"JPEG", "MPO"})
 
@@ -70,18 +74,18 @@ def preprocess(image: Image.Image, size: int = IMAGE_SIZE) -> np.ndarray:
 
 def request_scale(image: Image.Image, size: int = IMAGE_SIZE, decoder: str = DEFAULT_DECODER) -> bool:
     """Ask the decoder of an opened, not yet loaded ``image`` for the smallest scale that keeps
-    ``size`` pixels on both sides (JPEG only: 1/2, 1/4 or 1/8 in the DCT domain, where the file
-    is at least twice ``size`` on both sides). Returns whether it will decode scaled down. Call
-    it after any check of the file's own size: ``image.size`` becomes the decoded size."""
+    ``DRAFT_MIN_FACTOR`` x ``size`` pixels on both sides (JPEG only: 1/2, 1/4 or 1/8 in the DCT
+    domain). Returns whether it will decode scaled down. Call it after any check of the file's own
+    size: ``image.size`` becomes the decoded size."""
     if decoder not in DECODERS:
         raise ValueError(f"decoder must be one of {DECODERS}, not {decoder!r}")
     if decoder == "full" or image.format not in _SCALABLE_FORMATS:
         return False
-    width, height = image.size
-    if min(width, height) < 2 * size:
+    keep = math.ceil(DRAFT_MIN_FACTOR * size)
+    if min(image.size) < 2 * keep:
         return False
     before = image.size
-    image.draft("RGB", (size, size))  # keeps the file's mode (RGB, L, CMYK); only the scale changes
+    image.draft("RGB", (keep, keep))  # keeps the file's mode (RGB, L, CMYK); only the scale changes
     return image.size != before
 
 
