@@ -6,9 +6,8 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from shared.preprocessing import preprocess
+from shared.preprocessing import preprocess_file
 from shared.vocabulary import CELL_TYPES, UNCLASSIFIED
 
 
@@ -30,10 +29,7 @@ def held_out_class_report(onnx_path: Path, cells, threshold: float, class_minimu
     report = {}
     for expert_class in sorted({c.expert_class for c in cells}):
         paths = [c.path for c in cells if c.expert_class == expert_class]
-        images = []
-        for path in paths:
-            with Image.open(path) as image:
-                images.append(preprocess(image))
+        images = [preprocess_file(path) for path in paths]  # the service's own path from file to input
         labels = Counter(labels_of(onnx_path, np.stack(images), threshold, class_minimum))
         report[expert_class] = {"n": len(paths), "unclassified_fraction": labels[UNCLASSIFIED] / len(paths),
                                 "labels": dict(labels.most_common())}
