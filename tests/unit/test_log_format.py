@@ -37,15 +37,30 @@ def test_explicit_switch_wins(monkeypatch):
 
 
 def _emit(fmt: str, capsys) -> str:
-    logging.config.dictConfig(log_config("info", fmt, service="gateway"))
+    """Log through the formatter and handler that ``log_config`` describes, attached to one logger.
+
+    Not through ``logging.config.dictConfig``: that closes every existing handler, and absl's (present once
+    TensorFlow was imported by an earlier test) then closes pytest's captured stderr. The real services'
+    dictConfig path is tested over real processes in tests/integration/test_log_format.py."""
+    import sys
+
+    config = log_config("info", fmt, service="gateway")
+    spec = dict(config["formatters"][fmt])
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(spec.pop("()")(**spec))
+    logger = logging.getLogger("gateway.test")
+    logger.addHandler(handler)
+    logger.propagate = False
     try:
-        logging.getLogger("gateway.test").warning("replica %s refused", "http://10.0.0.1:8001")
+        logger.warning("replica %s refused", "http://10.0.0.1:8001")
         try:
             raise RuntimeError("boom")
         except RuntimeError:
-            logging.getLogger("gateway.test").exception("failed")
+            logger.exception("failed")
     finally:
-        logging.config.dictConfig({"version": 1, "disable_existing_loggers": False})
+        logger.removeHandler(handler)
+        logger.propagate = True
+    assert config["handlers"]["stderr"]["stream"] == "ext://sys.stderr"
     return capsys.readouterr().err
 
 
