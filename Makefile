@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 PYTHON  := $(BIN)/python
 DATA    ?= ../shared/data
 
-.PHONY: help setup setup-train test test-fast run cell-service subtype-service train-cells train-subtype bench bench-cells bench-subtype bench-gateway load load-cells gateway clean
+.PHONY: help setup setup-train test test-fast run cell-service subtype-service train-cells quantize-cells train-subtype bench bench-cells bench-gpu bench-subtype bench-gateway load load-cells gateway clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -45,10 +45,16 @@ train-cells: ## fine-tune the committed cell CNN on PBC + DeepAPL, calibrate, ev
 	PBC_DIR=$(DATA)/pbc DEEPAPL_DIR=$(DATA)/deepapl_discovery $(PYTHON) -m training.train_cells \
 		--init-network services/cell_classifier/model/cell_cnn.keras
 
+quantize-cells: ## int8 model of the trained cell CNN, float vs int8 and today's vs new preprocessing on the test splits, into the card (~8 min)
+	PBC_DIR=$(DATA)/pbc DEEPAPL_DIR=$(DATA)/deepapl_discovery $(PYTHON) -m training.quantize_cells
+
 bench: bench-cells bench-subtype bench-gateway ## all benchmarks
 
-bench-cells: ## ceiling vs running cell service (1 and 64 images per request), peak RSS
+bench-cells: ## preprocessing and inference alone, ceilings (today's vs new path), service at 1 and 64 images/request vs 1.2.0 (~5 min)
 	$(PYTHON) -m bench.bench_cells
+
+bench-gpu: ## the bench-cells table on the CUDA provider, in its own environment (.venv-gpu: onnxruntime-gpu, no TensorFlow)
+	PY=$$(bash bench/gpu_env.sh) && "$$PY" -m bench.bench_gpu
 
 bench-subtype: ## p50/p99 latency of one-patient subtype requests
 	$(PYTHON) -m bench.bench_subtype

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from gateway.quality import SMUDGE_WARNING, UNCLASSIFIED_WARNING
-from shared.preprocessing import IMAGE_SIZE
+from shared.preprocessing import DRAFT_MIN_FACTOR, IMAGE_SIZE, PREPROCESSING_VERSION
 from shared.vocabulary import CELL_TYPES, UNCLASSIFIED, VOCABULARY_VERSION
 from shared.hashing import file_sha256
 from training.export_onnx import ONNX_INPUT_NAME, ONNX_OPSET
@@ -63,7 +63,9 @@ def build_card(*, version, onnx_path: Path, output_name, temperature, threshold,
             "shape": ["batch", IMAGE_SIZE, IMAGE_SIZE, 3],
             "dtype": "uint8",
             "layout": "NHWC, RGB",
-            "preprocessing": "shared.preprocessing.preprocess: convert to 8-bit RGB (alpha on white, 16-bit "
+            "preprocessing": f"shared.preprocessing (version {PREPROCESSING_VERSION}): a JPEG is decoded at 1/2, "
+                             "1/4 or 1/8 scale in the DCT domain where that leaves at least "
+                             f"{DRAFT_MIN_FACTOR:g}x {IMAGE_SIZE} px on both sides; convert to 8-bit RGB (alpha on white, 16-bit "
                              f"scaled), resize the whole image to {IMAGE_SIZE}x{IMAGE_SIZE} with PIL's "
                              "antialiased bilinear filter; no crop",
             "normalisation": "inside the network: x / 127.5 - 1",
@@ -250,6 +252,7 @@ def _markdown(card: dict) -> str:
         for name, m in card["metrics"][split]["per_class"].items():
             if m["support"]:
                 lines.append(f"| {name} | {m['precision']:.4f} | {m['recall']:.4f} | {m['f1']:.4f} | {m['support']} |")
+    lines += _serving_variant_lines(card)
     lines += [
         "",
         f"![confusion matrices]({CONFUSION_PNG})",
@@ -268,6 +271,51 @@ def _markdown(card: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _serving_variant_lines(card: dict) -> list[str]:
+    """The float and int8 files and their accuracy with today's and the new preprocessing
+    (``serving_variants``, written by ``python -m training.quantize_cells``)."""
+    variants = card.get("serving_variants")
+    if not variants:
+        return []
+    int8 = variants["files"]["int8"]
+    lines = [
+        "",
+        "## Serving variants: float and int8",
+        f"- float: `{card['file']}` (above). int8: `{int8['file']}`, sha256 `{int8['sha256']}`, made from the float "
+        f"file with sha256 `{int8['float_sha256']}` by `python -m training.quantize_cells`: {int8['format']}, "
+        f"calibrated ({int8['calibration_method']}) on {int8['calibration_images']['n']} cells of the "
+        f"{int8['calibration_images']['from']}; kept in float: the input scaling and the head"
+        + (f", and the convolutions {', '.join(int8['float_convolutions'])}" if int8.get("float_convolutions") else "")
+        + f" ({len(int8['kept_in_float'])} nodes).",
+        f"- Default on CPU: **{variants['default']}** ({variants['criterion']}; "
+        f"{'met' if variants['criterion_met'] else 'not met'}). `CELL_MODEL_VARIANT=float|int8` chooses.",
+        f"- Preprocessing: today = {variants['preprocessing']['today']}; new = {variants['preprocessing']['new']}."
+        + (f" Measured besides {variants['also_measured']}." if variants.get("also_measured") else ""),
+        "",
+        "Accuracy with the unclassified rule (unclassified counted wrong):",
+        "",
+        "| split | n | float, today | float, new | int8, today | int8, new | int8 new - float today |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for split, rows in variants["accuracy"].items():
+        n = next(iter(rows.values()))["n"]
+        lines.append(f"| {split} | {n} | " + " | ".join(
+            f"{rows[k]['accuracy']:.4f}" for k in ("float/full", "float/draft", "int8/full", "int8/draft"))
+            + f" | {variants['accuracy_change_int8_new_vs_float_today'][split] * 100:+.2f} points |")
+    lines += ["", "int8 vs float on the same inputs (test splits, new preprocessing): "
+              + "; ".join(f"{split}: same top class {a['draft']['top_class']:.2%}, same label after the rule "
+                          f"{a['draft']['label_after_rule']:.2%}, max probability difference "
+                          f"{a['draft']['max_abs_probability_difference']:.3f}"
+                          for split, a in variants["test_agreement_int8_vs_float"].items()) + "."]
+    return lines
+
+
+def write_card_text(card: dict, out: Path) -> None:
+    """JSON and Markdown only, for steps after training (``training.quantize_cells``)."""
+    (out / CARD_JSON).write_text(json.dumps(card, indent=2) + "\n")
+    (out / CARD_MD).write_text(_markdown(card))
 
 
 def write(card: dict, out: Path) -> None:
