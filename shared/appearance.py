@@ -19,16 +19,41 @@ FEATURE_NAMES: tuple[str, ...] = (
     "p10_r", "p10_g", "p10_b", "p90_r", "p90_g", "p90_b", "dark_fraction",
 )
 _STRIDE = 2  # every second pixel in each direction: a quarter of the pixels, same statistics
+_OFFSETS = np.array([0, 256, 512], np.uint16)  # one histogram of 3 x 256 bins for the three channels
+_VALUES = np.arange(256, dtype=np.float64)
+_QUANTILES = np.array([0.10, 0.90])
+_LUMA = (299, 587, 114)  # x 1/1000: the same weights as 0.299, 0.587, 0.114
 
 
 def appearance_features(image: np.ndarray) -> np.ndarray:
-    """``(H, W, 3)`` uint8 RGB -> ``len(FEATURE_NAMES)`` float64 statistics (pixel values in [0, 1])."""
-    pixels = image[::_STRIDE, ::_STRIDE].reshape(-1, 3).astype(np.float32) / 255.0
-    low, high = np.percentile(pixels, [10, 90], axis=0)
-    luminance = pixels @ np.array([0.299, 0.587, 0.114], np.float32)
-    background = np.percentile(luminance, 90)
-    dark = float(np.mean(luminance < 0.75 * background))  # stained cell area: grows with magnification
-    return np.concatenate([pixels.mean(axis=0), pixels.std(axis=0), low, high, [dark]]).astype(np.float64)
+    """``(H, W, 3)`` uint8 RGB -> ``len(FEATURE_NAMES)`` float64 statistics (pixel values in [0, 1]).
+
+    Computed from the exact integer histograms of the 8-bit channels and integer luminance (about
+    3.5x faster than float arrays and ``np.percentile``, which the decode workers felt): means,
+    population standard deviations, the 10th and 90th percentiles with numpy's default linear
+    interpolation, and the share of pixels darker than 0.75 x the 90th luminance percentile. The
+    earlier float32 version gave the same values to within 2e-5 (tests/unit/test_appearance.py)."""
+    pixels = image[::_STRIDE, ::_STRIDE].reshape(-1, 3)
+    n = len(pixels)
+    counts = np.bincount((pixels + _OFFSETS).ravel(), minlength=768).reshape(3, 256)
+    mean = counts @ _VALUES / n
+    std = np.sqrt(np.maximum(counts @ (_VALUES * _VALUES) / n - mean * mean, 0.0))
+    # order statistic k of a channel = the first value whose cumulative count exceeds k
+    position = (n - 1) * _QUANTILES
+    below = np.floor(position).astype(np.int64)
+    fraction = position - below
+    above = np.minimum(below + 1, n - 1)
+    ranks = np.concatenate([below, above])
+    order = (np.cumsum(counts, axis=1)[:, :, None] <= ranks).sum(axis=1).astype(np.float64)  # (3 channels, 4)
+    low = order[:, 0] + fraction[0] * (order[:, 2] - order[:, 0])
+    high = order[:, 1] + fraction[1] * (order[:, 3] - order[:, 1])
+    wide = pixels.astype(np.int32)
+    luminance = wide[:, 0] * _LUMA[0] + wide[:, 1] * _LUMA[1] + wide[:, 2] * _LUMA[2]  # x 255 000
+    k, k1 = int(below[1]), int(above[1])
+    part = np.partition(luminance, (k, k1))
+    background = part[k] + fraction[1] * (part[k1] - part[k])
+    dark = np.count_nonzero(luminance < 0.75 * background) / n  # stained cell area: grows with magnification
+    return np.concatenate([mean / 255.0, std / 255.0, low / 255.0, high / 255.0, [dark]])
 
 
 class AppearanceReference:
