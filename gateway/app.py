@@ -16,11 +16,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 
 from gateway.audit import AuditLog
 from gateway.cache import make_cache
-from gateway.clients import CellServiceClient, SubtypeServiceClient, UpstreamError, UpstreamRejected
+from gateway.clients import CellServiceClient, SubtypeServiceClient
 from gateway.pipeline import PatientClassifier
 from gateway.routers import patients, reports
-from gateway.routers.common import (PATIENT_ID, REPORT_RESPONSES, RETRY_AFTER_S, authorize, check_patient_id,
-                                    render, store_errors)
+from gateway.routers.common import (PATIENT_ID, REPORT_RESPONSES, audit, authorize, check_patient_id, render,
+                                    store_errors, upstream_errors)
 from gateway.security import KeyStore, RateLimiter
 from gateway.settings import GatewaySettings
 from gateway.store.database import make_engine, migrate
@@ -103,14 +103,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             check_patient_id(patient_id)
             images = await read_image_parts(request, settings.max_images, per="patient")
             state.metrics.images.inc(len(images))
-            try:
-                with store_errors():
-                    report = await state.classifier.classify(patient_id, images, request.state.request_id)
-            except UpstreamError as exc:
-                retry = {"Retry-After": str(RETRY_AFTER_S)} if exc.status == 503 else None
-                raise ProblemError(exc.status, exc.detail, headers=retry) from None
-            except UpstreamRejected as exc:
-                raise ProblemError(502, f"a service behind the gateway refused the request: {exc.detail}") from None
+            with upstream_errors(), store_errors():
+                report = await state.classifier.classify(patient_id, images, request.state.request_id)
             if report.cached:
                 state.metrics.cache_hits.inc()
             return render(request, report, include == "cells")
@@ -126,13 +120,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         finally:
             state.metrics.requests.labels("classify", str(status)).inc()
             state.metrics.latency.observe(time.perf_counter() - started)
-            state.audit.record(request_id=request.state.request_id, key_id=getattr(request.state, "key_id", None),
-                               patient_id=patient_id if PATIENT_ID.fullmatch(patient_id) else None,
-                               endpoint="classify", outcome=status, n_images=len(images) if images else None,
-                               prediction=report.prediction if report else None,
-                               models=report.models.model_dump() if report else None,
-                               report_id=report.report_id if report else None,
-                               status=report.status if report else None)
+            audit(request, "classify", status, patient_id if PATIENT_ID.fullmatch(patient_id) else None, report,
+                  n_images=len(images) if images else None)
 
     @app.get("/patients/{patient_id}/classification", response_model=PatientReport, responses=REPORT_RESPONSES)
     async def latest_classification(request: Request, patient_id: str,
@@ -151,12 +140,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             status = exc.status
             raise
         finally:
-            request.app.state.audit.record(
-                request_id=request.state.request_id, key_id=getattr(request.state, "key_id", None),
-                patient_id=patient_id if PATIENT_ID.fullmatch(patient_id) else None, endpoint="read",
-                outcome=status, prediction=report.prediction if report else None,
-                models=report.models.model_dump() if report else None,
-                report_id=report.report_id if report else None, status=report.status if report else None)
+            audit(request, "read", status, patient_id if PATIENT_ID.fullmatch(patient_id) else None, report)
 
     app.include_router(reports.router)
     app.include_router(patients.router)

@@ -1,5 +1,5 @@
 """What every gateway router shares: API-key checks, patient-id checks, report rendering
-(JSON, FHIR, HL7 v2) and the store-unavailable answer."""
+(JSON, FHIR, HL7 v2), the audit line, and the answers for an unavailable store or service."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
+from gateway.clients import UpstreamError, UpstreamRejected
 from gateway.fhir import FHIR_MEDIA_TYPE, to_diagnostic_report
 from gateway.hl7 import HL7_MEDIA_TYPE, to_oru_r01
 from gateway.store.repository import StoreUnavailable
@@ -82,3 +83,25 @@ def store_errors():
         raise ProblemError(503, f"the report database is unavailable ({exc}); nothing was stored, try again "
                                 "shortly", headers={"Retry-After": str(RETRY_AFTER_S)},
                            title="Report Store Unavailable") from None
+
+
+@contextmanager
+def upstream_errors():
+    """A service behind the gateway that fails answers its status (503 with Retry-After); one that refuses, 502."""
+    try:
+        yield
+    except UpstreamError as exc:
+        retry = {"Retry-After": str(RETRY_AFTER_S)} if exc.status == 503 else None
+        raise ProblemError(exc.status, exc.detail, headers=retry) from None
+    except UpstreamRejected as exc:
+        raise ProblemError(502, f"a service behind the gateway refused the request: {exc.detail}") from None
+
+
+def audit(request: Request, endpoint: str, outcome: int, patient_id: str | None,
+          report: PatientReport | None = None, **fields) -> None:
+    """This request's audit line; ``report`` (when there is one) gives its prediction, models, id and status."""
+    if report is not None:
+        fields = {"prediction": report.prediction, "models": report.models.model_dump(),
+                  "report_id": report.report_id, "status": report.status} | fields
+    request.app.state.audit.record(request_id=request.state.request_id, key_id=getattr(request.state, "key_id", None),
+                                   patient_id=patient_id, endpoint=endpoint, outcome=outcome, **fields)

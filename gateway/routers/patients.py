@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from gateway.pipeline import latest_key
-from gateway.routers.common import PROBLEMS, authorize, check_patient_id, store_errors
+from gateway.routers.common import PROBLEMS, audit, authorize, check_patient_id, store_errors
 from shared.problems import ProblemError
 from shared.schemas import ErasureResult, ReportList
 
@@ -37,10 +37,7 @@ async def list_reports(request: Request, patient_id: str) -> ReportList:
         status = exc.status
         raise
     finally:
-        request.app.state.audit.record(
-            request_id=request.state.request_id, key_id=getattr(request.state, "key_id", None),
-            patient_id=patient_id if status != 422 else None, endpoint="list-reports", outcome=status,
-            detail={"reports": len(reports)})
+        audit(request, "list-reports", status, patient_id if status != 422 else None, detail={"reports": len(reports)})
 
 
 @router.delete("/patients/{patient_id}", response_model=ErasureResult,
@@ -68,7 +65,5 @@ async def erase_patient(request: Request, patient_id: str) -> ErasureResult:
         status = exc.status
         raise
     finally:
-        state.audit.record(
-            request_id=request.state.request_id, key_id=getattr(request.state, "key_id", None),
-            patient_id=patient_id if status != 422 else None, endpoint="erase", outcome=status,
-            detail=result.model_dump(exclude={"patient_id"}) if result else None)
+        audit(request, "erase", status, patient_id if status != 422 else None,
+              detail=result.model_dump(exclude={"patient_id"}) if result else None)

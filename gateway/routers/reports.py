@@ -8,9 +8,8 @@ import re
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
-from gateway.clients import UpstreamError, UpstreamRejected
-from gateway.routers.common import (PROBLEMS, REPORT_RESPONSES, RETRY_AFTER_S, authorize, check_report_id, render,
-                                    store_errors)
+from gateway.routers.common import (PROBLEMS, REPORT_RESPONSES, audit, authorize, check_report_id, render,
+                                    store_errors, upstream_errors)
 from gateway.store.repository import StaleVersion
 from shared.problems import ProblemError
 from shared.schemas import PatientReport, ReviewRequest
@@ -45,11 +44,9 @@ async def get_report(request: Request, report_id: str,
         raise
     finally:
         report = stored.report if stored else None
-        request.app.state.audit.record(
-            request_id=request.state.request_id, key_id=getattr(request.state, "key_id", None),
-            patient_id=report.patient_id if report else None, endpoint="read-report", outcome=status,
-            prediction=report.prediction if report else None, report_id=report.report_id if report else None,
-            status=report.status if report else None)
+        audit(request, "read-report", status, report.patient_id if report else None,
+              prediction=report.prediction if report else None, report_id=report.report_id if report else None,
+              status=report.status if report else None)
 
 
 @router.get("/reports/{report_id}/cells/{sha256}.jpg", response_class=Response,
@@ -72,9 +69,7 @@ async def cell_thumbnail(request: Request, report_id: str, sha256: str):
         status = exc.status
         raise
     finally:  # an image of a patient's blood was shown: audited like a report read
-        request.app.state.audit.record(
-            request_id=request.state.request_id, key_id=getattr(request.state, "key_id", None), patient_id=None,
-            endpoint="read-thumbnail", outcome=status, report_id=report_id[:32], detail={"cell": sha256[:64]})
+        audit(request, "read-thumbnail", status, None, report_id=report_id[:32], detail={"cell": sha256[:64]})
 
 
 @router.post("/reports/{report_id}/review", response_model=PatientReport, status_code=201,
@@ -96,13 +91,8 @@ async def review_report(request: Request, report_id: str, review: ReviewRequest,
         if base.superseded_by:
             raise ProblemError(409, f"report {report_id} was already replaced by version {base.superseded_by}: "
                                     "review the newest version", title="Stale Version")
-        try:
+        with upstream_errors():
             draft = await state.classifier.review(base, review, request.state.request_id)
-        except UpstreamError as exc:
-            retry = {"Retry-After": str(RETRY_AFTER_S)} if exc.status == 503 else None
-            raise ProblemError(exc.status, exc.detail, headers=retry) from None
-        except UpstreamRejected as exc:
-            raise ProblemError(502, f"a service behind the gateway refused the request: {exc.detail}") from None
         with store_errors():
             try:
                 report = await state.classifier.store_review(base, draft, review)
@@ -118,10 +108,7 @@ async def review_report(request: Request, report_id: str, review: ReviewRequest,
         raise
     finally:
         subject = report or (base.report if base else None)
-        state.audit.record(
-            request_id=request.state.request_id, key_id=getattr(request.state, "key_id", None),
-            patient_id=subject.patient_id if subject else None, endpoint="review", outcome=status,
-            prediction=report.prediction if report else None, models=report.models.model_dump() if report else None,
-            report_id=report.report_id if report else report_id[:32], status=report.status if report else None,
-            detail={"reviewer": review.reviewer, "corrections": len(review.corrections), "sign_off": review.sign_off,
-                    "replaces": report_id[:32]})
+        audit(request, "review", status, subject.patient_id if subject else None, report,
+              report_id=report.report_id if report else report_id[:32],
+              detail={"reviewer": review.reviewer, "corrections": len(review.corrections), "sign_off": review.sign_off,
+                      "replaces": report_id[:32]})
