@@ -62,6 +62,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--small-size", type=int, default=96, help="image side in the early epochs")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--ema-momentum", type=float, default=0.998,
+                        help="exponential moving average of the weights (steadies validation accuracy, which "
+                             "swung by points between epochs without it); the fitted network is the average; 0: off")
     parser.add_argument("--max-unclassified-fraction", type=float, default=0.02,
                         help="the threshold leaves at most this share of validation cells unclassified")
     parser.add_argument("--max-normal-called-blast", type=float, default=0.03,
@@ -138,7 +141,8 @@ def fit(args: argparse.Namespace, train, val, started: float):
         initial_learning_rate=args.learning_rate / 20, decay_steps=max(total_steps - warmup, 1),
         warmup_target=args.learning_rate, warmup_steps=warmup, alpha=0.01,
     )
-    optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=0.05)
+    optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=0.05, use_ema=args.ema_momentum > 0,
+                                       ema_momentum=args.ema_momentum or 0.99)
     training_model.compile(
         optimizer=optimizer,
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -162,6 +166,9 @@ def fit(args: argparse.Namespace, train, val, started: float):
         "zoom_range": list(args.zoom_range),
         "batch_size": args.batch_size,
         "peak_learning_rate": args.learning_rate,
+        "weight_averaging": ({"kind": "exponential moving average of the weights (AdamW use_ema), written into "
+                                      "the network when fitting ends", "momentum": args.ema_momentum}
+                             if args.ema_momentum > 0 else None),
         "seed": args.seed,
         "class_weight": {CELL_TYPES[i]: round(w, 4) for i, w in class_weight.items()},
         "initial_network": init_record,
