@@ -22,12 +22,21 @@ class Problem(BaseModel):
     request_id: str | None = None
 
 
+class ModelIdentity(BaseModel):
+    name: str
+    version: str
+    sha256: str
+
+
 class CellModelInfo(BaseModel):
     name: str
     version: str
     sha256: str
     provider: str = Field(description="onnxruntime execution provider in use, e.g. CPUExecutionProvider")
     variant: str = Field("float", description="the model file that runs: float, or int8 (quantized, same card)")
+    apl_head: ModelIdentity | None = Field(
+        None, description="the per-cell APL head run on the CNN's embeddings (None: this model has no APL head, "
+                          "`apl_logit` is null)")
 
 
 class CellPrediction(BaseModel):
@@ -39,6 +48,9 @@ class CellPrediction(BaseModel):
         None, ge=0.0, description="how far the image's colour and density statistics are from the training "
                                   "images' (Mahalanobis distance to the nearest training source; thresholds in "
                                   "the model card's `appearance`)")
+    apl_logit: float | None = Field(
+        None, description="the per-cell APL head's log-odds that this cell comes from a patient with acute "
+                          "promyelocytic leukaemia (None: no APL head loaded)")
 
 
 class CellError(BaseModel):
@@ -63,6 +75,7 @@ class CellModelCard(BaseModel):
     variant: str = "float"
     class_order: list[str]
     unclassified_rule: dict[str, Any]
+    apl_head: ModelIdentity | None = Field(None, description="the per-cell APL head in use (None: absent)")
 
 
 class Health(BaseModel):
@@ -79,6 +92,9 @@ class Readiness(BaseModel):
 
 CellCount = Annotated[int, Field(strict=True, ge=0, le=10_000_000)]
 PatientClass = Literal[PATIENT_CLASSES]  # type: ignore[valid-type]
+AplLogit = Annotated[float, Field(allow_inf_nan=False, ge=-1e6, le=1e6)]
+MAX_APL_CELLS = 50_000
+SHA256_PATTERN = r"^[0-9a-f]{64}$"
 
 
 class SubtypeRequest(BaseModel):
@@ -87,6 +103,25 @@ class SubtypeRequest(BaseModel):
         description=f"cells counted per label ({', '.join(CELL_LABELS)}); missing labels count 0",
         examples=[{"neutrophil": 12, "lymphocyte": 30, "monocyte": 8, "blast": 41, "smudge": 6}],
     )
+    apl_cell_logits: list[AplLogit] | None = Field(
+        None, min_length=1, max_length=MAX_APL_CELLS,
+        description="the cell service's `apl_logit` of every labelled cell of the patient (finite numbers); "
+                    "with `apl_cell_head_sha256`, the answer carries an APL assessment")
+    apl_cell_head_sha256: str | None = Field(
+        None, pattern=SHA256_PATTERN,
+        description="sha256 of the APL cell head that computed the logits; one the APL model was not trained on "
+                    "gives no assessment and a warning")
+
+
+class AplAssessment(BaseModel):
+    """The patient-level APL alert (issue 10): logistic regression over pooled per-cell APL logits and counts."""
+
+    probability: float = Field(ge=0.0, le=1.0, description="P(acute promyelocytic leukaemia, PML::RARA)")
+    alert: bool = Field(description="probability >= threshold: suspected APL, urgent confirmation of PML::RARA")
+    threshold: float = Field(ge=0.0, le=1.0, description="chosen in cross-validation for sensitivity >= 0.90")
+    n_cells: int = Field(ge=1, description="cells whose logits were pooled")
+    features: dict[str, float]
+    model: ModelIdentity
 
 
 class SubtypeModelInfo(BaseModel):
@@ -103,6 +138,9 @@ class SubtypePrediction(BaseModel):
     features: dict[str, float]
     per_100_leukocytes: dict[str, float] = Field(
         description="cells that are not leukocytes (erythroblast, platelet, smudge) per 100 leukocytes")
+    apl: AplAssessment | None = Field(
+        None, description="APL alert from the cells' APL logits (None: no logits sent, no APL model loaded, or "
+                          "logits of another APL cell head; the warnings say which)")
     warnings: list[str]
 
 
@@ -113,6 +151,7 @@ class SubtypeModelCard(BaseModel):
     sha256: str
     classes: list[str]
     feature_names: list[str]
+    apl: dict[str, Any] | None = Field(None, description="the APL model's card (apl_card.json); None: absent")
 
 
 # --- gateway ---------------------------------------------------------------------------------
@@ -133,6 +172,15 @@ class ClassifiedCell(BaseModel):
     appearance_distance: float | None = None
     model_label: CellLabel | None = Field(None, description="the model's label, kept beside a reviewer's correction "
                                                             "(None: not corrected)")
+    apl_logit: float | None = Field(None, description="the cell's APL log-odds (None: no APL head)")
+
+
+class AplCell(BaseModel):
+    """One of the cells that drove the APL probability (reviewers look at these first)."""
+
+    filename: str
+    sha256: str
+    apl_logit: float
 
 
 class ReportQuality(BaseModel):
@@ -154,6 +202,8 @@ class ReportQuality(BaseModel):
 class ModelsUsed(BaseModel):
     cell: dict[str, str]
     subtype: dict[str, str]
+    apl_cell_head: dict[str, str] | None = Field(None, description="the cell service's per-cell APL head")
+    apl_patient: dict[str, str] | None = Field(None, description="the subtype service's patient-level APL model")
 
 
 ReportStatus = Literal["preliminary", "final", "amended"]
@@ -186,6 +236,14 @@ class PatientReport(BaseModel):
     aml_probability: float
     prediction: PatientClass
     probabilities: dict[str, float]
+    apl_probability: float | None = Field(
+        None, ge=0.0, le=1.0, description="P(acute promyelocytic leukaemia) from the cells' APL evidence and the "
+                                          "counts (None: no APL model)")
+    apl_alert: bool | None = Field(None, description="apl_probability >= apl_threshold: suspected APL, urgent "
+                                                     "confirmation of PML::RARA")
+    apl_threshold: float | None = Field(None, description="the APL model's alert threshold")
+    apl_top_cells: list[AplCell] = Field(
+        default_factory=list, description="the (at most 10) cells with the highest APL logit, highest first")
     models: ModelsUsed
     cached: bool
     warnings: list[str]
@@ -193,8 +251,6 @@ class PatientReport(BaseModel):
 
 
 # --- report store and review ------------------------------------------------------------------
-
-SHA256_PATTERN = r"^[0-9a-f]{64}$"
 
 
 class ReportSummary(BaseModel):

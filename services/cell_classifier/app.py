@@ -82,7 +82,7 @@ def create_app(settings: CellServiceSettings | None = None, model: CellModel | N
         )
         await loop.run_in_executor(state.inference_pool, state.model.warm_up)
         state.batcher = DynamicBatcher(
-            state.model.predict, max_batch=settings.max_batch, max_delay_s=settings.max_delay_ms / 1000.0,
+            state.model.infer, max_batch=settings.max_batch, max_delay_s=settings.max_delay_ms / 1000.0,
             # admission control below is the real bound; this one only guards the batcher itself
             max_queue=settings.max_queue + settings.max_images, executor=state.inference_pool,
             on_batch=state.metrics.observe_batch,
@@ -156,10 +156,10 @@ def create_app(settings: CellServiceSettings | None = None, model: CellModel | N
         )
         good = [i for i, item in enumerate(decoded) if not isinstance(item, BaseException)]
         results: list[CellPrediction | CellError] = []
-        probabilities = []
+        outputs = []
         if good:
             try:
-                probabilities = await state.batcher.submit(np.stack([decoded[i][0] for i in good]))
+                outputs = await state.batcher.submit(np.stack([decoded[i][0] for i in good]))
             except QueueFull:
                 raise _queue_full(state.admitted_images) from None
             except BatcherStopped:
@@ -167,14 +167,15 @@ def create_app(settings: CellServiceSettings | None = None, model: CellModel | N
             except Exception:
                 log.exception("inference failed")
                 raise _retry_later("inference failed for this request; retry later") from None
-        by_index = dict(zip(good, probabilities))
+        by_index = dict(zip(good, outputs))
         for i, (filename, _) in enumerate(uploads):
             item = decoded[i]
             if i in by_index:
-                labelled = state.model.label(by_index[i])
+                probabilities, apl_logit = state.model.split(by_index[i])
+                labelled = state.model.label(probabilities)
                 results.append(CellPrediction(filename=filename, label=labelled.label,
                                               confidence=labelled.confidence, probabilities=labelled.probabilities,
-                                              appearance_distance=item[1]))
+                                              appearance_distance=item[1], apl_logit=apl_logit))
                 state.metrics.images.labels("classified").inc()
             else:
                 message = str(item) if isinstance(item, ImageRejected) else f"could not be processed ({type(item).__name__})"
@@ -185,10 +186,11 @@ def create_app(settings: CellServiceSettings | None = None, model: CellModel | N
     @app.get("/v1/model", response_model=CellModelCard)
     async def model_card(request: Request) -> CellModelCard:
         """The model card of the model in use, with the execution provider and the variant (float or int8)
-        that runs; `file` and `sha256` are the running file's."""
+        that runs; `file` and `sha256` are the running file's; `apl_head` the per-cell APL head in use (null:
+        none, the cells' `apl_logit` is null)."""
         model = request.app.state.model
         return CellModelCard(**{**model.card, "file": model.file, "sha256": model.sha256},
-                             provider=model.provider, variant=model.variant)
+                             provider=model.provider, variant=model.variant, apl_head=model.info["apl_head"])
 
     @app.get("/healthz", response_model=Health)
     async def healthz() -> Health:
@@ -201,6 +203,7 @@ def create_app(settings: CellServiceSettings | None = None, model: CellModel | N
             and state.batcher.running
         body = Readiness(ready=ready, detail="model loaded and warmed up" if ready else "not ready",
                          checks={"model": state.model.info if ready else None,
+                                 "apl_head": (state.model.info["apl_head"] is not None) if ready else None,
                                  "queued_images": state.batcher.queued if ready else None,
                                  "admitted_images": state.admitted_images if ready else None})
         return JSONResponse(body.model_dump(), status_code=200 if ready else 503)

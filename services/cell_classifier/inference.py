@@ -10,6 +10,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from services.cell_classifier.apl_head import CARD_SECTION as APL_HEAD_SECTION
+from services.cell_classifier.apl_head import AplCellHead
+from services.cell_classifier.errors import ModelIntegrityError
 from shared.appearance import AppearanceReference, appearance_features
 from shared.hashing import file_sha256
 from shared.preprocessing import IMAGE_SIZE
@@ -19,9 +22,7 @@ log = logging.getLogger(__name__)
 CARD_FILE = "model_card.json"
 VARIANTS = ("float", "int8")
 
-
-class ModelIntegrityError(RuntimeError):
-    """The model file does not match its card."""
+__all__ = ["CellModel", "ModelIntegrityError", "choose_providers", "choose_variant", "model_variants"]
 
 
 def choose_providers(preference: str) -> list[str]:
@@ -102,6 +103,16 @@ class CellModel:
         self.session = ort.InferenceSession(str(model_path), options, providers=providers)
         self.provider: str = self.session.get_providers()[0]
         self.input_name: str = self.session.get_inputs()[0].name
+        outputs = [o.name for o in self.session.get_outputs()]
+        self.probabilities_output: str = "probabilities" if "probabilities" in outputs else outputs[0]
+        # the per-cell APL head (issue 10), when the card has one: it runs on the CNN's embedding output
+        self.apl_head: AplCellHead | None = None
+        if self.card.get(APL_HEAD_SECTION):
+            self.embedding_output: str = (self.card.get("embedding_output") or {}).get("name", "embedding")
+            if self.embedding_output not in outputs:
+                raise ModelIntegrityError(f"{model_path.name} has no {self.embedding_output!r} output (outputs "
+                                          f"{outputs}), which the APL cell head needs")
+            self.apl_head = AplCellHead(model_dir, self.card[APL_HEAD_SECTION], self.card["sha256"], providers)
         self.threshold: float = float(self.card["unclassified_rule"]["threshold"])
         # a class may demand more confidence than the others (blasts: so that normal cells are rarely called blast)
         self.class_minimum: dict[int, float] = {
@@ -118,7 +129,8 @@ class CellModel:
         """What runs: ``sha256`` is the running file's (float and int8 answer slightly differently, so
         a cache keyed by it never mixes them)."""
         return {"name": self.card["name"], "version": self.card["version"], "sha256": self.sha256,
-                "provider": self.provider, "variant": self.variant}
+                "provider": self.provider, "variant": self.variant,
+                "apl_head": self.apl_head.info if self.apl_head is not None else None}
 
     def appearance_distance(self, image: np.ndarray) -> float | None:
         """How far one preprocessed image looks from the training data (``shared.appearance``); None
@@ -129,11 +141,31 @@ class CellModel:
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         """(n, H, W, 3) uint8 -> (n, len(CELL_TYPES)) calibrated probabilities."""
-        return self.session.run(None, {self.input_name: np.ascontiguousarray(images, dtype=np.uint8)})[0]
+        return self.session.run([self.probabilities_output],
+                                {self.input_name: np.ascontiguousarray(images, dtype=np.uint8)})[0]
+
+    def infer(self, images: np.ndarray) -> np.ndarray:
+        """(n, H, W, 3) uint8 -> (n, len(CELL_TYPES) + 1): the calibrated probabilities and, in the last
+        column, the APL head's logit (NaN without a head). One CNN run gives the probabilities and the
+        embeddings the head reads; the batcher's handler (one array per item)."""
+        feed = {self.input_name: np.ascontiguousarray(images, dtype=np.uint8)}
+        if self.apl_head is None:
+            probabilities = self.session.run([self.probabilities_output], feed)[0]
+            logits = np.full(len(probabilities), np.nan, dtype=np.float32)
+        else:
+            probabilities, embeddings = self.session.run([self.probabilities_output, self.embedding_output], feed)
+            logits = self.apl_head.logits(embeddings)
+        return np.column_stack([probabilities.astype(np.float32), logits])
+
+    @staticmethod
+    def split(row: np.ndarray) -> tuple[np.ndarray, float | None]:
+        """One row of ``infer`` -> (probabilities, APL logit or None)."""
+        logit = float(row[-1])
+        return row[:-1], (None if np.isnan(logit) else logit)
 
     def warm_up(self, batch_sizes: tuple[int, ...] = (1, 8, 64)) -> None:
         for size in batch_sizes:
-            self.predict(np.full((size, IMAGE_SIZE, IMAGE_SIZE, 3), 200, dtype=np.uint8))
+            self.infer(np.full((size, IMAGE_SIZE, IMAGE_SIZE, 3), 200, dtype=np.uint8))
 
     def label(self, probabilities: np.ndarray) -> Labelled:
         """Apply the card's unclassified rule to one probability vector."""

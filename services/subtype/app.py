@@ -10,6 +10,7 @@ from fastapi import Body, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
+from services.subtype.apl import AplModel
 from services.subtype.ensemble import SubtypeEnsemble
 from services.subtype.predictor import NoLeukocytes, SubtypePredictor
 from services.subtype.settings import SubtypeServiceSettings
@@ -41,10 +42,13 @@ def create_app(settings: SubtypeServiceSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         app.state.metrics = SubtypeMetrics()
-        app.state.predictor = SubtypePredictor(SubtypeEnsemble(settings.model_dir))  # refuses a tampered artifact
+        # refuses a tampered artifact; the APL model is optional (absent: answers carry no APL assessment)
+        app.state.predictor = SubtypePredictor(SubtypeEnsemble(settings.model_dir), AplModel.load(settings.model_dir))
         app.state.predictor.predict_many([{"neutrophil": 60, "lymphocyte": 30, "monocyte": 10}])  # warm-up
         app.state.ready = True
-        log.info("subtype service ready: %s", app.state.predictor.model_info)
+        apl = app.state.predictor.apl
+        log.info("subtype service ready: %s; APL model: %s", app.state.predictor.model_info,
+                 apl.info if apl else "absent (no apl_card.json)")
         yield
         app.state.ready = False
 
@@ -55,11 +59,11 @@ def create_app(settings: SubtypeServiceSettings | None = None) -> FastAPI:
     install_problem_handlers(app)
     install_request_id(app)
 
-    def _predict(request: Request, endpoint: str, items: list[dict[str, int]]) -> list[SubtypePrediction]:
+    def _predict(request: Request, endpoint: str, items: list[SubtypeRequest]) -> list[SubtypePrediction]:
         state = request.app.state
         started = time.perf_counter()
         try:
-            answers = state.predictor.predict_many(items)
+            answers = state.predictor.predict_requests(items)
         except NoLeukocytes as exc:
             state.metrics.requests.labels(endpoint, "invalid").inc()
             raise ProblemError(422, str(exc)) from None
@@ -71,8 +75,9 @@ def create_app(settings: SubtypeServiceSettings | None = None) -> FastAPI:
 
     @app.post("/v1/predict", response_model=SubtypePrediction, responses=ERRORS)
     def predict(request: Request, body: SubtypeRequest) -> SubtypePrediction:
-        """One patient's counts -> AML probability, subtype probabilities and the prediction."""
-        return _predict(request, "predict", [dict(body.counts)])[0]
+        """One patient's counts -> AML probability, subtype probabilities and the prediction; with the cells'
+        APL logits (`apl_cell_logits`, `apl_cell_head_sha256`) also the APL alert (`apl`)."""
+        return _predict(request, "predict", [body])[0]
 
     @app.post("/v1/predict:batch", response_model=list[SubtypePrediction], responses=ERRORS)
     def predict_batch(request: Request, body: list[SubtypeRequest] = Body(...)) -> list[SubtypePrediction]:
@@ -81,11 +86,13 @@ def create_app(settings: SubtypeServiceSettings | None = None) -> FastAPI:
             raise ProblemError(422, "empty batch: send a JSON array of {\"counts\": {...}} objects")
         if len(body) > settings.max_batch_items:
             raise ProblemError(413, f"batch of {len(body)} items; at most {settings.max_batch_items}")
-        return _predict(request, "batch", [dict(item.counts) for item in body])
+        return _predict(request, "batch", body)
 
     @app.get("/v1/model", response_model=SubtypeModelCard)
     def model_card(request: Request) -> SubtypeModelCard:
-        return SubtypeModelCard(**request.app.state.predictor.ensemble.card)
+        """The ensemble's card; `apl`: the APL model's card (null when this service has no APL model)."""
+        predictor = request.app.state.predictor
+        return SubtypeModelCard(**predictor.ensemble.card, apl=predictor.apl.card if predictor.apl else None)
 
     @app.get("/healthz", response_model=Health)
     async def healthz() -> Health:
@@ -94,9 +101,11 @@ def create_app(settings: SubtypeServiceSettings | None = None) -> FastAPI:
     @app.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
     async def readyz(request: Request):
         ready = bool(getattr(request.app.state, "ready", False))
-        info = request.app.state.predictor.model_info.model_dump() if ready else None
+        predictor = request.app.state.predictor if ready else None
+        info = predictor.model_info.model_dump() if ready else None
+        apl = predictor.apl.info if ready and predictor.apl else None
         body = Readiness(ready=ready, detail="models loaded and verified" if ready else "not ready",
-                         checks={"model": info})
+                         checks={"model": info, "apl_model": apl, "apl": (apl is not None) if ready else None})
         return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
 
     @app.get("/metrics", include_in_schema=False)

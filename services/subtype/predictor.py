@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from services.subtype.apl import AplModel
 from services.subtype.ensemble import SubtypeEnsemble
 from shared.differential import FEATURE_NAMES, features, leukocyte_total, per_100_leukocytes
 from shared.subtypes import PATIENT_CLASSES
-from shared.schemas import SubtypeModelInfo, SubtypePrediction
+from shared.schemas import SubtypeModelInfo, SubtypePrediction, SubtypeRequest
 
 
 class NoLeukocytes(ValueError):
@@ -15,10 +16,22 @@ class NoLeukocytes(ValueError):
 
 
 class SubtypePredictor:
-    def __init__(self, ensemble: SubtypeEnsemble):
+    def __init__(self, ensemble: SubtypeEnsemble, apl: AplModel | None = None):
         self.ensemble = ensemble
+        self.apl = apl
         self.min_leukocytes = int(ensemble.card["min_leukocytes"])
         self.model_info = SubtypeModelInfo(**ensemble.info)
+
+    def predict_requests(self, requests: list[SubtypeRequest]) -> list[SubtypePrediction]:
+        """Counts (and, where sent, the cells' APL logits) -> one answer per patient."""
+        answers = self.predict_many([dict(r.counts) for r in requests])
+        for answer, request in zip(answers, requests):
+            if self.apl is None or not request.apl_cell_logits:
+                continue
+            answer.apl, warnings = self.apl.assess(request.apl_cell_logits, request.apl_cell_head_sha256,
+                                                   dict(request.counts))
+            answer.warnings.extend(warnings)
+        return answers
 
     def predict_many(self, many_counts: list[dict[str, int]]) -> list[SubtypePrediction]:
         feature_rows = []
