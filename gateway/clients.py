@@ -256,5 +256,7 @@ class SubtypeServiceClient(_ServiceClient):
     async def model(self) -> dict:
         return (await self._get("/v1/model")).json()
 
-    async def predict(self, counts: dict[str, int], request_id: str | None) -> dict:
-        return (await self._post("/v1/predict", request_id, json={"counts": counts})).json()
+    async def predict(self, body: dict, request_id: str | None) -> dict:
+        """``body``: a SubtypeRequest (``{"counts": ...}``, optionally ``apl_cell_logits`` and
+        ``apl_cell_head_sha256``)."""
+        return (await self._post("/v1/predict", request_id, json=body)).json()

@@ -12,6 +12,9 @@ FHIR_MEDIA_TYPE = "application/fhir+json"
 LOINC = "http://loinc.org"
 LOCAL = "urn:aml-classifier:codes"
 PATIENT_IDENTIFIER_SYSTEM = "urn:aml-classifier:patient-id"
+INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
+APL_CODE = "apl-probability"
+APL_TEXT = "Probability of acute promyelocytic leukaemia (PML::RARA) from the cell images and counts"
 
 # leukocyte category -> (LOINC code, display); per 100 leukocytes. Blasts and promyelocytes have no
 # "by Automated count" code: 26446-5 and 26524-9 are LOINC's method-less codes for them (the ones labs
@@ -61,8 +64,31 @@ def _quality_observation(report: PatientReport) -> dict:
         {"valueBoolean": not quality.review_every_cell, "component": components}, "cell-model")
     if quality.review_every_cell:
         observation["interpretation"] = [{"coding": [{
-            "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation", "code": "A",
+            "system": INTERPRETATION, "code": "A",
             "display": "Abnormal"}], "text": "review every cell: the automated counts may be wrong"}]
+    return observation
+
+
+def apl_conclusion(report: PatientReport) -> str:
+    """The DiagnosticReport's conclusion sentence when the APL alert fires (empty otherwise)."""
+    if not report.apl_alert:
+        return ""
+    return (f"Suspected acute promyelocytic leukaemia (APL probability {100 * report.apl_probability:.0f} %): "
+            "urgent confirmation of PML::RARA.")
+
+
+def _apl_observation(report: PatientReport) -> dict:
+    """P(APL) in %, interpretation AA (critical abnormal) exactly when the alert fires."""
+    observation = _observation(
+        "apl-probability", {"coding": [{"system": LOCAL, "code": APL_CODE, "display": APL_TEXT}], "text": APL_TEXT},
+        {"valueQuantity": _percent(100.0 * report.apl_probability),
+         "referenceRange": [{"high": _percent(100.0 * report.apl_threshold),
+                             "text": "alert at or above this probability"}]},
+        "apl-patient-model" if report.models.apl_patient else "subtype-model")
+    if report.apl_alert:
+        observation["interpretation"] = [{"coding": [{"system": INTERPRETATION, "code": "AA",
+                                                      "display": "Critical abnormal"}],
+                                          "text": "suspected APL: urgent confirmation of PML::RARA"}]
     return observation
 
 
@@ -89,7 +115,10 @@ def _diagnostic_report(report: PatientReport) -> dict:
         {"resourceType": "Device", "id": f"{kind}-model",
          "deviceName": [{"name": info["name"], "type": "model-name"}],
          "version": [{"value": info["version"]}, {"type": {"text": "sha256"}, "value": info["sha256"]}]}
-        for kind, info in (("cell", report.models.cell), ("subtype", report.models.subtype))
+        for kind, info in (("cell", report.models.cell), ("subtype", report.models.subtype),
+                           ("apl-cell-head", report.models.apl_cell_head),
+                           ("apl-patient", report.models.apl_patient))
+        if info
     ]
     observations = []
     for category, (code, display) in DIFFERENTIAL_LOINC.items():
@@ -131,8 +160,11 @@ def _diagnostic_report(report: PatientReport) -> dict:
                        for name, p in report.probabilities.items()]}, "subtype-model"))
     if report.quality is not None:
         observations.append(_quality_observation(report))
-    conclusion = ("Preliminary (automated pre-classification, not yet signed off). " if report.status == "preliminary"
-                  else "")
+    if report.apl_probability is not None and report.apl_threshold is not None:
+        observations.append(_apl_observation(report))
+    conclusion = apl_conclusion(report) + " " if report.apl_alert else ""
+    conclusion += ("Preliminary (automated pre-classification, not yet signed off). "
+                   if report.status == "preliminary" else "")
     conclusion += (f"Model prediction: {report.prediction} (P(AML) = {report.aml_probability:.2f}) from "
                   f"{report.n_images} images, {report.n_classified} classified, {report.n_unclassified} unclassified, "
                   f"{report.n_failed} failed. Decision support only.")

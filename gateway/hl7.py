@@ -9,7 +9,9 @@ that do not speak FHIR.
   (P preliminary, F final, C corrected = amended), OBR-32 the reviewer.
 - OBX: one per leukocyte category (same LOINC codes as the FHIR Observations, % of leukocytes),
   nucleated RBC 58413-6, smudge cells, AML probability and the predicted subtype under local
-  codes (coding system L); OBX-11 carries the same status as OBR-25.
+  codes (coding system L), the APL probability (local code apl-probability, %, OBX-7 the alert
+  threshold, OBX-8 ``AA`` critical abnormal when the APL alert fires, else ``N``); OBX-11 carries
+  the same status as OBR-25.
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ def to_oru_r01(report: PatientReport, sending_facility: str = "LAB", receiving_a
     if report.reviewed_by:
         obr.obr_32 = f"&{_text(report.reviewed_by)}"
 
-    observations: list[tuple[str, str, str, str]] = []  # (type, code^text^system, value, units)
+    observations: list[tuple[str, ...]] = []  # (type, code^text^system, value, units[, range, abnormal flag])
     for category, (code, display) in DIFFERENTIAL_LOINC.items():
         observations.append(("NM", f"{code}^{display}^LN", f"{report.leukocyte_differential[category]:.2f}",
                              "%^%^UCUM"))
@@ -85,7 +87,11 @@ def to_oru_r01(report: PatientReport, sending_facility: str = "LAB", receiving_a
                          f"{report.aml_probability:.4f}", "1^probability^UCUM"))
     observations.append(("CWE", "aml-genetic-subtype^Predicted AML genetic subtype (or control)^L",
                          f"{report.prediction}^{report.prediction}^L", ""))
-    for i, (kind, code, value, units) in enumerate(observations, start=1):
+    if report.apl_probability is not None and report.apl_threshold is not None:
+        observations.append(("NM", "apl-probability^Probability of acute promyelocytic leukaemia (PML::RARA)^L",
+                             f"{100 * report.apl_probability:.1f}", "%^%^UCUM",
+                             f"<{100 * report.apl_threshold:.1f}", "AA" if report.apl_alert else "N"))
+    for i, (kind, code, value, units, *flags) in enumerate(observations, start=1):
         obx = order.add_group("ORU_R01_OBSERVATION").obx
         obx.obx_1 = str(i)
         obx.obx_2 = kind
@@ -93,8 +99,12 @@ def to_oru_r01(report: PatientReport, sending_facility: str = "LAB", receiving_a
         obx.obx_5 = value
         if units:
             obx.obx_6 = units
+        if flags:
+            obx.obx_7 = flags[0]
+            obx.obx_8 = flags[1]
         obx.obx_11 = status
-    note = (f"Automated pre-classification from {report.n_images} cell images; decision support only. "
+    note = ("SUSPECTED APL: urgent confirmation of PML::RARA. " if report.apl_alert else "")
+    note += (f"Automated pre-classification from {report.n_images} cell images; decision support only. "
             + (f"Reviewed by {_text(report.reviewed_by)}." if report.reviewed_by else "Not yet reviewed."))
     if report.review_comment:
         note += f" Comment: {_text(report.review_comment, 1000)}"

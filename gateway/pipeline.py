@@ -10,6 +10,7 @@ import math
 import time
 from datetime import datetime, timezone
 
+from gateway import apl
 from gateway.cache import Cache
 from gateway.clients import CellServiceClient, SubtypeServiceClient, UpstreamError, UpstreamRejected
 from gateway.quality import assess
@@ -36,6 +37,18 @@ def _models_info(card: dict) -> dict[str, str]:
     return {"name": card["name"], "version": card["version"], "sha256": card["sha256"]}
 
 
+def _optional_info(card: dict | None) -> dict[str, str] | None:
+    return _models_info(card) if card else None
+
+
+def _apl_key(models: dict) -> list[str]:
+    """The APL models' part of a report's content key (nothing when neither is deployed)."""
+    head, patient = models.get("apl_cell_head"), models.get("apl_patient")
+    if not head and not patient:
+        return []
+    return [f"apl {(head or {}).get('sha256')} {(patient or {}).get('sha256')}"]
+
+
 class PatientClassifier:
     def __init__(self, cache: Cache, cells: CellServiceClient, subtype: SubtypeServiceClient, *,
                  chunk_size: int, chunk_concurrency: int, store: ReportStore):
@@ -49,12 +62,15 @@ class PatientClassifier:
         self._appearance: dict = {}  # the cell model card's appearance thresholds
         self._models_checked = -math.inf
 
-    async def models(self) -> dict[str, dict[str, str]]:
-        """Names, versions and hashes of the models behind the services, asked again every
-        ``MODELS_RECHECK_S`` so that an upgraded service never gets a stale cached report."""
+    async def models(self) -> dict[str, dict[str, str] | None]:
+        """Names, versions and hashes of the models behind the services (the APL cell head and the APL
+        patient model: None where absent), asked again every ``MODELS_RECHECK_S`` so that an upgraded
+        service never gets a stale cached report."""
         if time.monotonic() - self._models_checked > MODELS_RECHECK_S or len(self._models) < 2:
             cell, subtype = await asyncio.gather(self.cells.model(), self.subtype.model())
-            self._models = {"cell": _models_info(cell), "subtype": _models_info(subtype)}
+            self._models = {"cell": _models_info(cell), "subtype": _models_info(subtype),
+                            "apl_cell_head": _optional_info(cell.get("apl_head")),
+                            "apl_patient": _optional_info(subtype.get("apl"))}
             self._appearance = {k: v for k, v in (cell.get("appearance") or {}).items() if k.endswith("_threshold")}
             self._models_checked = time.monotonic()
         return self._models
@@ -80,8 +96,10 @@ class PatientClassifier:
                 raise UpstreamError(502, "cell service returned an answer that is not a classification")
             if len(body["results"]) != len(chunk):
                 raise UpstreamError(502, "cell service returned a wrong number of results")
-            if body["model"]["sha256"] != self._models["cell"]["sha256"]:
+            if body["model"]["sha256"] != self._models["cell"]["sha256"] \
+                    or _optional_info(body["model"].get("apl_head")) != self._models.get("apl_cell_head"):
                 self._models["cell"] = _models_info(body["model"])  # the service was upgraded
+                self._models["apl_cell_head"] = _optional_info(body["model"].get("apl_head"))
             for (sha, _, _), result in zip(chunk, body["results"]):
                 results[sha] = result
         return results
@@ -90,24 +108,25 @@ class PatientClassifier:
         hashes = await asyncio.to_thread(lambda: [hashlib.sha256(data).hexdigest() for _, data in images])
         models = await self.models()
         content = hashlib.sha256("\n".join(
-            [models["cell"]["sha256"], models["subtype"]["sha256"]]
+            [models["cell"]["sha256"], models["subtype"]["sha256"]] + _apl_key(models)
             + sorted(f"{sha} {name}" for sha, (name, _) in zip(hashes, images))).encode()).hexdigest()
         key = report_key(patient_id, content)
         cached = (await self.cache.get_many([key]))[0]
         if cached is not None and cached.get("report_id"):
             return PatientReport(**{**cached, "cached": True})
 
-        cell_sha = models["cell"]["sha256"]
+        cell_key = apl.cell_cache_model_of(models)
         unique = list(dict.fromkeys(hashes))
-        known = dict(zip(unique, await self.cache.get_many([f"cell:{cell_sha}:{sha}" for sha in unique])))
+        known = dict(zip(unique, await self.cache.get_many([f"cell:{cell_key}:{sha}" for sha in unique])))
         first_of = {}
         for sha, (name, data) in zip(hashes, images):
             first_of.setdefault(sha, (sha, name, data))
         missing = [first_of[sha] for sha in unique if known[sha] is None]
         fresh = await self._classify_missing(missing, request_id) if missing else {}
-        cell_sha = self._models["cell"]["sha256"]
-        await self.cache.set_many({f"cell:{cell_sha}:{sha}": {"label": r["label"], "confidence": r["confidence"],
-                                                              "appearance_distance": r.get("appearance_distance")}
+        cell_key = apl.cell_cache_model_of(self._models)
+        await self.cache.set_many({f"cell:{cell_key}:{sha}": {"label": r["label"], "confidence": r["confidence"],
+                                                              "appearance_distance": r.get("appearance_distance"),
+                                                              "apl_logit": r.get("apl_logit")}
                                    for sha, r in fresh.items() if "label" in r})
         per_hash = {**{sha: v for sha, v in known.items() if v is not None}, **fresh}
         report = await self._report(patient_id, request_id, images, hashes, per_hash)
@@ -135,17 +154,24 @@ class PatientClassifier:
                 distances.append(result.get("appearance_distance"))
                 cells.append({"filename": name, "sha256": sha, "label": result["label"],
                               "confidence": result["confidence"],
-                              "appearance_distance": result.get("appearance_distance")})
+                              "appearance_distance": result.get("appearance_distance"),
+                              "apl_logit": result.get("apl_logit")})
             else:
                 failed.append({"filename": name, "error": result.get("error", "not classified")})
         leukocytes = sum(counts[t] for t in LEUKOCYTE_TYPES)
         if leukocytes == 0:
             raise ProblemError(422, f"no leukocytes among the {len(images)} images ({len(failed)} could not be "
                                     "read): a differential needs white cells")
-        subtype = await self.subtype.predict(counts, request_id)
+        head = self._models.get("apl_cell_head")
+        subtype = await self.subtype.predict(apl.subtype_request(counts, cells, head and head["sha256"]), request_id)
         self._models["subtype"] = _models_info(subtype["model"])
+        if subtype.get("apl"):
+            self._models["apl_patient"] = _models_info(subtype["apl"]["model"])
+        apl_fields = apl.report_fields(subtype, cells)
         quality, quality_warnings = assess(counts, distances, self._appearance)
-        warnings = quality_warnings + list(subtype.get("warnings", []))
+        warnings = (apl.disagreement_warnings(subtype["prediction"], apl_fields["apl_probability"],
+                                              apl_fields["apl_alert"])
+                    + apl.missing_warnings(self._models) + quality_warnings + list(subtype.get("warnings", [])))
         if failed:
             warnings.append(f"{len(failed)} of {len(images)} images could not be classified (see failed)")
         if not self.cache.available:
@@ -166,7 +192,9 @@ class PatientClassifier:
             aml_probability=subtype["aml_probability"],
             prediction=subtype["prediction"],
             probabilities=subtype["probabilities"],
-            models={"cell": self._models["cell"], "subtype": self._models["subtype"]},
+            **apl_fields,
+            models={"cell": self._models["cell"], "subtype": self._models["subtype"],
+                    "apl_cell_head": self._models.get("apl_cell_head"), "apl_patient": self._models.get("apl_patient")},
             cached=False,
             warnings=warnings,
             cells=cells,
@@ -209,9 +237,17 @@ class PatientClassifier:
         leukocytes = sum(counts[t] for t in LEUKOCYTE_TYPES)
         if leukocytes == 0:
             raise ProblemError(422, "after these corrections no leukocyte is left: a differential needs white cells")
-        subtype = await self.subtype.predict(counts, request_id)
+        head = old.models.apl_cell_head
+        cell_dicts = [c.model_dump() for c in cells]
+        subtype = await self.subtype.predict(apl.subtype_request(counts, cell_dicts, head and head["sha256"]),
+                                             request_id)
+        apl_fields = apl.report_fields(subtype, cell_dicts)
+        apl_patient = _models_info(subtype["apl"]["model"]) if subtype.get("apl") else old.models.apl_patient
         quality, quality_warnings = assess(counts, [c.appearance_distance for c in cells], base.appearance)
-        warnings = quality_warnings + list(subtype.get("warnings", []))
+        warnings = (apl.disagreement_warnings(subtype["prediction"], apl_fields["apl_probability"],
+                                              apl_fields["apl_alert"])
+                    + apl.missing_warnings({"apl_cell_head": head, "apl_patient": apl_patient})
+                    + quality_warnings + list(subtype.get("warnings", [])))
         if old.failed:
             warnings.append(f"{len(old.failed)} of {old.n_images} images could not be classified (see failed)")
         changed = sum(1 for c in cells if c.model_label is not None)
@@ -232,10 +268,12 @@ class PatientClassifier:
             "aml_probability": subtype["aml_probability"],
             "prediction": subtype["prediction"],
             "probabilities": subtype["probabilities"],
-            "models": {"cell": old.models.cell, "subtype": _models_info(subtype["model"])},
+            **apl_fields,
+            "models": {"cell": old.models.cell, "subtype": _models_info(subtype["model"]), "apl_cell_head": head,
+                       "apl_patient": apl_patient},
             "cached": False,
             "warnings": warnings,
-            "cells": [c.model_dump() for c in cells],
+            "cells": cell_dicts,
         })
 
     async def store_review(self, base: StoredReport, report: PatientReport, review: ReviewRequest) -> PatientReport:

@@ -17,6 +17,7 @@ from sqlalchemy import and_, delete, exists, func, select, text
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from gateway.apl import cell_cache_model_of
 from gateway.store.models import ReportImageRow, ReportRow, ReviewRow, ThumbnailRow
 from shared.schemas import ModelsUsed, PatientReport, ReportSummary
 
@@ -198,7 +199,7 @@ class ReportStore:
             shas = sorted(set((await conn.execute(select(ReportImageRow.sha256)
                                                   .where(ReportImageRow.report_id.in_(ids)))).scalars())
                           | {c["sha256"] for r in rows for c in (r.body.get("cells") or [])})
-            models = sorted({r.body["models"]["cell"]["sha256"] for r in rows})
+            models = sorted({cell_cache_model_of(r.body["models"]) for r in rows})
             await conn.execute(delete(ReviewRow).where(ReviewRow.report_id.in_(ids)))
             await conn.execute(delete(ReportImageRow).where(ReportImageRow.report_id.in_(ids)))
             await conn.execute(ReportRow.__table__.update().where(ReportRow.id.in_(ids)).values(supersedes=None))
