@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 PYTHON  := $(BIN)/python
 DATA    ?= ../shared/data
 
-.PHONY: help setup setup-train test test-fast run cell-service subtype-service train-cells quantize-cells train-subtype bench bench-cells bench-gpu bench-subtype bench-gateway load load-cells gateway clean
+.PHONY: help setup setup-train test test-fast run cell-service subtype-service train-cells train-apl quantize-cells train-subtype bench bench-cells bench-gpu bench-subtype bench-gateway load load-cells gateway clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -44,6 +44,9 @@ train-subtype: ## cross-validate, train and export the subtype ensemble; report 
 train-cells: ## fine-tune the committed cell CNN on PBC + DeepAPL, calibrate, evaluate, export (~80 min on 2 cores)
 	PBC_DIR=$(DATA)/pbc DEEPAPL_DIR=$(DATA)/deepapl_discovery $(PYTHON) -m training.train_cells \
 		--init-network services/cell_classifier/model/cell_cnn.keras
+
+train-apl: ## APL alert: repeated patient-level CV on the DeepAPL patients, per-cell head + patient model to ONNX, docs/apl_model.md (~20 min)
+	DEEPAPL_DIR=$(DATA)/deepapl_discovery $(PYTHON) -m training.train_apl
 
 quantize-cells: ## int8 model of the trained cell CNN, float vs int8 and today's vs new preprocessing on the test splits, into the card (~8 min)
 	PBC_DIR=$(DATA)/pbc DEEPAPL_DIR=$(DATA)/deepapl_discovery $(PYTHON) -m training.quantize_cells

@@ -253,6 +253,7 @@ def _markdown(card: dict) -> str:
             if m["support"]:
                 lines.append(f"| {name} | {m['precision']:.4f} | {m['recall']:.4f} | {m['f1']:.4f} | {m['support']} |")
     lines += _serving_variant_lines(card)
+    lines += _apl_head_lines(card)
     lines += [
         "",
         f"![confusion matrices]({CONFUSION_PNG})",
@@ -310,6 +311,23 @@ def _serving_variant_lines(card: dict) -> list[str]:
                           f"{a['draft']['max_abs_probability_difference']:.3f}"
                           for split, a in variants["test_agreement_int8_vs_float"].items()) + "."]
     return lines
+
+
+def _apl_head_lines(card: dict) -> list[str]:
+    """The per-cell APL head that reads the ``embedding`` output (written by ``training.train_apl``)."""
+    head = card.get("apl_cell_head")
+    if not head:
+        return []
+    return [
+        "",
+        "## Second output and the per-cell APL head",
+        f"- `{card.get('embedding_output', {}).get('name', 'embedding')}`: "
+        + card.get("embedding_output", {}).get("meaning", "the pooled features"),
+        f"- `{head['file']}` ({head['name']} {head['version']}, sha256 `{head['sha256']}`), trained on the "
+        f"embedding of the float file with sha256 `{head['cell_model_sha256']}`: {head['meaning']}. "
+        f"Trained on {head['trained_on']}. Cross-validation, threshold and the patient-level model: "
+        "docs/apl_model.md and services/subtype/model/apl_card.json.",
+    ]
 
 
 def write_card_text(card: dict, out: Path) -> None:
