@@ -47,7 +47,7 @@ class AuditLog:
             "endpoint": endpoint,
             "n_images": n_images,
             "prediction": prediction,
-            "models": {k: f"{v['name']} {v['version']}" for k, v in (models or {}).items()},
+            "models": {k: f"{v['name']} {v['version']}" for k, v in (models or {}).items() if v},
             "outcome": outcome,
         }
         if report_id is not None:

@@ -4,7 +4,8 @@
 
 DIR holds one folder of images per patient (the folder name is the patient id). Each
 patient is sent to the gateway, one CSV row per patient is appended to --out (counts,
-differential, prediction, probabilities), and a rerun skips the patients already in the
+differential, prediction, probabilities, APL probability and alert; empty where the
+services have no APL model), and a rerun skips the patients already in the
 CSV, so an interrupted run resumes where it stopped. Progress goes to stderr.
 """
 
@@ -23,7 +24,8 @@ from shared.subtypes import PATIENT_CLASSES
 from shared.vocabulary import CELL_LABELS, LEUKOCYTE_TYPES, NON_LEUKOCYTE_TYPES
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"}
-COLUMNS = (["patient_id", "status", "n_images", "n_failed", "prediction", "aml_probability"]
+COLUMNS = (["patient_id", "status", "n_images", "n_failed", "prediction", "aml_probability", "apl_probability",
+            "apl_alert"]
            + [f"count_{label}" for label in CELL_LABELS]
            + [f"pct_{label}" for label in LEUKOCYTE_TYPES]
            + [f"per100_{label}" for label in NON_LEUKOCYTE_TYPES]
@@ -59,6 +61,9 @@ def _row(patient_id: str, report: dict | None, error: str | None) -> dict:
         return {"patient_id": patient_id, "status": "error", "error": error}
     row = {"patient_id": patient_id, "status": "ok", "n_images": report["n_images"], "n_failed": report["n_failed"],
            "prediction": report["prediction"], "aml_probability": round(report["aml_probability"], 6),
+           "apl_probability": (round(report["apl_probability"], 6) if report.get("apl_probability") is not None
+                               else None),
+           "apl_alert": report.get("apl_alert"),
            "warnings": " | ".join(report["warnings"]), "request_id": report["request_id"]}
     row.update({f"count_{k}": v for k, v in report["cell_counts"].items()})
     row.update({f"pct_{k}": v for k, v in report["leukocyte_differential"].items()})

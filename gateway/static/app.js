@@ -129,6 +129,34 @@ function sendReview(signOff) {
 $("sign-off").addEventListener("click", () => sendReview(true));
 $("save-draft").addEventListener("click", () => sendReview(false));
 
+function showApl(report) {
+  // the APL alert (issue 10): a red banner when it fires, the probability whenever there is one
+  $("r-apl-banner").hidden = report.apl_alert !== true;
+  const known = typeof report.apl_probability === "number";
+  $("r-apl").hidden = !known;
+  $("r-apl").classList.toggle("alert", report.apl_alert === true);
+  $("r-apl").textContent = known ? `APL probability ${(report.apl_probability * 100).toFixed(1)}%` +
+    (typeof report.apl_threshold === "number" ? ` (alert at ${(report.apl_threshold * 100).toFixed(1)}% or more)` : "") +
+    (report.apl_alert ? ": suspected APL" : "") : "";
+}
+
+function cellBox(c, report, byName, note) {
+  const box = document.createElement("div");
+  box.className = "cell";
+  box.dataset.sha256 = c.sha256;
+  box.tabIndex = 0;
+  box.title = `${c.filename}: click to correct its label`;
+  const file = byName.get(c.filename);
+  const img = Object.assign(document.createElement("img"), { alt: c.filename });
+  if (file) img.src = URL.createObjectURL(file);
+  else if (report.report_id) thumbnail(img, report.report_id, c.sha256);
+  box.append(img, Object.assign(document.createElement("span"), { className: "label-badge" }),
+             document.createElement("br"), document.createTextNode(note));
+  box.addEventListener("click", () => selectCell(c));
+  box.addEventListener("keydown", (e) => { if (e.key === "Enter") selectCell(c); });
+  return box;
+}
+
 function render(report, files) {
   current = { report, files, corrections: new Map() };
   $("result").hidden = false;
@@ -140,6 +168,7 @@ function render(report, files) {
   $("r-prediction").textContent = `${report.prediction} (P(AML) ${(report.aml_probability * 100).toFixed(1)}%)`;
   $("r-summary").textContent = `${report.n_images} images: ${report.n_classified} classified, ` +
     `${report.n_unclassified} unclassified, ${report.n_failed} failed` + (report.cached ? " (from cache)" : "");
+  showApl(report);
   $("r-warnings").replaceChildren(...report.warnings.map((w) => Object.assign(document.createElement("li"), { textContent: w })));
   const quality = report.quality;
   $("r-quality-banner").hidden = !(quality && quality.review_every_cell);
@@ -176,29 +205,30 @@ function render(report, files) {
     section.append(Object.assign(document.createElement("h4"), { textContent: `${label} (${cells.length})` }));
     const strip = document.createElement("div");
     strip.className = "cells";
-    cells.slice(0, 60).forEach((c) => {
-      const box = document.createElement("div");
-      box.className = "cell";
-      box.dataset.sha256 = c.sha256;
-      box.tabIndex = 0;
-      box.title = `${c.filename}: click to correct its label`;
-      const file = byName.get(c.filename);
-      const img = Object.assign(document.createElement("img"), { alt: c.filename });
-      if (file) img.src = URL.createObjectURL(file);
-      else if (report.report_id) thumbnail(img, report.report_id, c.sha256);
-      box.append(img, Object.assign(document.createElement("span"), { className: "label-badge" }),
-                 document.createElement("br"), document.createTextNode(`${(c.confidence * 100).toFixed(0)}%`));
-      box.addEventListener("click", () => selectCell(c));
-      box.addEventListener("keydown", (e) => { if (e.key === "Enter") selectCell(c); });
-      strip.append(box);
-    });
+    cells.slice(0, 60).forEach((c) => strip.append(cellBox(c, report, byName, `${(c.confidence * 100).toFixed(0)}%`)));
     section.append(strip);
     return section;
   });
+  // the cells that drove the APL probability first: what the reviewer looks at first
+  const bySha = new Map((report.cells || []).map((c) => [c.sha256, c]));
+  const top = (report.apl_top_cells || []).filter((t) => bySha.has(t.sha256));
+  if (top.length) {
+    const section = document.createElement("div");
+    section.className = "group apl-top";
+    section.append(Object.assign(document.createElement("h4"), {
+      textContent: `Highest APL evidence (${top.length} cells, highest first)` }));
+    const strip = document.createElement("div");
+    strip.className = "cells";
+    top.forEach((t) => strip.append(cellBox(bySha.get(t.sha256), report, byName, `APL logit ${t.apl_logit.toFixed(2)}`)));
+    section.append(strip);
+    sections.unshift(section);
+  }
   $("gallery").replaceChildren(...sections);
   (report.cells || []).forEach((c) => refreshCell(c.sha256));
+  const apl = report.models.apl_patient;
   $("r-models").textContent = `cell model ${report.models.cell.name} ${report.models.cell.version}; ` +
-    `subtype model ${report.models.subtype.name} ${report.models.subtype.version}; request ${report.request_id}`;
+    `subtype model ${report.models.subtype.name} ${report.models.subtype.version}; ` +
+    (apl ? `APL model ${apl.name} ${apl.version}; ` : "") + `request ${report.request_id}`;
 }
 
 $("upload-form").addEventListener("submit", (event) => {

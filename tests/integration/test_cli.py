@@ -37,6 +37,13 @@ def test_batch_reanalysis_and_resume(tmp_path, cell_service, subtype_service):
         by_patient = {r["patient_id"]: r for r in rows}
         assert by_patient["PAT-A"]["status"] == "ok" and by_patient["PAT-B"]["status"] == "ok"
         assert int(by_patient["PAT-A"]["n_images"]) == 16
+        header = next(csv.reader(open(out)))
+        assert header[header.index("aml_probability") + 1:][:2] == ["apl_probability", "apl_alert"]
+        for row in (by_patient["PAT-A"], by_patient["PAT-B"]):
+            if row["apl_probability"]:  # the services have an APL model
+                assert 0 <= float(row["apl_probability"]) <= 1 and row["apl_alert"] in ("True", "False")
+            else:
+                assert row["apl_alert"] == ""
         assert by_patient["PAT-EMPTY"]["status"] == "error" and "no images" in by_patient["PAT-EMPTY"]["error"]
         assert "3 patients, 0 already" in first.stderr and "3/3 patients" in first.stderr
 

@@ -62,7 +62,7 @@ def test_upload_images_and_see_the_result(browser, gateway):
     assert page.locator("#r-per100 tbody td:first-child").all_inner_texts() == list(NON_LEUKOCYTE_TYPES)
     assert "unclassified" in page.inner_text("#r-quality")
     assert page.locator("#r-quality-banner").is_hidden(), "in-domain originals raise no quality banner"
-    assert page.locator("#gallery .cell img").count() == 32
+    assert page.locator("#gallery .group:not(.apl-top) .cell img").count() == 32
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "web_page.png"), full_page=True)
     assert outside == [], "the page loads nothing from outside the gateway"
@@ -125,6 +125,61 @@ def test_review_a_cell_and_sign_off(browser, gateway):
     later.wait_for_function("document.querySelector('#r-status').textContent.startsWith('final')", timeout=30_000)
     later.wait_for_function("[...document.querySelectorAll('#gallery .cell img')].every(i => i.complete && "
                             "i.naturalWidth > 0)", timeout=30_000)
-    assert later.locator("#gallery .cell img").count() == 16, "the stored thumbnails, not the local files"
+    assert later.locator("#gallery .group:not(.apl-top) .cell img").count() == 16, \
+        "the stored thumbnails, not the local files"
     assert f"(model: {old})" in later.locator(f'#gallery .cell[data-sha256="{sha}"]').first.inner_text()
     later.close()
+
+
+@pytest.fixture(scope="module")
+def alerting_gateway(tmp_path_factory, apl_cell_service, apl_alert_subtype_service):
+    """A gateway whose subtype service's APL threshold is 0: the APL alert fires for every patient."""
+    process = start_gateway(tmp_path_factory.mktemp("gateway-apl-page"), apl_cell_service.url,
+                            apl_alert_subtype_service.url)
+    yield process
+    process.stop()
+
+
+def test_apl_alert_banner_and_the_top_cells_first(browser, alerting_gateway):
+    import httpx
+
+    from tests.helpers.images import DEEPAPL_DIR
+
+    files = sorted((DEEPAPL_DIR / "images" / "Patient_00").glob("*.jpg"), key=lambda p: p.name)[:24]
+    page = browser.new_page(viewport={"width": 1200, "height": 1600})
+    page.goto(alerting_gateway.url + "/")
+    page.fill("#patient-id", "WEB-APL")
+    page.fill("#api-key", LAB_KEY)
+    page.set_input_files("#images", [str(p) for p in files])
+    page.click("#submit")
+    page.wait_for_selector("#result:not([hidden])", timeout=120_000)
+    banner = page.locator("#r-apl-banner")
+    assert banner.is_visible() and banner.inner_text() == "Suspected APL: urgent confirmation of PML::RARA"
+    assert banner.evaluate("e => getComputedStyle(e).backgroundColor") == "rgb(204, 0, 0)", "a red banner"
+    report = httpx.get(f"{alerting_gateway.url}/patients/WEB-APL/classification?include=cells",
+                       headers={"X-API-Key": LAB_KEY},
+                       timeout=10).json()
+    assert report["apl_alert"] is True and report["apl_threshold"] == 0.0
+    assert f"APL probability {100 * report['apl_probability']:.1f}%" in page.inner_text("#r-apl")
+    first_group = page.locator("#gallery .group").first
+    assert "apl-top" in first_group.get_attribute("class"), "the top APL cells come first in the gallery"
+    shown = first_group.locator(".cell").evaluate_all("boxes => boxes.map(b => b.dataset.sha256)")
+    assert shown == [c["sha256"] for c in report["apl_top_cells"]] and len(shown) == 10
+    assert "APL logit" in first_group.locator(".cell").first.inner_text()
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "web_page_apl_alert.png"), full_page=True)
+
+    first_group.locator(".cell").first.click()  # a top cell can be relabelled like any other
+    assert page.locator("#cell-editor").is_visible()
+    assert page.inner_text("#cell-name") == report["apl_top_cells"][0]["filename"]
+    page.close()
+
+    quiet = browser.new_page(viewport={"width": 1200, "height": 1600})  # a report without an alert
+    quiet.goto(alerting_gateway.url + "/")
+    quiet.evaluate("""report => render(report, [])""", {**report, "apl_alert": False, "apl_threshold": 1.0})
+    assert quiet.locator("#r-apl-banner").is_hidden() and "APL probability" in quiet.inner_text("#r-apl")
+    quiet.evaluate("""report => render(report, [])""", {**report, "apl_alert": None, "apl_probability": None,
+                                                        "apl_threshold": None, "apl_top_cells": []})
+    assert quiet.locator("#r-apl-banner").is_hidden() and quiet.locator("#r-apl").is_hidden()
+    assert quiet.locator("#gallery .group").count() > 0 and quiet.locator("#gallery .group.apl-top").count() == 0
+    quiet.close()
