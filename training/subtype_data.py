@@ -11,6 +11,7 @@ import numpy as np
 
 from shared.differential import FEATURE_NAMES, LEUKOCYTE_TYPES, expert_counts, features
 from shared.subtypes import CONTROL, SUBTYPES
+from shared.vocabulary import CELL_LABELS
 
 DEFAULT_CSV = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "aml_patients" / "expert_differentials.csv"
 
@@ -39,6 +40,41 @@ def load_patients(path: Path | None = None) -> Patients:
             fractions.append(vector / vector.sum())
             labels.append(classes.index(row["subtype"]))
     return Patients(ids, np.array(fractions), counts, np.array(labels))
+
+
+@dataclass(frozen=True)
+class ExtraAMLPatients:
+    """AML patients of another cohort whose genetic subtype is unknown (APL apart): extra AML examples for
+    stage 1 (AML vs control) only."""
+    ids: list[str]
+    fractions: np.ndarray  # (n, len(LEUKOCYTE_TYPES)) leukocyte fractions in LEUKOCYTE_TYPES order
+    counts: list[dict[str, float]]  # verified expert counts over the vocabulary (non-leukocytes included)
+    is_apl: np.ndarray  # (n,) bool
+
+
+def load_deepapl_differentials(root: Path) -> ExtraAMLPatients:
+    """The DeepAPL discovery patients' differentials from the technologists' verified labels.
+
+    Each verified single-class cell counts under its vocabulary label (``training.deepapl_dataset``'s
+    ``EXPERT_CLASS_LABELS``, the mapping the cell model was trained with); unverified cells, cells filed under
+    two classes and classes without a label (plasma cells, prolymphocyte) are not counted. Erythroblasts,
+    platelets and smudge cells are counted but, as everywhere, are not part of the leukocyte differential."""
+    from training.deepapl_dataset import read_patients, verified_cells  # noqa: PLC0415 (only when asked for)
+
+    apl = read_patients(root)
+    counts = {pid: {label: 0.0 for label in CELL_LABELS} for pid in sorted(apl)}
+    for cell in verified_cells(root):
+        if cell.label is not None:
+            counts[cell.patient_id][cell.label] += 1.0
+    ids, fractions, rows = [], [], []
+    for pid, patient_counts in counts.items():
+        vector = np.array([patient_counts[t] for t in LEUKOCYTE_TYPES], dtype=np.float64)
+        if vector.sum() <= 0:
+            continue  # no verified leukocyte: no differential
+        ids.append(pid)
+        rows.append(patient_counts)
+        fractions.append(vector / vector.sum())
+    return ExtraAMLPatients(ids, np.array(fractions), rows, np.array([apl[pid] for pid in ids], dtype=bool))
 
 
 def feature_matrix(count_rows: np.ndarray) -> np.ndarray:

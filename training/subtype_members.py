@@ -63,9 +63,14 @@ def to_onnx(name: str, model, n_features: int, path: Path) -> None:
     path.write_bytes(proto.SerializeToString())
 
 
-def fit_member(name: str, seed: int, x: np.ndarray, y: np.ndarray):
+def fit_member(name: str, seed: int, x: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None):
+    """Fit a fresh member; ``sample_weight`` (one per row, optional) goes to the final estimator."""
     model = make_member(name, seed)
+    fit_args = {}
+    if sample_weight is not None:
+        key = f"{model.steps[-1][0]}__sample_weight" if isinstance(model, Pipeline) else "sample_weight"
+        fit_args[key] = sample_weight
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # lbfgs at max_iter is the intended regularisation
-        model.fit(x, y)
+        model.fit(x, y, **fit_args)
     return model
