@@ -38,8 +38,9 @@ gateway: ## the gateway alone on GATEWAY_HOST:GATEWAY_PORT (127.0.0.1:8000)
 subtype-service: ## the subtype service alone on SUBTYPE_HOST:SUBTYPE_PORT (127.0.0.1:8002)
 	$(PYTHON) -m services.subtype
 
-train-subtype: ## cross-validate, train and export the subtype ensemble; report in docs/
-	AML_PATIENTS_CSV=$(DATA)/aml_patients/expert_differentials.csv $(PYTHON) -m training.train_subtype
+train-subtype: ## cross-validate, train and export the subtype ensemble (stage 1 also on the DeepAPL AML patients); report in docs/
+	AML_PATIENTS_CSV=$(DATA)/aml_patients/expert_differentials.csv DEEPAPL_DIR=$(DATA)/deepapl_discovery \
+		$(PYTHON) -m training.train_subtype
 
 train-cells: ## fine-tune the committed cell CNN on PBC + DeepAPL, calibrate, evaluate, export (~80 min on 2 cores)
 	PBC_DIR=$(DATA)/pbc DEEPAPL_DIR=$(DATA)/deepapl_discovery $(PYTHON) -m training.train_cells \

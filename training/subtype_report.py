@@ -69,6 +69,38 @@ def weight_comparison(weighted: dict, labels: np.ndarray, served_lr_weight: floa
             "rows": rows}
 
 
+def extra_aml_evaluation(probabilities: dict, is_apl: np.ndarray, ids: list[str]) -> dict:
+    """Stage 1 on the extra AML patients (all AML): ``probabilities[kind][member]`` is (repeats, n, 5) ->
+    per kind and member, mean/sd over repeats of the sensitivity (P(AML) >= 0.5), split APL / other AML, and of
+    the number predicted ``control`` (the most probable of the 5 classes); per patient, in how many repeats the
+    ensemble predicted control."""
+    by_input: dict = {}
+    called_control: dict = {}
+    for kind, members in probabilities.items():
+        by_input[kind] = {}
+        for member, per_repeat in members.items():
+            p_aml = 1.0 - per_repeat[:, :, 0]
+            aml = p_aml >= 0.5
+            control = per_repeat.argmax(axis=2) == 0
+            by_input[kind][member] = {
+                "sensitivity": float(aml.mean()),
+                "sensitivity_sd": float(aml.mean(axis=1).std()),
+                "apl_sensitivity": float(aml[:, is_apl].mean()) if is_apl.any() else None,
+                "other_aml_sensitivity": float(aml[:, ~is_apl].mean()) if (~is_apl).any() else None,
+                "predicted_control": float(control.sum(axis=1).mean()),
+                "mean_p_aml": float(p_aml.mean()),
+            }
+        control = members["ensemble"].argmax(axis=2) == 0
+        called_control[kind] = {pid: int(c) for pid, c in zip(ids, control.sum(axis=0)) if c}
+    return {"note": f"stage 1 out of fold on {len(ids)} DeepAPL patients (all AML, {int(is_apl.sum())} APL): "
+                    "sensitivity = share with P(AML) >= 0.5, mean over repeats; predicted_control = patients "
+                    "whose most probable class is control, mean over repeats",
+            "patients": len(ids), "apl": int(is_apl.sum()),
+            "repeats": int(next(iter(next(iter(probabilities.values())).values())).shape[0]),
+            "by_input": by_input,
+            "ensemble_predicted_control_repeats": called_control}
+
+
 def _plots(summary: dict, docs: Path) -> None:
     import matplotlib
 
@@ -107,6 +139,83 @@ def _plots(summary: dict, docs: Path) -> None:
     plt.close(fig)
 
 
+def _extra_aml_lines(summary: dict, card: dict) -> list[str]:
+    """Stage 1 on the DeepAPL patients and the comparison with the previous model (empty without them)."""
+    extra = card.get("cross_validation_deepapl")
+    if not extra:
+        return []
+    deepapl = card["training"]["deepapl"]
+    lines = [
+        "## Stage 1 on the DeepAPL patients (AML blood of another hospital)",
+        "",
+        f"The {extra['patients']} DeepAPL discovery patients (all AML, {extra['apl']} APL) are extra AML examples "
+        f"for stage 1 only, with sample weight {deepapl['sample_weight']:g} ({deepapl['sample_weight_note']}). "
+        "They sit in the same patient-level folds as the MLL patients (stratified: every fold holds some, APL "
+        "and other AML); the figures are out of fold. Sensitivity = share with P(AML) >= 0.5; predicted "
+        "control = patients whose most probable class is control (mean over repeats). The MLL table above "
+        "(5 classes, AML vs control) is on the MLL patients only.",
+        "",
+        "| input | model | AML sensitivity | APL | other AML | predicted control (of "
+        f"{extra['patients']}) | mean P(AML) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    exploration = deepapl.get("sample_weight_exploration")
+    if exploration:
+        lines[-2:-2] = ["How the weight was chosen (" + exploration["how"] + "):", "",
+                        "| DeepAPL weight | DeepAPL sensitivity, expert | DeepAPL sensitivity, simulated CNN | "
+                        "MLL specificity, expert | MLL specificity, simulated CNN |", "|---|---|---|---|---|"] + [
+            f"| {r['weight']:g}{' (served)' if r['weight'] == deepapl['sample_weight'] else ''} | "
+            f"{r['deepapl_sensitivity_expert']:.3f} | {r['deepapl_sensitivity_simulated']:.3f} | "
+            f"{r['mll_specificity_expert']:.3f} | {r['mll_specificity_simulated']:.3f} |"
+            for r in exploration["rows"]] + [""]
+    for kind, members in extra["by_input"].items():
+        for member, m in members.items():
+            lines.append(f"| {kind.replace('_', ' ')} | {member.replace('_', ' ')} | {m['sensitivity']:.3f} ± "
+                         f"{m['sensitivity_sd']:.3f} | {m['apl_sensitivity']:.3f} | {m['other_aml_sensitivity']:.3f} "
+                         f"| {m['predicted_control']:.1f} | {m['mean_p_aml']:.3f} |")
+    repeats = extra["ensemble_predicted_control_repeats"].get("expert_counts", {})
+    if repeats:
+        lines += ["", "Patients the ensemble predicted control on expert counts (repeats out of "
+                  f"{extra['repeats']}): "
+                  + ", ".join(f"{pid} ({n})" for pid, n in sorted(repeats.items(), key=lambda kv: -kv[1])) + "."]
+    previous = card.get("previous_model")
+    if previous:
+        now, sim = summary["expert_counts"]["ensemble"], summary["simulated_cnn_counts"]["ensemble"]
+        d_now = extra["by_input"]["expert_counts"]["ensemble"]
+        d_sim = extra["by_input"]["simulated_cnn_counts"]["ensemble"]
+        pe, ps = previous["mll_cv_expert_counts"], previous["mll_cv_simulated_cnn_counts"]
+        de, ds = previous["deepapl_expert_counts"], previous["deepapl_simulated_cnn_counts"]
+        lines += [
+            "",
+            f"### Against {previous['version']} (the ensemble)",
+            "",
+            f"| measure | {previous['version']} | {card['version']} |",
+            "|---|---|---|",
+            f"| MLL, expert counts: 5-class macro-F1 | {pe['macro_f1']:.3f} | {now['macro_f1']:.3f} |",
+            f"| MLL, expert counts: 5-class accuracy | {pe['accuracy']:.3f} | {now['accuracy']:.3f} |",
+            f"| MLL, expert counts: AML vs control accuracy | {pe['aml_accuracy']:.3f} | {now['aml_accuracy']:.3f} |",
+            f"| MLL, expert counts: AML sensitivity | {pe['sensitivity']:.3f} | {now['sensitivity']:.3f} |",
+            f"| MLL, expert counts: control specificity | {pe['specificity']:.3f} | {now['specificity']:.3f} |",
+            f"| MLL, simulated CNN counts: macro-F1 | {ps['macro_f1']:.3f} | {sim['macro_f1']:.3f} |",
+            f"| MLL, simulated CNN counts: AML vs control accuracy | {ps['aml_accuracy']:.3f} | {sim['aml_accuracy']:.3f} |",
+            f"| DeepAPL, expert counts: AML sensitivity | {de['sensitivity']:.3f} | {d_now['sensitivity']:.3f} |",
+            f"| DeepAPL, expert counts: APL sensitivity | {de['apl_sensitivity']:.3f} | {d_now['apl_sensitivity']:.3f} |",
+            f"| DeepAPL, expert counts: predicted control (of {extra['patients']}) | {de['predicted_control']:g} | "
+            f"{d_now['predicted_control']:.1f} |",
+            f"| DeepAPL, simulated CNN counts: AML sensitivity | {ds['sensitivity']:.3f} | {d_sim['sensitivity']:.3f} |",
+            f"| DeepAPL, simulated CNN counts: predicted control | {ds['predicted_control']:g} | "
+            f"{d_sim['predicted_control']:.1f} |",
+            "",
+            f"{previous['version']}'s figures on the MLL patients are its own CV; on the DeepAPL patients they are "
+            f"its predictions ({previous['note']}). {card['version']}'s are out of fold in its CV.",
+            f"Control specificity on the MLL patients: {pe['specificity']:.3f} -> {now['specificity']:.3f} "
+            f"({(now['specificity'] - pe['specificity']) * 100:+.1f} points; sd between repeats "
+            f"{now['sd']['specificity']:.3f}).",
+            "",
+        ]
+    return lines
+
+
 def write_report(summary: dict, probabilities: dict, labels: np.ndarray, card: dict, docs: Path) -> None:
     docs.mkdir(parents=True, exist_ok=True)
     _plots(summary, docs)
@@ -132,7 +241,9 @@ def write_report(summary: dict, probabilities: dict, labels: np.ndarray, card: d
         for member, m in members.items():
             cells = " | ".join(f"{m[s]:.3f} ± {m['sd'][s]:.3f}" for s in SCALARS)
             lines.append(f"| {kind.replace('_', ' ')} | {member.replace('_', ' ')} | {cells} |")
-    lines += ["", "![members](subtype_members.png)", "",
+    lines += ["", "![members](subtype_members.png)", ""]
+    lines += _extra_aml_lines(summary, card)
+    lines += [
               "## Ensemble per class (expert counts, pooled over repeats)", "",
               "| class | precision | recall | F1 | patients |", "|---|---|---|---|---|"]
     for c, m in summary["expert_counts"]["ensemble"]["per_class"].items():
@@ -185,7 +296,7 @@ def write_report(summary: dict, probabilities: dict, labels: np.ndarray, card: d
         "patients measure the real performance.",
         "",
         "## Limits",
-        f"- {len(labels)} patients; the per-class numbers rest on {min(support)} to {max(support)} patients each "
+        f"- {len(labels)} MLL patients; the per-class numbers rest on {min(support)} to {max(support)} patients each "
         "and vary by several points between repeats (see sd).",
         "- The simulated CNN counts model look-alike confusion (base rates in the model card, "
         "`training/subtype_data.py`), loss of blasts and lymphocytes to `smudge`, and sampling noise; the real "
@@ -193,6 +304,16 @@ def write_report(summary: dict, probabilities: dict, labels: np.ndarray, card: d
         "- The expert differentials separate myeloblasts, promyelocytes and myelocytes/metamyelocytes, as "
         "vocabulary 2.0 does; how well the cell CNN separates them on real smears decides how much of the "
         "cross-validated performance carries over.",
-        "",
     ]
+    if card.get("cross_validation_deepapl"):
+        lines += [
+            f"- The DeepAPL differentials are the technologists' verified cells of the stored images ({card['training']['deepapl']['leukocytes_per_patient']['min']} or "
+            "more leukocytes per patient), not a 100-cell manual differential; their subtype is unknown (APL apart), "
+            "so they teach stage 1 only. All of them are AML: they raise sensitivity on AML blood with few blasts "
+            "but add no control from that hospital, so the specificity measured on MLL controls is the only "
+            "specificity figure.",
+            "- DeepAPL is research-use data (copyright The Johns Hopkins University): this model inherits that "
+            "restriction.",
+        ]
+    lines.append("")
     (docs / "subtype_model.md").write_text("\n".join(lines))
