@@ -86,14 +86,18 @@ def write_report(card: dict, result, y: np.ndarray, path: Path) -> None:
         f"![ROC curves]({png.name})",
         "",
         "## Alert threshold",
-        f"Chosen on the out-of-fold probabilities of all repeats for a CV sensitivity of at least "
-        f"{alert['target_sensitivity']:.2f} (0.95 is asked first for a margin over the 0.90 target; 0.90 is "
-        "used when specificity there falls below 0.60):",
+        f"Chosen on the out-of-fold probabilities of all repeats (pooled): {alert['rule']}, placed halfway to "
+        "the next lower out-of-fold probability.",
         "",
         f"- threshold **{alert['threshold']}**: sensitivity {alert['cv_sensitivity']:.3f}, specificity "
         f"{alert['cv_specificity']:.3f} (pooled over repeats)",
         f"- per repeat: sensitivity {', '.join(f'{v:.2f}' for v in alert['cv_sensitivity_per_repeat'])}; "
         f"specificity {', '.join(f'{v:.2f}' for v in alert['cv_specificity_per_repeat'])}",
+        "",
+        "| threshold | CV sensitivity | CV specificity |",
+        "|---|---|---|",
+        *[f"| {p['threshold']}{' **(alert)**' if p['threshold'] == alert['threshold'] else ''} | "
+          f"{p['sensitivity']:.3f} | {p['specificity']:.3f} |" for p in alert["operating_points"]],
         "",
         "## AML vs control on the same patients",
         f"The subtype ensemble on each patient's counts from the served cell model: {control['predicted_aml']} of "

@@ -144,3 +144,19 @@ def test_committed_head_matches_its_card_and_the_cell_model():
     assert apl_card["cell_head_sha256"] == head["sha256"]
     assert file_sha256(REPO_ROOT / "services" / "subtype" / "model" / apl_card["file"]) == apl_card["sha256"]
     assert 0.0 < apl_card["threshold"] < 1.0
+
+
+def test_alert_threshold_is_the_most_sensitive_that_keeps_specificity():
+    require_training_stack()
+    from training.train_apl import choose_threshold
+
+    y = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0])
+    oof = np.array([[0.9, 0.8, 0.6, 0.3, 0.7, 0.2, 0.1, 0.05, 0.5]])
+    # all 4 APL at >= 0.3 costs 2 of 5 others (spec 0.6 < 0.65); 3 of 4 at 0.6 keeps spec 0.8
+    chosen = choose_threshold(y, oof, 0.5, 0.65)
+    assert chosen["threshold"] == pytest.approx((0.6 + 0.5) / 2)  # halfway to the next lower probability
+    assert (chosen["cv_sensitivity"], chosen["cv_specificity"]) == (0.75, 0.8)
+    # no threshold keeps both: the highest one with the sensitivity floor
+    chosen = choose_threshold(y, oof, 1.0, 0.65)
+    assert chosen["threshold"] == pytest.approx((0.3 + 0.2) / 2)
+    assert chosen["cv_sensitivity"] == 1.0 and "no threshold" in chosen["rule"]
