@@ -99,3 +99,10 @@ def committed_apl_artifacts() -> bool:
     cell = json.loads((CELL_MODEL_DIR / "model_card.json").read_text()).get("apl_cell_head")
     card = SUBTYPE_MODEL_DIR / "apl_card.json"
     return bool(cell) and card.exists() and json.loads(card.read_text()).get("cell_head_sha256") == cell["sha256"]
+
+
+def copy_apl_head(card: dict, target: Path) -> None:
+    """Copy the APL head file a cell card names (if any) beside a copied card, so the copy loads."""
+    head = card.get("apl_cell_head")
+    if head:
+        shutil.copyfile(CELL_MODEL_DIR / head["file"], target / head["file"])

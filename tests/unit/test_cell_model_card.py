@@ -8,6 +8,7 @@ from services.cell_classifier.inference import CellModel, ModelIntegrityError
 from shared.hashing import file_sha256
 from services.cell_classifier.settings import DEFAULT_MODEL_DIR
 from shared.vocabulary import CELL_TYPES
+from tests.helpers.apl_artifacts import copy_apl_head
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +68,8 @@ def test_class_minimum_in_the_card_turns_a_doubtful_blast_into_unclassified(tmp_
     changed["unclassified_rule"]["class_minimum"] = {"blast": 0.8}
     (tmp_path / "model_card.json").write_text(json.dumps(changed))
     (tmp_path / card["file"]).write_bytes((DEFAULT_MODEL_DIR / card["file"]).read_bytes())
-    model = CellModel(tmp_path, "cpu", variant="float")  # only the float file is copied
+    copy_apl_head(card, tmp_path)
+    model = CellModel(tmp_path, "cpu", variant="float")  # only the float file (and the APL head) is copied
     probabilities = np.zeros(len(CELL_TYPES))
     blast, lymphocyte = CELL_TYPES.index("blast"), CELL_TYPES.index("lymphocyte")
     probabilities[[blast, lymphocyte]] = 0.7, 0.3

@@ -16,6 +16,7 @@ from services.cell_classifier.inference import CellModel, ModelIntegrityError, c
 from services.cell_classifier.settings import DEFAULT_MODEL_DIR
 from shared.hashing import file_sha256
 from tests.helpers.images import deepapl_images, fullsize_images
+from tests.helpers.apl_artifacts import copy_apl_head
 
 TOP_CLASS_AGREEMENT = 0.97
 MAX_PROBABILITY_DIFFERENCE = 0.15
@@ -41,6 +42,7 @@ def models() -> dict[str, CellModel]:
 def copy_model(tmp_path, card: dict, int8: dict):
     for name in ("model_card.json", card["file"], int8["file"]):
         shutil.copyfile(DEFAULT_MODEL_DIR / name, tmp_path / name)
+    copy_apl_head(card, tmp_path)
     return tmp_path
 
 
@@ -123,6 +125,7 @@ def test_card_without_variants_runs_float(tmp_path, card):
     plain = {k: v for k, v in card.items() if k != "serving_variants"}
     (tmp_path / "model_card.json").write_text(json.dumps(plain))
     shutil.copyfile(DEFAULT_MODEL_DIR / card["file"], tmp_path / card["file"])
+    copy_apl_head(card, tmp_path)
     assert CellModel(tmp_path, "cpu", 1, "auto").variant == "float"
     assert set(model_variants(plain)) == {"float"}
     with pytest.raises(ModelIntegrityError, match="quantize_cells"):
