@@ -19,7 +19,10 @@ from tests.helpers.processes import start_gateway
 from tests.helpers.apl_artifacts import committed_apl_artifacts
 
 pytestmark = pytest.mark.integration
-APL_PATIENT, OTHER_PATIENT = "Patient_00", "Patient_01"  # APL; AML without PML::RARA (patients.csv)
+# APL; AML without PML::RARA (patients.csv). Both are among the APL model's training patients, so the
+# comparison checks the served path end to end, not generalisation (docs/apl_model.md has the CV figures).
+# With the provisional artifacts, in process: 0.46 vs 0.13 on these 60 images each.
+APL_PATIENT, OTHER_PATIENT = "Patient_00", "Patient_01"
 N_IMAGES = 60
 LAB = {"X-API-Key": LAB_KEY}
 
