@@ -19,7 +19,7 @@ CARD_SECTION = "apl_cell_head"
 
 
 class AplCellHead:
-    def __init__(self, model_dir: Path, section: dict, float_cnn_sha256: str, providers: list[str]):
+    def __init__(self, model_dir: Path, section: dict, float_cnn_sha256: str):
         path = model_dir / section["file"]
         actual = file_sha256(path)
         if actual != section["sha256"]:
@@ -35,7 +35,9 @@ class AplCellHead:
         options.intra_op_num_threads = 1  # a 256x1 matmul: threads would only cost
         options.inter_op_num_threads = 1
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(path), options, providers=providers)
+        # on the CPU whatever the CNN runs on: the embeddings come back to the host anyway, and a 256x1
+        # matmul costs less than a copy to the GPU and a kernel launch
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input_name: str = section.get("input", "embedding")
         self.output_name: str = section.get("output", "apl_logit")
         inputs = [i.name for i in self.session.get_inputs()]

@@ -112,7 +112,7 @@ class CellModel:
             if self.embedding_output not in outputs:
                 raise ModelIntegrityError(f"{model_path.name} has no {self.embedding_output!r} output (outputs "
                                           f"{outputs}), which the APL cell head needs")
-            self.apl_head = AplCellHead(model_dir, self.card[APL_HEAD_SECTION], self.card["sha256"], providers)
+            self.apl_head = AplCellHead(model_dir, self.card[APL_HEAD_SECTION], self.card["sha256"])
         self.threshold: float = float(self.card["unclassified_rule"]["threshold"])
         # a class may demand more confidence than the others (blasts: so that normal cells are rarely called blast)
         self.class_minimum: dict[int, float] = {
