@@ -264,6 +264,7 @@ class ReportSummary(BaseModel):
     reviewed_by: str | None = None
     reviewed_at: str | None = None
     prediction: str
+    apl_alert: bool | None = Field(None, description="the version's APL alert (None: no APL assessment)")
     models: ModelsUsed
 
 

@@ -259,6 +259,7 @@ class ReportStore:
                     id=r.id, patient_id=b["patient_id"], version=b["version"], status=b["status"],
                     created_at=b["created_at"], supersedes=r.supersedes, superseded_by=newer.get(r.id),
                     reviewed_by=b.get("reviewed_by"), reviewed_at=b.get("reviewed_at"), prediction=b["prediction"],
+                    apl_alert=b.get("apl_alert"),
                     models=ModelsUsed(**b["models"])))
             return out
 

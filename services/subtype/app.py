@@ -31,6 +31,8 @@ class SubtypeMetrics:
                                 registry=self.registry)
         self.patients = Counter("subtype_patients", "Patients predicted by predicted class", ["prediction"],
                                 registry=self.registry)
+        self.apl = Counter("subtype_apl_assessments", "Patients with an APL assessment, by whether the alert fired",
+                           ["alert"], registry=self.registry)
         self.latency = Histogram("subtype_inference_seconds", "Time to predict one request",
                                  buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1),
                                  registry=self.registry)
@@ -71,6 +73,8 @@ def create_app(settings: SubtypeServiceSettings | None = None) -> FastAPI:
         state.metrics.requests.labels(endpoint, "ok").inc()
         for answer in answers:
             state.metrics.patients.labels(answer.prediction).inc()
+            if answer.apl is not None:
+                state.metrics.apl.labels("true" if answer.apl.alert else "false").inc()
         return answers
 
     @app.post("/v1/predict", response_model=SubtypePrediction, responses=ERRORS)

@@ -151,6 +151,8 @@ def test_review_keeps_the_logits_and_recomputes_the_assessment(gateway, reports,
     assert reviewed["apl_alert"] is expected["alert"]
     assert reviewed["cell_counts"]["promyelocyte"] == report["cell_counts"]["promyelocyte"] + len(changed)
     assert reviewed["models"]["apl_cell_head"] == report["models"]["apl_cell_head"]
+    listed = httpx.get(f"{gateway.url}/patients/APL-{APL_PATIENT}/reports", headers=LAB, timeout=30).json()["reports"]
+    assert [r["apl_alert"] for r in listed] == [reviewed["apl_alert"], report["apl_alert"]], "newest first"
 
 
 def test_erasure_removes_the_cell_cache_entries_of_the_head(gateway, reports, redis_server):

@@ -202,6 +202,8 @@ def test_subtype_service_answers_422_to_nan_and_warns_on_another_head(tmp_path):
         ready = client.get("/readyz").json()
         assert ready["checks"]["apl"] is True and ready["checks"]["apl_model"]["name"] == "test-apl-alert"
         assert client.get("/v1/model").json()["apl"]["cell_head_sha256"] == HEAD_SHA
+        metrics = client.get("/metrics").text
+        assert "subtype_apl_assessments_total" in metrics
 
 
 # --- gateway --------------------------------------------------------------------------------
