@@ -1,0 +1,96 @@
+"""The multipart fast path (shared/uploads.py) gives what Starlette's parser gives, or steps aside."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from starlette.requests import Request
+
+from shared import uploads
+from shared.problems import ProblemError
+
+BOUNDARY = "b0undary"
+
+
+def part(data: bytes, filename: str | None = "a.jpg", name: str = "images", extra: str = "") -> bytes:
+    disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename is not None else "")
+    return (f"--{BOUNDARY}\r\nContent-Disposition: {disposition}\r\n{extra}"
+            f"Content-Type: application/octet-stream\r\n\r\n").encode() + data + b"\r\n"
+
+
+def body(*parts: bytes, epilogue: bytes = b"\r\n") -> bytes:
+    return b"".join(parts) + f"--{BOUNDARY}--".encode() + epilogue
+
+
+def request(data: bytes, content_type: str = f"multipart/form-data; boundary={BOUNDARY}",
+            length: bool = True) -> Request:
+    headers = [(b"content-type", content_type.encode())]
+    if length:
+        headers.append((b"content-length", str(len(data)).encode()))
+    chunks = [data[:7], data[7:]]
+
+    async def receive():
+        chunk = chunks.pop(0) if chunks else b""
+        return {"type": "http.request", "body": chunk, "more_body": bool(chunks)}
+
+    return Request({"type": "http", "method": "POST", "path": "/", "headers": headers, "query_string": b""}, receive)
+
+
+def both(data: bytes, max_images: int = 4, **kwargs):
+    """(fast path's answer, general parser's answer): a list of parts, or (status, detail) of the error."""
+    def run(fast_limit: int):
+        original = uploads.FAST_PATH_MAX_BYTES
+        uploads.FAST_PATH_MAX_BYTES = fast_limit
+        try:
+            return asyncio.run(uploads.read_image_parts(request(data, **kwargs), max_images))
+        except ProblemError as problem:
+            return problem.status, problem.detail
+        finally:
+            uploads.FAST_PATH_MAX_BYTES = original
+    return run(1 << 30), run(-1)
+
+
+SAME = [
+    body(part(b"\xff\xd8jpeg")),
+    body(part(b"one"), part(b"two\r\n--not-it"), part(b""), epilogue=b""),
+    body(part(b"x", filename="")),  # no filename: image-0
+    body(part(b"x", filename="caf\u00e9 \u00fcber.jpg")),
+    body(part(b"x", filename="C:\\cells\\a.jpg")),
+    body(part(b"x", extra="X-Other: 1\r\n")),
+    body(part(b"1"), part(b"2"), part(b"3"), part(b"4"), part(b"5")),  # too many: 413
+    body(part(b"x", name="other")),  # no images: 422
+    body(part(b"x"), part(b"y", name="note", filename=None)),  # a field beside the file
+    body(part(b"x", name="images", filename=None)),  # not a file: 422
+    body(part(b"x"), epilogue=b"\r\ntrailing words"),
+    body(part(b"x")).replace(b"\r\n", b"\n"),  # bare LF
+    body(part(b"x"))[:-12],  # truncated
+    b"garbage",
+    b"",
+]
+
+
+@pytest.mark.parametrize("data", SAME)
+def test_fast_path_agrees_with_the_general_parser(data):
+    fast, general = both(data)
+    assert fast == general
+
+
+def test_fast_path_answers_common_bodies_itself(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the general parser was used")
+    monkeypatch.setattr(Request, "form", refuse)
+    data = body(part(b"one", filename="x.jpg"), part(b"two", filename=""))
+    assert asyncio.run(uploads.read_image_parts(request(data), 4)) == [("x.jpg", b"one"), ("image-1", b"two")]
+
+
+def test_without_content_length_and_with_charset_the_general_parser_reads():
+    data = body(part(b"one"))
+    assert both(data, length=False) == ([("a.jpg", b"one")], [("a.jpg", b"one")])
+    typed = f"multipart/form-data; charset=latin-1; boundary={BOUNDARY}"
+    assert both(data, content_type=typed)[0] == both(data, content_type=typed)[1]
+
+
+def test_not_multipart_is_415():
+    fast, general = both(b"{}", content_type="application/json")
+    assert fast == general and fast[0] == 415
