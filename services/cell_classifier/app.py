@@ -18,6 +18,7 @@ from services.cell_classifier.batcher import BatcherStopped, DynamicBatcher, Que
 from services.cell_classifier.decoding import ImageRejected, decode_image
 from services.cell_classifier.inference import CellModel
 from services.cell_classifier.metrics import CellMetrics
+from services.cell_classifier.responses import classify_response_json, model_info_json
 from services.cell_classifier.settings import CellServiceSettings
 from shared.body_limit import BodySizeLimitMiddleware
 from shared.vocabulary import CELL_TYPES, UNCLASSIFIED, VOCABULARY_VERSION
@@ -26,10 +27,7 @@ from shared.request_id import install_request_id
 from shared.problems import ProblemError, install_problem_handlers
 from shared.uploads import read_image_parts
 from shared.schemas import (
-    CellError,
     CellModelCard,
-    CellModelInfo,
-    CellPrediction,
     ClassifyCellsResponse,
     Health,
     Problem,
@@ -81,6 +79,7 @@ def create_app(settings: CellServiceSettings | None = None, model: CellModel | N
                                                     settings.model_variant)
         )
         await loop.run_in_executor(state.inference_pool, state.model.warm_up)
+        state.model_info_json = model_info_json(state.model.info)
         state.batcher = DynamicBatcher(
             state.model.infer, max_batch=settings.max_batch, max_delay_s=settings.max_delay_ms / 1000.0,
             # admission control below is the real bound; this one only guards the batcher itself
@@ -115,14 +114,14 @@ def create_app(settings: CellServiceSettings | None = None, model: CellModel | N
         try:
             response = await _classify(request, state)
         except ProblemError as problem:
-            metrics.requests.labels("error").inc()
+            metrics.requests_error.inc()
             metrics.errors.labels(str(problem.status)).inc()
             raise
-        metrics.requests.labels("ok").inc()
-        # Already validated: serialise once here instead of FastAPI validating it again.
-        return Response(response.model_dump_json(), media_type="application/json")
+        metrics.requests_ok.inc()
+        # Serialised here: FastAPI would validate the answer against response_model again.
+        return Response(response, media_type="application/json")
 
-    async def _classify(request: Request, state) -> ClassifyCellsResponse:
+    async def _classify(request: Request, state) -> bytes:
         if not state.ready:
             raise _retry_later("model is not loaded yet")
         # Admission control before any work: the images a request brings are counted from here
@@ -147,7 +146,7 @@ def create_app(settings: CellServiceSettings | None = None, model: CellModel | N
         return _retry_later(f"the inference queue is full ({admitted} images in progress, limit "
                             f"{settings.max_queue}); retry later")
 
-    async def _decode_and_infer(uploads, state) -> ClassifyCellsResponse:
+    async def _decode_and_infer(uploads, state) -> bytes:
         loop = asyncio.get_running_loop()
         decoded = await asyncio.gather(
             *(loop.run_in_executor(state.decode_pool, _decode_upload, data, settings, state.model)
@@ -155,11 +154,10 @@ def create_app(settings: CellServiceSettings | None = None, model: CellModel | N
             return_exceptions=True,
         )
         good = [i for i, item in enumerate(decoded) if not isinstance(item, BaseException)]
-        results: list[CellPrediction | CellError] = []
         outputs = []
         if good:
-            try:
-                outputs = await state.batcher.submit(np.stack([decoded[i][0] for i in good]))
+            try:  # a list, not a stack: the batcher stacks the batch in the inference thread
+                outputs = await state.batcher.submit([decoded[i][0] for i in good])
             except QueueFull:
                 raise _queue_full(state.admitted_images) from None
             except BatcherStopped:
@@ -168,21 +166,22 @@ def create_app(settings: CellServiceSettings | None = None, model: CellModel | N
                 log.exception("inference failed")
                 raise _retry_later("inference failed for this request; retry later") from None
         by_index = dict(zip(good, outputs))
+        results: list[dict] = []
         for i, (filename, _) in enumerate(uploads):
             item = decoded[i]
             if i in by_index:
                 probabilities, apl_logit = state.model.split(by_index[i])
                 labelled = state.model.label(probabilities)
-                results.append(CellPrediction(filename=filename, label=labelled.label,
-                                              confidence=labelled.confidence, probabilities=labelled.probabilities,
-                                              appearance_distance=item[1], apl_logit=apl_logit))
-                state.metrics.images.labels("classified").inc()
+                results.append({"filename": filename, "label": labelled.label, "confidence": labelled.confidence,
+                                "probabilities": labelled.probabilities, "appearance_distance": item[1],
+                                "apl_logit": apl_logit})
             else:
                 message = str(item) if isinstance(item, ImageRejected) else f"could not be processed ({type(item).__name__})"
-                results.append(CellError(filename=filename, error=message))
-                state.metrics.images.labels("error").inc()
-        return ClassifyCellsResponse(model=CellModelInfo(**state.model.info), results=results)
-
+                results.append({"filename": filename, "error": message})
+        state.metrics.images_classified.inc(len(good))
+        if len(good) < len(uploads):
+            state.metrics.images_error.inc(len(uploads) - len(good))
+        return classify_response_json(state.model_info_json, results)
     @app.get("/v1/model", response_model=CellModelCard)
     async def model_card(request: Request) -> CellModelCard:
         """The model card of the model in use, with the execution provider and the variant (float or int8)

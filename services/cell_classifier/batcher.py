@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
@@ -91,8 +91,9 @@ class DynamicBatcher:
             if not item.future.done():
                 item.future.set_exception(BatcherStopped("service is shutting down"))
 
-    async def submit(self, values: np.ndarray) -> np.ndarray:
-        """Results for ``values`` (a stack of items), in order. Raises ``QueueFull`` at once if no room."""
+    async def submit(self, values: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
+        """Results for ``values`` (a stack or a list of items), in order. Raises ``QueueFull`` at once if no
+        room. A list is not copied here: items are stacked into the batch in the handler's thread."""
         if not self.running:
             raise BatcherStopped("batcher is not running")
         if len(values) == 0:
@@ -135,7 +136,7 @@ class DynamicBatcher:
             started = time.perf_counter()
             waits = [started - item.enqueued for item in batch]
             try:
-                outputs = await loop.run_in_executor(self._executor, self._handler, np.stack([i.value for i in batch]))
+                outputs = await loop.run_in_executor(self._executor, self._stack_and_run, [i.value for i in batch])
                 if len(outputs) != len(batch):
                     raise RuntimeError(f"handler returned {len(outputs)} results for {len(batch)} items")
             except Exception as exc:  # noqa: BLE001 - the failure belongs to this batch's requests only
@@ -148,6 +149,11 @@ class DynamicBatcher:
                 if not item.future.done():
                     item.future.set_result(output)
             self._report(BatchStats(len(batch), waits, time.perf_counter() - started, ok=True))
+
+    def _stack_and_run(self, values: list[np.ndarray]) -> np.ndarray:
+        """In the executor: the copy into one batch array stays off the event loop (numpy releases the
+        GIL for it, and under load the loop then waited to get it back)."""
+        return self._handler(np.stack(values))
 
     def _report(self, stats: BatchStats) -> None:
         if self._on_batch is not None:

@@ -173,4 +173,4 @@ class CellModel:
         confidence = float(probabilities[best])
         needed = max(self.threshold, self.class_minimum.get(best, 0.0))
         label = CELL_TYPES[best] if confidence >= needed else UNCLASSIFIED
-        return Labelled(label, confidence, {name: float(p) for name, p in zip(CELL_TYPES, probabilities)})
+        return Labelled(label, confidence, dict(zip(CELL_TYPES, probabilities.tolist())))

@@ -22,6 +22,11 @@ class CellMetrics:
         self.inference = Histogram("cell_inference_seconds", "Duration of one ONNX run",
                                    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
                                    registry=self.registry)
+        # the children every request touches, looked up once (``labels()`` costs a lock and a dict per call)
+        self.requests_ok = self.requests.labels("ok")
+        self.requests_error = self.requests.labels("error")
+        self.images_classified = self.images.labels("classified")
+        self.images_error = self.images.labels("error")
         self.failed_batches = Counter("cell_failed_batches", "ONNX runs that raised", registry=self.registry)
         self.queue_depth = Gauge("cell_queue_depth", "Images waiting for inference", registry=self.registry)
 
