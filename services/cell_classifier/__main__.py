@@ -5,4 +5,5 @@ from services.cell_classifier.settings import CellServiceSettings
 from shared.serving import run
 
 if __name__ == "__main__":
-    run(create_app, CellServiceSettings())
+    settings = CellServiceSettings()
+    run(create_app, settings, access_log=settings.access_log)

@@ -38,5 +38,9 @@ class CellServiceSettings(BaseSettings):
                                    description="onnxruntime intra-op threads; 0 = one per core")
     retry_after_s: int = Field(1, ge=1, validation_alias=AliasChoices("CELL_RETRY_AFTER_S"))
     log_level: str = Field("info", validation_alias=AliasChoices("LOG_LEVEL"))
+    access_log: bool = Field(False, validation_alias=AliasChoices("CELL_ACCESS_LOG"),
+                             description="uvicorn's per-request access log lines; off by default: at hundreds of "
+                                         "requests/s one line each cost about a tenth of the event loop's time "
+                                         "per request (issue 12); the metrics count requests by outcome and status")
     internal_token: str | None = Field(None, validation_alias=AliasChoices("INTERNAL_TOKEN"),
                                        description="when set, every call but /healthz and /readyz must carry it")

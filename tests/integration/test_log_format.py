@@ -42,7 +42,8 @@ def test_json_lines_when_asked(tmp_path):
 
 def test_text_lines_when_asked(tmp_path):
     gateway = start_gateway(tmp_path, NO_SERVICE, NO_SERVICE, LOG_FORMAT="text")
-    cell = start_cell_service(tmp_path, LOG_FORMAT="text", CELL_DECODE_WORKERS="1", CELL_INFERENCE_THREADS="1")
+    cell = start_cell_service(tmp_path, LOG_FORMAT="text", CELL_DECODE_WORKERS="1", CELL_INFERENCE_THREADS="1",
+                              CELL_ACCESS_LOG="true")
     httpx.get(f"{cell.url}/healthz", timeout=10)  # one access-log line
     gateway.stop()
     cell.stop()
