@@ -22,6 +22,27 @@ from shared.problems import ProblemError
 
 FAST_PATH_MAX_BYTES = 8 * 1024 * 1024  # larger bodies stream through the general parser (spooled to disk)
 _HEADER_NAME = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+# what clients send nearly always; anything else goes through python-multipart's header parser
+_PLAIN_CONTENT_TYPE = re.compile(r"multipart/form-data; ?boundary=([0-9A-Za-z'()+_,./:=?-]{1,70})")
+_PLAIN_DISPOSITION = re.compile(rb'form-data; ?name="images"; ?filename="([^"\\\x00-\x1f]*)"')
+
+
+def _boundary(content_type: str) -> bytes | None:
+    """The boundary of a multipart Content-Type without a charset; None if absent or with a charset."""
+    plain = _PLAIN_CONTENT_TYPE.fullmatch(content_type)
+    if plain:
+        return plain.group(1).encode()
+    _, params = parse_options_header(content_type)
+    return None if b"charset" in params else params.get(b"boundary")
+
+
+def _image_filename(disposition: bytes) -> bytes | None:
+    """The filename of a ``form-data`` part named ``images`` with a filename; None for any other part."""
+    plain = _PLAIN_DISPOSITION.fullmatch(disposition)
+    if plain:
+        return plain.group(1)
+    kind, options = parse_options_header(disposition)
+    return options.get(b"filename") if kind == b"form-data" and options.get(b"name") == b"images" else None
 
 
 def _disconnected() -> ProblemError:
@@ -56,9 +77,8 @@ def _split_image_parts(body: bytes, boundary: bytes, max_images: int) -> list[tu
                 disposition = value.strip(b" \t")
         if disposition is None:
             return None
-        kind, options = parse_options_header(disposition)
-        filename = options.get(b"filename")
-        if kind != b"form-data" or options.get(b"name") != b"images" or filename is None:
+        filename = _image_filename(disposition)
+        if filename is None:
             return None
         try:
             parts.append((filename.decode("utf-8"), body[head_end + 4:end]))
@@ -86,13 +106,13 @@ async def read_image_parts(request: Request, max_images: int, per: str = "reques
         raise ProblemError(415, "send the images as multipart/form-data parts named 'images'")
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) <= FAST_PATH_MAX_BYTES:
-        _, params = parse_options_header(content_type)
-        if b"charset" not in params and b"boundary" in params:
+        boundary = _boundary(content_type)
+        if boundary:
             try:
                 body = await request.body()  # kept on the request: the general parser below re-reads it
             except ClientDisconnect:
                 raise _disconnected() from None
-            parts = _split_image_parts(body, params[b"boundary"], max_images)
+            parts = _split_image_parts(body, boundary, max_images)
             if parts is not None:
                 return [(filename or f"image-{i}", data) for i, (filename, data) in enumerate(parts)]
     try:

@@ -11,8 +11,10 @@ from contextlib import asynccontextmanager
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from PIL import Image
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.routing import request_response
 
 from services.cell_classifier.batcher import BatcherStopped, DynamicBatcher, QueueFull
 from services.cell_classifier.decoding import ImageRejected, decode_image
@@ -120,6 +122,14 @@ def create_app(settings: CellServiceSettings | None = None, model: CellModel | N
         metrics.requests_ok.inc()
         # Serialised here: FastAPI would validate the answer against response_model again.
         return Response(response, media_type="application/json")
+
+    # The route stays FastAPI's (its OpenAPI entry: body, response model, errors) but is served by
+    # Starlette's plain request/response wrapper: the endpoint takes only the Request and returns a
+    # Response, so FastAPI's dependency solving and exit stacks were pure per-request cost (issue 12).
+    # Errors still reach the app's problem handlers (the wrapper applies them, as FastAPI's does).
+    classify_route = next(route for route in app.router.routes
+                          if isinstance(route, APIRoute) and route.path == "/v1/classify")
+    classify_route.app = request_response(classify)
 
     async def _classify(request: Request, state) -> bytes:
         if not state.ready:
