@@ -22,6 +22,7 @@ from services.cell_classifier.inference import CellModel
 from services.cell_classifier.metrics import CellMetrics
 from services.cell_classifier.responses import classify_response_json, model_info_json
 from services.cell_classifier.settings import CellServiceSettings
+from services.cell_classifier.workers import LoopWorkers
 from shared.body_limit import BodySizeLimitMiddleware
 from shared.vocabulary import CELL_TYPES, UNCLASSIFIED, VOCABULARY_VERSION
 from shared.internal_auth import InternalTokenMiddleware
@@ -73,7 +74,7 @@ def create_app(settings: CellServiceSettings | None = None, model: CellModel | N
         state.ready = False
         state.admitted_images = 0  # images of requests between admission and answer (decoding, queued, running)
         state.metrics = CellMetrics(settings.max_batch)
-        state.decode_pool = ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="decode")
+        state.decode_workers = LoopWorkers(settings.decode_workers, "decode")
         state.inference_pool = ThreadPoolExecutor(1, thread_name_prefix="onnx")
         loop = asyncio.get_running_loop()
         state.model = model or await loop.run_in_executor(
@@ -96,7 +97,7 @@ def create_app(settings: CellServiceSettings | None = None, model: CellModel | N
         finally:
             state.ready = False
             await state.batcher.stop()
-            state.decode_pool.shutdown(wait=False, cancel_futures=True)
+            state.decode_workers.shutdown()
             state.inference_pool.shutdown(wait=True)
 
     app = FastAPI(title="AML cell classifier", version="2.0.0", lifespan=lifespan,
@@ -157,10 +158,8 @@ def create_app(settings: CellServiceSettings | None = None, model: CellModel | N
                             f"{settings.max_queue}); retry later")
 
     async def _decode_and_infer(uploads, state) -> bytes:
-        loop = asyncio.get_running_loop()
         decoded = await asyncio.gather(
-            *(loop.run_in_executor(state.decode_pool, _decode_upload, data, settings, state.model)
-              for _, data in uploads),
+            *(state.decode_workers.run(_decode_upload, data, settings, state.model) for _, data in uploads),
             return_exceptions=True,
         )
         good = [i for i, item in enumerate(decoded) if not isinstance(item, BaseException)]
