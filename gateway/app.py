@@ -149,12 +149,22 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     async def healthz() -> Health:
         return Health()
 
+    async def _apl_deployed(classifier: PatientClassifier) -> dict:
+        """Whether the APL alert's two parts run behind the gateway (optional: readiness does not need them)."""
+        try:
+            models = await classifier.models()
+        except Exception:  # a service down is reported by its own check above
+            return {"cell_head": None, "patient_model": None}
+        return {"cell_head": models.get("apl_cell_head") is not None,
+                "patient_model": models.get("apl_patient") is not None}
+
     @app.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
     async def readyz(request: Request):
         state = request.app.state
         checks = {"cell": await state.cells.ready(), "subtype": await state.subtype.ready(),
                   "cache": {"kind": state.cache.kind, "available": await state.cache.ping()},
                   "database": {"kind": state.store.kind, "available": await state.store.ping()}}
+        checks["apl"] = await _apl_deployed(state.classifier)
         ready = checks["cell"] and checks["subtype"] and checks["database"]["available"]
         detail = "ready" if ready else ("a service behind the gateway is not ready" if checks["database"]["available"]
                                         else "the report database is unavailable")

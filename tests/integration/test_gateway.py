@@ -191,6 +191,7 @@ def test_health_metrics_docs_and_page(gateway):
     assert httpx.get(f"{gateway.url}/healthz", timeout=10).json() == {"status": "ok"}
     ready = httpx.get(f"{gateway.url}/readyz", timeout=10).json()
     assert ready["ready"] is True and ready["checks"]["cell"] and ready["checks"]["subtype"]
+    assert ready["checks"]["apl"] == {"cell_head": True, "patient_model": True}  # the committed APL artifacts
     assert "gateway_requests_total" in get(f"{gateway.url}/metrics").text
     assert httpx.get(f"{gateway.url}/docs", timeout=10).status_code == 200
     page = httpx.get(f"{gateway.url}/", timeout=10)
