@@ -191,6 +191,7 @@ def create_app(settings: CellServiceSettings | None = None, model: CellModel | N
         if len(good) < len(uploads):
             state.metrics.images_error.inc(len(uploads) - len(good))
         return classify_response_json(state.model_info_json, results)
+
     @app.get("/v1/model", response_model=CellModelCard)
     async def model_card(request: Request) -> CellModelCard:
         """The model card of the model in use, with the execution provider and the variant (float or int8)
