@@ -75,7 +75,7 @@ def test_audit_log_and_request_id(stack):
     entry = next(e for e in lines if e["request_id"] == "audit-req-1")
     assert entry["key_id"] == "tests" and entry["outcome"] == 200 and entry["n_images"] == 8
     assert entry["prediction"] == response.json()["prediction"]
-    assert set(entry["models"]) == {"cell", "subtype"}
+    assert set(entry["models"]) == {"cell", "subtype", "apl_cell_head", "apl_patient"}  # the APL parts too
     assert len(entry["patient"]) == 32
     raw = stack["audit"].read_text() + stack["gateway"].log_tail(200_000)
     assert "SEC-AUDIT-77" not in raw, "no raw patient id in the audit or the gateway's logs"
