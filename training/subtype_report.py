@@ -63,9 +63,9 @@ def weight_comparison(weighted: dict, labels: np.ndarray, served_lr_weight: floa
             row[kind] = {name: float(np.mean([r[name] for r in runs])) for name in ("accuracy", "macro_f1",
                                                                                   "aml_accuracy")}
         rows.append(row)
-    return {"note": "soft-voting ensembles with the logistic regression weighted w and the other members 1, "
-                    "scored on the same cross-validation folds as the members (the served weighting was "
-                    "chosen from these rows; not nested)",
+    return {"note": "soft-voting ensembles with the logistic regression weighted w and the other members 1 in "
+                    "stage 2 (stage 1 weighted as served), scored on the same cross-validation folds as the "
+                    "members (the served weighting was chosen from these rows; not nested)",
             "rows": rows}
 
 
@@ -139,6 +139,36 @@ def _plots(summary: dict, docs: Path) -> None:
     plt.close(fig)
 
 
+def _stage1_weight_lines(card: dict) -> list[str]:
+    """The stage-1 voting weights and the grid they were chosen from (empty if the card has none)."""
+    comparison = card.get("cross_validation_stage1_weights")
+    if not comparison:
+        return []
+    served = card["stages"]["aml_vs_control"]["weights"]
+    cells = {r["logistic_regression_weight"]: r for r in comparison["served_cell_model_counts"]["rows"]}
+    lines = ["### Stage-1 voting weights", "",
+             f"Stage 1 has its own soft-voting weights {served} (stage 2: {card['stages']['subtype']['weights']}). "
+             f"Rule: {comparison['rule']}. " + ("No weighting meets it. " if comparison["rule_picks"] is None else
+             f"It picks logistic regression weight {comparison['rule_picks']:g}. ") +
+             "MLL columns: the MLL patients (AML vs control, P(AML) >= 0.5); DeepAPL: AML sensitivity, mean over "
+             "repeats. Served cell model's counts: " + comparison["served_cell_model_counts"]["how"] + ".", "",
+             "| logistic regression's stage-1 weight (others 1) | MLL AML vs control, expert | MLL specificity, "
+             "expert | MLL AML vs control, simulated CNN | MLL specificity, simulated CNN | DeepAPL sensitivity, "
+             "expert | DeepAPL sensitivity, simulated CNN | DeepAPL sensitivity, served cell model | DeepAPL "
+             "predicted control, served cell model |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in comparison["rows"]:
+        e, sim = r["expert_counts"], r["simulated_cnn_counts"]
+        c = cells.get(r["logistic_regression_weight"], {})
+        lines.append(f"| {r['logistic_regression_weight']:g}{' (served)' if r['served'] else ''} | "
+                     f"{e['mll_aml_accuracy']:.3f} | {e['mll_specificity']:.3f} | {sim['mll_aml_accuracy']:.3f} | "
+                     f"{sim['mll_specificity']:.3f} | {e['deepapl_sensitivity']:.3f} | "
+                     f"{sim['deepapl_sensitivity']:.3f} | {c.get('sensitivity', float('nan')):.3f} | "
+                     f"{c.get('predicted_control', float('nan')):.1f} |")
+    return lines + ["", "The tables below are of the CV's ensemble ("
+                    + card.get("cross_validation_version", card["version"]) + ").", ""]
+
+
 def _extra_aml_lines(summary: dict, card: dict) -> list[str]:
     """Stage 1 on the DeepAPL patients and the comparison with the previous model (empty without them)."""
     extra = card.get("cross_validation_deepapl")
@@ -168,6 +198,7 @@ def _extra_aml_lines(summary: dict, card: dict) -> list[str]:
             f"{r['deepapl_sensitivity_expert']:.3f} | {r['deepapl_sensitivity_simulated']:.3f} | "
             f"{r['mll_specificity_expert']:.3f} | {r['mll_specificity_simulated']:.3f} |"
             for r in exploration["rows"]] + [""]
+    lines[-2:-2] = _stage1_weight_lines(card)
     for kind, members in extra["by_input"].items():
         for member, m in members.items():
             lines.append(f"| {kind.replace('_', ' ')} | {member.replace('_', ' ')} | {m['sensitivity']:.3f} ± "
@@ -189,7 +220,7 @@ def _extra_aml_lines(summary: dict, card: dict) -> list[str]:
             "",
             f"### Against {previous['version']} (the ensemble)",
             "",
-            f"| measure | {previous['version']} | {card['version']} |",
+            f"| measure | {previous['version']} | {card.get('cross_validation_version', card['version'])} |",
             "|---|---|---|",
             f"| MLL, expert counts: 5-class macro-F1 | {pe['macro_f1']:.3f} | {now['macro_f1']:.3f} |",
             f"| MLL, expert counts: 5-class accuracy | {pe['accuracy']:.3f} | {now['accuracy']:.3f} |",
@@ -208,7 +239,8 @@ def _extra_aml_lines(summary: dict, card: dict) -> list[str]:
             f"{d_sim['predicted_control']:.1f} |",
             "",
             f"{previous['version']}'s figures on the MLL patients are its own CV; on the DeepAPL patients they are "
-            f"its predictions ({previous['note']}). {card['version']}'s are out of fold in its CV.",
+            f"its predictions ({previous['note']}). {card.get('cross_validation_version', card['version'])}'s are out "
+            "of fold in its CV.",
             f"Control specificity on the MLL patients: expert counts {pe['specificity']:.3f} -> "
             f"{now['specificity']:.3f} ({(now['specificity'] - pe['specificity']) * 100:+.1f} points); simulated CNN "
             f"counts {ps['specificity']:.3f} -> {sim['specificity']:.3f} "
@@ -231,6 +263,7 @@ def write_report(summary: dict, probabilities: dict, labels: np.ndarray, card: d
         "",
         f"- Data: {card['training']['data']}; classes {card['training']['class_counts']}",
         f"- Evaluation: {card['training']['cv']}",
+    ] + ([f"- **Caveat**: {card['cross_validation_caveat']}"] if card.get("cross_validation_caveat") else []) + [
         f"- Imbalance: {card['training']['imbalance']}",
         f"- Robustness: {card['training']['noise_augmentation']}; every test fold is scored twice, on the "
         "expert counts and on one simulated CNN count per patient",
@@ -275,11 +308,12 @@ def write_report(summary: dict, probabilities: dict, labels: np.ndarray, card: d
         f"weights the ensemble reached macro-F1 {equal['macro_f1']:.3f}; on {len(labels)} patients and "
         f"{len(card['feature_names'])} features the strongest member alone is the "
         f"{strongest.replace('_', ' ')} (table above). The served ensemble gives the logistic regression "
-        f"{share:.0%} of the vote (weights {served_weights}).",
+        f"{share:.0%} of the stage-2 (subtype) vote (weights {served_weights}); stage 1 has its own weights "
+        f"{card['stages']['aml_vs_control']['weights']}.",
         "",
     ]
     if comparison:
-        lines += ["| logistic regression's weight (others 1) | share of the vote | expert counts accuracy | "
+        lines += ["| logistic regression's stage-2 weight (others 1; stage 1 as served) | share of the vote | expert counts accuracy | "
                   "expert counts macro-F1 | simulated CNN counts accuracy | simulated CNN counts macro-F1 | "
                   "AML vs control accuracy (expert) |",
                   "|---|---|---|---|---|---|---|"]

@@ -43,7 +43,8 @@ from training.subtype_report import evaluate, extra_aml_evaluation, weight_compa
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO_ROOT / "services" / "subtype" / "model"
 MIN_LEUKOCYTES = 50
-MODEL_VERSION = "2.1.0"  # 2.0.0: features over the leukocyte categories of vocabulary 2.0; 2.1.0: + DeepAPL AML in stage 1
+MODEL_VERSION = "2.1.1"  # 2.0.0: features over the leukocyte categories of vocabulary 2.0; 2.1.0: + DeepAPL AML in stage 1;
+# 2.1.1: stage 1 has its own voting weights (STAGE1_WEIGHTS), same members
 # Label of an extra AML patient (DeepAPL): AML for stage 1, subtype unknown, so never in stage 2.
 EXTRA_AML = -1
 # Sample weight of the DeepAPL rows in stage 1 (the MLL rows weigh 1); see DEEPAPL_WEIGHT_NOTE.
@@ -88,8 +89,39 @@ TRAINING_LEAK_SCALE = 0.5
 # three quarters of the vote, as in 1.0.0. In 2.0.0's CV that weighting had the best expert-count macro-F1 of
 # LR_WEIGHT_GRID (0.594; a half 0.584, nine tenths 0.593; the regression alone 0.598), all within the sd
 # between repeats (about 0.03). Compared on the same CV folds, not nested (docs/subtype_model.md, the card).
+# Since 2.1.1 these are stage 2's (subtype) weights only; stage 1 has STAGE1_WEIGHTS.
 ENSEMBLE_WEIGHTS = {"xgboost": 1.0, "catboost": 1.0, "random_forest": 1.0, "neural_net": 1.0,
                     "logistic_regression": 12.0}
+# Stage 1 (AML vs control) voting weights, chosen in this CV (same folds, not nested) among the logistic
+# regression's weights STAGE1_LR_WEIGHT_GRID (others 1) by STAGE1_WEIGHT_RULE, stated before the grid was seen.
+# In 2.1.0's CV the logistic regression was the weakest stage-1 member on the DeepAPL patients (AML sensitivity
+# 0.900 on expert counts vs 0.95-0.97 for the others), and with weight 12 it had three quarters of the vote.
+STAGE1_WEIGHTS = {"xgboost": 1.0, "catboost": 1.0, "random_forest": 1.0, "neural_net": 1.0,
+                  "logistic_regression": 4.0}
+STAGE1_LR_WEIGHT_GRID = (12.0, 4.0, 1.0, 0.0)
+# 2.1.0's MLL control specificity on simulated CNN counts (stage 1 weighted as stage 2; 0.963 rounded, 1.8 of
+# 48 controls per repeat called AML): not to be lost
+STAGE1_MIN_MLL_SPECIFICITY_SIMULATED = 0.9625
+STAGE1_WEIGHT_RULE = (f"among the weightings with MLL control specificity on simulated CNN counts >= "
+                      f"{STAGE1_MIN_MLL_SPECIFICITY_SIMULATED} (2.1.0's, 0.963 rounded) and MLL AML-vs-control accuracy on expert "
+                      "counts 1.000, the highest DeepAPL AML sensitivity on simulated CNN counts (ties within 0.001: "
+                      "the higher DeepAPL sensitivity on expert counts, then 2.1.0's weighting); stated before the "
+                      "grid was seen; chosen on the same CV folds, not nested")
+# Out of fold on the served cell model's counts of the 82 DeepAPL patients (cell model 2.0.0; the same folds, seeds
+# and stage-1 fits as this CV; stage 2 from the served model, never trained on DeepAPL): patients predicted control,
+# mean of 5 repeats, and AML sensitivity. Measured by training/subtype_stage1_oof.py, not by this script (it needs
+# the cell model's counts, cached by training/apl_cohort.py).
+STAGE1_CELL_COUNTS = {
+    "how": "training/subtype_stage1_oof.py: stage-1 members refitted in each fold as in this CV (seed 11, "
+           "5 repeats, 3 copies, DeepAPL weight 2), scored on the served cell model 2.0.0's counts; stage 2 of "
+           "the served model",
+    "rows": [
+        {"logistic_regression_weight": 12.0, "predicted_control": 6.6, "sensitivity": 0.944},
+        {"logistic_regression_weight": 4.0, "predicted_control": 5.4, "sensitivity": 0.954},
+        {"logistic_regression_weight": 1.0, "predicted_control": 2.8, "sensitivity": 0.971},
+        {"logistic_regression_weight": 0.0, "predicted_control": 2.8, "sensitivity": 0.976},
+    ],
+}
 # the logistic regression's weight (the other four members weigh 1 each) in the reported comparison:
 # equal weights, a third, half, three quarters and nine tenths of the vote
 LR_WEIGHT_GRID = (1.0, 2.0, 4.0, 12.0, 36.0)
@@ -168,11 +200,14 @@ def member_stages(fitted: dict[str, dict], x: np.ndarray) -> tuple[dict, dict]:
     return stage1, stage2
 
 
-def vote(stage1: dict, stage2: dict, weights: dict[str, float]) -> np.ndarray:
-    """Weighted soft vote of both stages -> 5-class probabilities."""
-    w = np.array([weights[n] for n in MEMBERS])
-    return combine_stages(np.average([stage1[n] for n in MEMBERS], axis=0, weights=w),
-                          np.average([stage2[n] for n in MEMBERS], axis=0, weights=w))
+def vote(stage1: dict, stage2: dict, weights: dict[str, float],
+         stage1_weights: dict[str, float] | None = None) -> np.ndarray:
+    """Weighted soft vote of both stages -> 5-class probabilities; stage 1 weighted by ``stage1_weights``
+    (default: ``weights``, as stage 2)."""
+    w1 = np.array([(stage1_weights or weights)[n] for n in MEMBERS])
+    w2 = np.array([weights[n] for n in MEMBERS])
+    return combine_stages(np.average([stage1[n] for n in MEMBERS], axis=0, weights=w1),
+                          np.average([stage2[n] for n in MEMBERS], axis=0, weights=w2))
 
 
 def lr_weighting(lr_weight: float) -> dict[str, float]:
@@ -184,7 +219,7 @@ def predict_members(fitted: dict[str, dict], x: np.ndarray) -> dict[str, np.ndar
     stage1, stage2 = member_stages(fitted, x)
     out = {name: combine_stages(stage1[name], stage2[name]) for name in MEMBERS}
     out["ensemble_equal_weights"] = vote(stage1, stage2, lr_weighting(1.0))
-    out["ensemble"] = vote(stage1, stage2, ENSEMBLE_WEIGHTS)
+    out["ensemble"] = vote(stage1, stage2, ENSEMBLE_WEIGHTS, STAGE1_WEIGHTS)
     return out
 
 
@@ -196,9 +231,10 @@ def cv_splits(cohort: Cohort, repeats: int, seed: int) -> list[tuple[np.ndarray,
 
 
 def cross_validate(cohort: Cohort, repeats: int, copies: int, seed: int,
-                   extra_weight: float = 1.0) -> tuple[dict, dict]:
-    """Out-of-fold probabilities (every patient of ``cohort``) per input kind and model, and of the
-    ensembles of ``LR_WEIGHT_GRID``."""
+                   extra_weight: float = 1.0) -> tuple[dict, dict, dict]:
+    """Out-of-fold probabilities (every patient of ``cohort``) per input kind and model, of the ensembles of
+    ``LR_WEIGHT_GRID`` (the stage-2 weight; stage 1 as served) and each member's stage-1 P(AML)
+    (``[kind][member]``: (repeats, n)), from which any stage-1 weighting can be scored."""
     patients = cohort
     n = len(patients.labels)
     names = list(MEMBERS) + ["ensemble_equal_weights", "ensemble"]
@@ -206,6 +242,7 @@ def cross_validate(cohort: Cohort, repeats: int, copies: int, seed: int,
                      for kind in ("expert_counts", "simulated_cnn_counts")}
     weighted = {kind: {w: np.zeros((repeats, n, len(PATIENT_CLASSES))) for w in LR_WEIGHT_GRID}
                 for kind in probabilities}
+    stage1_oof = {kind: {m: np.zeros((repeats, n)) for m in MEMBERS} for kind in probabilities}
     noise_rng = np.random.default_rng(seed + 1)
     noisy_test = simulate_cnn_counts(patients.fractions, noise_rng)  # one simulated CNN count per patient
     x_clean, x_noisy = feature_matrix(patients.fractions), feature_matrix(noisy_test)
@@ -217,10 +254,43 @@ def cross_validate(cohort: Cohort, repeats: int, copies: int, seed: int,
             for member, p in predict_members(fitted, x[test]).items():
                 probabilities[kind][member][repeat, test] = p
             stage1, stage2 = member_stages(fitted, x[test])
+            for member, p in stage1.items():
+                stage1_oof[kind][member][repeat, test] = p
             for w in LR_WEIGHT_GRID:
-                weighted[kind][w][repeat, test] = vote(stage1, stage2, lr_weighting(w))
+                weighted[kind][w][repeat, test] = vote(stage1, stage2, lr_weighting(w), STAGE1_WEIGHTS)
         print(f"fold {fold + 1}/{5 * repeats} done in {time.perf_counter() - started:.1f}s", flush=True)
-    return probabilities, weighted
+    return probabilities, weighted, stage1_oof
+
+
+def stage1_weight_comparison(stage1_oof: dict, cohort: Cohort) -> dict:
+    """Each weighting of ``STAGE1_LR_WEIGHT_GRID`` scored from the members' out-of-fold stage-1 P(AML) (mean over
+    repeats, P(AML) >= 0.5): MLL AML-vs-control accuracy and control specificity, DeepAPL AML sensitivity."""
+    control, mll_aml, extra = cohort.labels == 0, cohort.labels > 0, cohort.extra
+    rows = []
+    for lr in STAGE1_LR_WEIGHT_GRID:
+        w = lr_weighting(lr)
+        row = {"logistic_regression_weight": lr, "served": w == STAGE1_WEIGHTS}
+        for kind, members in stage1_oof.items():
+            aml = np.average([members[m] for m in MEMBERS], axis=0, weights=[w[m] for m in MEMBERS]) >= 0.5
+            row[kind] = {"mll_aml_accuracy": float(np.concatenate([~aml[:, control], aml[:, mll_aml]], axis=1).mean()),
+                         "mll_specificity": float((~aml[:, control]).mean()),
+                         "mll_sensitivity": float(aml[:, mll_aml].mean()),
+                         "deepapl_sensitivity": float(aml[:, extra].mean()) if extra.any() else None}
+        rows.append(row)
+    eligible = [r for r in rows if r["simulated_cnn_counts"]["mll_specificity"] >= STAGE1_MIN_MLL_SPECIFICITY_SIMULATED
+                - 1e-9 and r["expert_counts"]["mll_aml_accuracy"] == 1.0]
+    chosen = None
+    if eligible and extra.any():
+        best = max(r["simulated_cnn_counts"]["deepapl_sensitivity"] for r in eligible)
+        tied = [r for r in eligible if r["simulated_cnn_counts"]["deepapl_sensitivity"] >= best - 0.001]
+        best = max(r["expert_counts"]["deepapl_sensitivity"] for r in tied)
+        tied = [r for r in tied if r["expert_counts"]["deepapl_sensitivity"] >= best - 0.001]
+        chosen = next((r for r in tied if r["logistic_regression_weight"] == 12.0), tied[0])["logistic_regression_weight"]
+    return {"note": "stage-1 soft votes with the logistic regression weighted w and the other members 1, scored "
+                    "from the members' out-of-fold P(AML) on the same CV folds (not nested); MLL rows: the "
+                    "MLL patients, DeepAPL: the extra AML patients",
+            "rule": STAGE1_WEIGHT_RULE, "rule_picks": chosen, "served": STAGE1_WEIGHTS,
+            "rows": rows, "served_cell_model_counts": STAGE1_CELL_COUNTS}
 
 
 def rows_of(probabilities: dict, rows: np.ndarray) -> dict:
@@ -230,7 +300,7 @@ def rows_of(probabilities: dict, rows: np.ndarray) -> dict:
 
 def export(fitted: dict[str, dict], out: Path, version: str, cv_summary: dict, weights_summary: dict,
            patients: Patients, seconds: float, args, extra: ExtraAMLPatients | None = None,
-           extra_summary: dict | None = None) -> dict:
+           extra_summary: dict | None = None, stage1_summary: dict | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     stages, hashes = {}, []
     for stage in STAGES:
@@ -242,7 +312,7 @@ def export(fitted: dict[str, dict], out: Path, version: str, cv_summary: dict, w
             members[name] = {"file": path.name, "sha256": file_sha256(path)}
             hashes.append(members[name]["sha256"])
         stages[stage] = {"classes": classes, "members": members, "voting": "soft, weighted",
-                         "weights": dict(ENSEMBLE_WEIGHTS)}
+                         "weights": dict(STAGE1_WEIGHTS if stage == "aml_vs_control" else ENSEMBLE_WEIGHTS)}
     card = {
         "name": "aml-subtype-ensemble",
         "version": version,
@@ -305,6 +375,7 @@ def export(fitted: dict[str, dict], out: Path, version: str, cv_summary: dict, w
         "cross_validation_note": "5-class and AML-vs-control figures on the MLL patients only"
                                  + ("" if extra is None else "; the DeepAPL patients in cross_validation_deepapl"),
         "cross_validation_weights": weights_summary,
+        "cross_validation_stage1_weights": stage1_summary,
         "cross_validation_deepapl": extra_summary,
         "previous_model": PREVIOUS_MODEL,
         "intended_use": "Research decision support from a patient's differential; not a diagnostic device.",
@@ -318,12 +389,20 @@ def export(fitted: dict[str, dict], out: Path, version: str, cv_summary: dict, w
         raise RuntimeError(f"ONNX ensemble differs from the fitted one by {difference}")
     card["training"]["onnx_vs_native_max_abs_difference"] = difference
     (out / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
+    write_reference_predictions(out, patients, reference)
+    return card
+
+
+def write_reference_predictions(out: Path, patients: Patients, reference: np.ndarray | None = None) -> None:
+    """The regression test's record: the served ensemble's (``out``) probabilities on the expert counts of the
+    shared patients (computed here unless given)."""
+    if reference is None:
+        reference = SubtypeEnsemble(out).predict(feature_matrix(patients.fractions))
     (out / "reference_predictions.json").write_text(json.dumps(
         {"note": "ensemble probabilities on the expert counts of the shared patients, recorded at training time",
          "classes": list(PATIENT_CLASSES),
          "patients": {pid: [round(float(v), 7) for v in row] for pid, row in zip(patients.ids, reference)}},
         indent=1) + "\n")
-    return card
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -340,6 +419,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-deepapl", action="store_true", help="stage 1 on the MLL patients only (as 2.0.0)")
     parser.add_argument("--deepapl-weight", type=float, default=DEEPAPL_WEIGHT,
                         help="sample weight of the DeepAPL rows in stage 1 (MLL rows weigh 1)")
+    parser.add_argument("--cv-cache", type=Path, default=REPO_ROOT / ".cache" / "subtype_cv_oof.npz",
+                        help="where to save the out-of-fold probabilities (each member's stage 1 and 5-class, "
+                             "the ensembles) for later comparisons without refitting")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     patients = load_patients(args.csv)
@@ -353,7 +435,16 @@ def main(argv: list[str] | None = None) -> None:
         print(f"+ {len(extra.ids)} DeepAPL AML patients ({int(extra.is_apl.sum())} APL) for stage 1, "
               f"weight {args.deepapl_weight:g}", flush=True)
     cohort = make_cohort(patients, extra)
-    probabilities, weighted = cross_validate(cohort, args.repeats, args.copies, args.seed, args.deepapl_weight)
+    probabilities, weighted, stage1_oof = cross_validate(cohort, args.repeats, args.copies, args.seed,
+                                                         args.deepapl_weight)
+    args.cv_cache.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(args.cv_cache, ids=np.array(cohort.ids), labels=cohort.labels, is_apl=cohort.is_apl,
+                        **{f"stage1.{kind}.{m}": p for kind, members in stage1_oof.items() for m, p in members.items()},
+                        **{f"5class.{kind}.{m}": p for kind, members in probabilities.items() for m, p in members.items()})
+    stage1_summary = stage1_weight_comparison(stage1_oof, cohort)
+    if stage1_summary["rule_picks"] is not None and stage1_summary["rule_picks"] != STAGE1_WEIGHTS["logistic_regression"]:
+        print(f"NOTE: the stage-1 rule now picks logistic regression weight {stage1_summary['rule_picks']:g}, "
+              f"STAGE1_WEIGHTS has {STAGE1_WEIGHTS['logistic_regression']:g}", flush=True)
     mll = ~cohort.extra
     summary = evaluate(rows_of(probabilities, mll), patients.labels)
     weights_summary = weight_comparison(rows_of(weighted, mll), patients.labels, ENSEMBLE_WEIGHTS["logistic_regression"])
@@ -361,7 +452,7 @@ def main(argv: list[str] | None = None) -> None:
         rows_of(probabilities, cohort.extra), extra.is_apl, extra.ids)
     fitted = fit_stages(cohort.fractions, cohort.labels, args.copies, args.seed, args.deepapl_weight)
     card = export(fitted, args.out, args.version, summary, weights_summary, patients,
-                  time.perf_counter() - started, args, extra, extra_summary)
+                  time.perf_counter() - started, args, extra, extra_summary, stage1_summary)
     write_report(summary, rows_of(probabilities, mll), patients.labels, card, args.docs)
     e = summary["expert_counts"]["ensemble"]
     print(json.dumps({"ensemble_expert_counts": {k: e[k] for k in ("accuracy", "macro_f1", "aml_accuracy",
@@ -369,6 +460,9 @@ def main(argv: list[str] | None = None) -> None:
                       "deepapl_ensemble": None if extra_summary is None else {
                           kind: {k: members["ensemble"][k] for k in ("sensitivity", "predicted_control")}
                           for kind, members in extra_summary["by_input"].items()},
+                      "stage1_by_lr_weight": {f"{r['logistic_regression_weight']:g}": {
+                          kind: {k: None if v is None else round(v, 3) for k, v in r[kind].items()}
+                          for kind in stage1_oof} for r in stage1_summary["rows"]},
                       "macro_f1_by_lr_weight": {f"{row['logistic_regression_weight']:g}": (
                           round(row["expert_counts"]["macro_f1"], 3), round(row["simulated_cnn_counts"]["macro_f1"], 3))
                           for row in weights_summary["rows"]},
