@@ -41,7 +41,7 @@ def test_predict_one_patient(service):
     assert body["features"]["log_frac_blast"] == pytest.approx(math.log(0.65 + 0.005))
     assert body["features"]["log_frac_unclassified"] == pytest.approx(math.log(0.005))
     assert body["per_100_leukocytes"]["smudge"] == pytest.approx(13.0), "smudge cells are not leukocytes"
-    assert body["model"]["version"] == "2.1.0"
+    assert body["model"]["version"] == "2.1.1"
     assert body["warnings"] == []
 
     control = predict(service.url, {"counts": CONTROL_LIKE}).json()

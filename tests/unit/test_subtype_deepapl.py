@@ -1,4 +1,4 @@
-"""Subtype model 2.1.0: the DeepAPL patients are extra AML examples for stage 1 only, and the CV stays
+"""Subtype model 2.1.x: the DeepAPL patients are extra AML examples for stage 1 only, and the CV stays
 patient-level (each patient in one test fold per repeat, DeepAPL patients in every fold)."""
 
 from __future__ import annotations
@@ -85,3 +85,23 @@ def test_cv_keeps_each_patient_in_one_fold(cohort):
             assert c.extra[test].sum() >= 10 and c.is_apl[test].sum() >= 2, "every fold holds DeepAPL patients"
             assert (c.labels[test] == 0).sum() >= 8, "and MLL controls"
         assert set(tested.values()) == {1} and len(tested) == len(c.ids)
+
+
+def test_stage_1_has_its_own_voting_weights():
+    """2.1.1: stage 1 votes with STAGE1_WEIGHTS, stage 2 with ENSEMBLE_WEIGHTS, in training and in the card."""
+    import json
+
+    from services.subtype.ensemble import CARD_FILE
+    from training.subtype_members import MEMBERS
+
+    stage1 = {m: np.array([0.2, 0.9]) for m in MEMBERS}
+    stage1["logistic_regression"] = np.array([0.8, 0.1])
+    stage2 = {m: np.full((2, 4), 0.25) for m in MEMBERS}
+    p = train_subtype.vote(stage1, stage2, train_subtype.ENSEMBLE_WEIGHTS, train_subtype.STAGE1_WEIGHTS)
+    w = np.array([train_subtype.STAGE1_WEIGHTS[m] for m in MEMBERS])
+    expected = np.average([stage1[m] for m in MEMBERS], axis=0, weights=w)
+    np.testing.assert_allclose(1.0 - p[:, 0], expected)
+    card = json.loads((train_subtype.DEFAULT_OUT / CARD_FILE).read_text())
+    assert card["stages"]["aml_vs_control"]["weights"] == train_subtype.STAGE1_WEIGHTS
+    assert card["stages"]["subtype"]["weights"] == train_subtype.ENSEMBLE_WEIGHTS
+    assert card["cross_validation_stage1_weights"]["rule_picks"] == train_subtype.STAGE1_WEIGHTS["logistic_regression"]

@@ -37,7 +37,7 @@ def test_committed_models_reproduce_the_recorded_predictions(predictor):
 
 def test_the_committed_model_speaks_vocabulary_2(predictor):
     card = predictor.ensemble.card
-    assert card["version"] == "2.1.0"
+    assert card["version"] == "2.1.1"
     assert card["feature_names"] == list(FEATURE_NAMES) and len(FEATURE_NAMES) == len(LEUKOCYTE_TYPES) == 9
     assert card["features"]["leukocyte_types"] == list(LEUKOCYTE_TYPES)
     assert card["features"]["vocabulary"] == VOCABULARY_VERSION
