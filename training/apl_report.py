@@ -104,7 +104,9 @@ def write_report(card: dict, result, y: np.ndarray, path: Path) -> None:
         f"{control['patients']} AML patients predicted AML (sensitivity {control['aml_sensitivity']:.3f}); "
         f"predicted control: {', '.join(control['predicted_control']) or 'none'}. "
         f"{control['apl_predicted_pml_rara']} of {control['n_apl']} APL patients get the subtype PML_RARA "
-        "(the count-based 5-class model; the alert above is the image-based one).",
+        "(the count-based 5-class model; the alert above is the image-based one). In sample where the subtype "
+        "model was trained with these patients (2.1 and later: stage 1 learns from their expert counts); the "
+        "out-of-fold figure is in docs/subtype_model.md.",
         "",
         "## Limitations",
         *[f"- {item}" for item in card["limitations"]],
