@@ -23,6 +23,17 @@ from shared.vocabulary import CELL_LABELS, CELL_TYPES, LEUKOCYTE_TYPES, UNCLASSI
 
 log = logging.getLogger("gateway.pipeline")
 MODELS_RECHECK_S = 30.0
+MIXED_MODEL_ROUNDS = 4  # rounds of re-sending chunks answered by another model than the patient's
+
+
+def cell_model_identity(model: dict) -> tuple[str, str | None]:
+    """What makes a cell answer: the CNN file and the APL head (a cell service's ``model``)."""
+    return model["sha256"], (model.get("apl_head") or {}).get("sha256")
+
+
+def cell_model_identity_of(models: dict) -> tuple[str | None, str | None]:
+    """The same for the gateway's view of the models (``models()``)."""
+    return (models.get("cell") or {}).get("sha256"), (models.get("apl_cell_head") or {}).get("sha256")
 
 
 def latest_key(patient_id: str) -> str:
@@ -47,6 +58,13 @@ def _apl_key(models: dict) -> list[str]:
     if not head and not patient:
         return []
     return [f"apl {(head or {}).get('sha256')} {(patient or {}).get('sha256')}"]
+
+
+def content_key(models: dict, hashes: list[str], images: list[tuple[str, bytes]]) -> str:
+    """A report's cache key part: the models and the (image hash, file name) pairs."""
+    return hashlib.sha256("\n".join(
+        [models["cell"]["sha256"], models["subtype"]["sha256"]] + _apl_key(models)
+        + sorted(f"{sha} {name}" for sha, (name, _) in zip(hashes, images))).encode()).hexdigest()
 
 
 class PatientClassifier:
@@ -75,41 +93,71 @@ class PatientClassifier:
             self._models_checked = time.monotonic()
         return self._models
 
-    async def _classify_missing(self, missing: list[tuple[str, str, bytes]], request_id: str) -> dict[str, dict]:
-        """(sha256, filename, bytes) of images not in the cache -> per-hash result from the cell service."""
-        semaphore = asyncio.Semaphore(self.chunk_concurrency)
+    async def _classify_missing(self, missing: list[tuple[str, str, bytes]], request_id: str,
+                                target: tuple | None = None) -> tuple[dict[str, dict], tuple]:
+        """(sha256, filename, bytes) of images not in the cache -> (per-hash result, the model that made them).
+
+        One patient's cells all come from one model: during a rolling upgrade the replicas behind
+        ``CELL_URL`` can answer with different models (CNN or APL head), so a chunk answered by another
+        model than ``target`` (default: the one that answered most images in the first round) is sent
+        again, up to ``MIXED_MODEL_ROUNDS`` rounds; then the request fails with 503 rather than
+        mixing versions in one report."""
         chunks = [missing[i: i + self.chunk_size] for i in range(0, len(missing), self.chunk_size)]
+        results: dict[str, dict] = {}
+        model_of: dict[tuple, dict] = {}
+        for _ in range(MIXED_MODEL_ROUNDS):
+            answered = await self._send_chunks(chunks, request_id)
+            by_model: dict[tuple, list] = {}
+            for chunk, body in answered:
+                identity = cell_model_identity(body["model"])
+                model_of[identity] = body["model"]
+                by_model.setdefault(identity, []).append((chunk, body))
+            if target is None:
+                target = max(by_model, key=lambda k: sum(len(chunk) for chunk, _ in by_model[k]))
+            for chunk, body in by_model.pop(target, []):
+                for (sha, _, _), result in zip(chunk, body["results"]):
+                    results[sha] = result
+            chunks = [chunk for answers in by_model.values() for chunk, _ in answers]
+            if not chunks:
+                break
+            log.warning("cell replicas answer with different models (an upgrade in progress?): %d chunk(s) "
+                        "sent again so that the patient's cells come from one model", len(chunks))
+        else:
+            raise UpstreamError(503, "the cell service's replicas answer with different models (an upgrade in "
+                                     "progress?): retry in a minute")
+        if target in model_of and target != cell_model_identity_of(self._models):
+            body_model = model_of[target]  # the service was upgraded
+            self._models["cell"] = _models_info(body_model)
+            self._models["apl_cell_head"] = _optional_info(body_model.get("apl_head"))
+        return results, target
+
+    async def _send_chunks(self, chunks: list, request_id: str) -> list[tuple[list, dict]]:
+        semaphore = asyncio.Semaphore(self.chunk_concurrency)
 
         async def run(chunk):
             async with semaphore:
                 return chunk, await self.cells.classify([(name, data) for _, name, data in chunk], request_id)
 
-        results: dict[str, dict] = {}
         try:
             async with asyncio.TaskGroup() as group:
                 tasks = [group.create_task(run(chunk)) for chunk in chunks]
         except* (UpstreamError, UpstreamRejected) as failures:
             raise failures.exceptions[0] from None
+        answered = []
         for task in tasks:
             chunk, body = task.result()
-            if not isinstance(body, dict) or not isinstance(body.get("results"), list) or "model" not in body:
+            if not isinstance(body, dict) or not isinstance(body.get("results"), list) \
+                    or not isinstance(body.get("model"), dict) or "sha256" not in body["model"]:
                 raise UpstreamError(502, "cell service returned an answer that is not a classification")
             if len(body["results"]) != len(chunk):
                 raise UpstreamError(502, "cell service returned a wrong number of results")
-            if body["model"]["sha256"] != self._models["cell"]["sha256"] \
-                    or _optional_info(body["model"].get("apl_head")) != self._models.get("apl_cell_head"):
-                self._models["cell"] = _models_info(body["model"])  # the service was upgraded
-                self._models["apl_cell_head"] = _optional_info(body["model"].get("apl_head"))
-            for (sha, _, _), result in zip(chunk, body["results"]):
-                results[sha] = result
-        return results
+            answered.append((chunk, body))
+        return answered
 
     async def classify(self, patient_id: str, images: list[tuple[str, bytes]], request_id: str) -> PatientReport:
         hashes = await asyncio.to_thread(lambda: [hashlib.sha256(data).hexdigest() for _, data in images])
         models = await self.models()
-        content = hashlib.sha256("\n".join(
-            [models["cell"]["sha256"], models["subtype"]["sha256"]] + _apl_key(models)
-            + sorted(f"{sha} {name}" for sha, (name, _) in zip(hashes, images))).encode()).hexdigest()
+        content = content_key(models, hashes, images)
         key = report_key(patient_id, content)
         cached = (await self.cache.get_many([key]))[0]
         if cached is not None and cached.get("report_id"):
@@ -122,8 +170,17 @@ class PatientClassifier:
         for sha, (name, data) in zip(hashes, images):
             first_of.setdefault(sha, (sha, name, data))
         missing = [first_of[sha] for sha in unique if known[sha] is None]
-        fresh = await self._classify_missing(missing, request_id) if missing else {}
-        cell_key = apl.cell_cache_model_of(self._models)
+        looked_up = cell_model_identity_of(models)
+        fresh, answered_by = await self._classify_missing(missing, request_id) if missing else ({}, looked_up)
+        if answered_by != looked_up and any(v is not None for v in known.values()):
+            # the service was upgraded since the cache lookup: the cached cells are the old model's
+            stale = [first_of[sha] for sha in unique if known[sha] is not None]
+            again, _ = await self._classify_missing(stale, request_id, target=answered_by)
+            fresh.update(again)
+            known = {sha: None for sha in unique}
+        if cell_model_identity_of(self._models) != looked_up:
+            content = content_key(self._models, hashes, images)  # stored under the model that answered
+        cell_key = apl.cell_cache_model(*answered_by)  # the model that answered, whatever others set since
         await self.cache.set_many({f"cell:{cell_key}:{sha}": {"label": r["label"], "confidence": r["confidence"],
                                                               "appearance_distance": r.get("appearance_distance"),
                                                               "apl_logit": r.get("apl_logit")}

@@ -1,0 +1,68 @@
+"""During a rolling upgrade the cell replicas answer with different models: one patient's cells must all
+come from one model (chunks answered by another are sent again), or the request fails with 503."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from gateway.clients import UpstreamError
+from gateway.pipeline import MIXED_MODEL_ROUNDS, PatientClassifier, cell_model_identity
+
+OLD = {"name": "aml-cell-resnet", "version": "2.0.0", "sha256": "a" * 64, "apl_head": None}
+NEW = {"name": "aml-cell-resnet", "version": "2.0.0", "sha256": "a" * 64,
+       "apl_head": {"name": "aml-apl-cell-head", "version": "1.0.0", "sha256": "b" * 64}}
+
+
+class ScriptedCells:
+    """A cell client whose n-th call is answered by ``script[n]`` (the last one repeats)."""
+
+    def __init__(self, script):
+        self.script = script
+        self.calls: list[list[str]] = []
+
+    async def classify(self, images, request_id):
+        model = self.script[min(len(self.calls), len(self.script) - 1)]
+        self.calls.append([name for name, _ in images])
+        logit = 0.5 if model["apl_head"] else None
+        return {"model": model, "results": [{"filename": name, "label": "blast", "confidence": 0.9,
+                                             "apl_logit": logit} for name, _ in images]}
+
+
+def classifier(cells) -> PatientClassifier:
+    pipeline = PatientClassifier(None, cells, None, chunk_size=2, chunk_concurrency=1, store=None)
+    pipeline._models = {"cell": {k: OLD[k] for k in ("name", "version", "sha256")}, "apl_cell_head": None}
+    return pipeline
+
+
+def images(n):
+    return [(f"{i:064x}", f"cell{i}.jpg", b"x") for i in range(n)]
+
+
+def test_chunks_from_another_model_are_sent_again_until_one_model_answered_all():
+    # 3 chunks: NEW, OLD, NEW in the first round; the OLD chunk is sent again and NEW answers it
+    cells = ScriptedCells([NEW, OLD, NEW, NEW])
+    pipeline = classifier(cells)
+    results, answered_by = asyncio.run(pipeline._classify_missing(images(6), "r1"))
+    assert answered_by == cell_model_identity(NEW)
+    assert len(results) == 6 and all(r["apl_logit"] == 0.5 for r in results.values())
+    assert cells.calls[3] == cells.calls[1]  # the OLD chunk went again
+    assert pipeline._models["apl_cell_head"]["sha256"] == "b" * 64  # the gateway follows the upgrade
+
+
+def test_a_target_model_is_kept_even_when_the_first_round_disagrees():
+    cells = ScriptedCells([OLD, OLD, NEW])
+    results, answered_by = asyncio.run(classifier(cells)._classify_missing(images(4), "r2",
+                                                                           target=cell_model_identity(NEW)))
+    assert answered_by == cell_model_identity(NEW)
+    assert all(r["apl_logit"] == 0.5 for r in results.values())
+    assert len(cells.calls) == 4  # 2 chunks answered by OLD, both sent again
+
+
+def test_replicas_that_keep_disagreeing_give_503_not_a_mixed_report():
+    cells = ScriptedCells([NEW, OLD, OLD])  # the patient's model is NEW (first chunk); OLD answers the rest for ever
+    with pytest.raises(UpstreamError) as failure:
+        asyncio.run(classifier(cells)._classify_missing(images(4), "r3"))
+    assert failure.value.status == 503 and "different models" in failure.value.detail
+    assert len(cells.calls) == 2 + (MIXED_MODEL_ROUNDS - 1)  # 2 chunks, then the OLD one again each round
