@@ -17,9 +17,19 @@ def cell_cache_model(cell_sha256: str, apl_head_sha256: str | None) -> str:
     return f"{cell_sha256}+{apl_head_sha256}" if apl_head_sha256 else cell_sha256
 
 
+def cell_model_identity(model: Mapping) -> tuple[str, str | None]:
+    """What makes a cell's answer: the CNN file and the APL head (a cell service's ``model``)."""
+    return model["sha256"], (model.get("apl_head") or {}).get("sha256")
+
+
+def cell_model_identity_of(models: Mapping) -> tuple[str | None, str | None]:
+    """The same for a report's or the gateway's ``models`` (``cell`` and ``apl_cell_head``)."""
+    return (models.get("cell") or {}).get("sha256"), (models.get("apl_cell_head") or {}).get("sha256")
+
+
 def cell_cache_model_of(models: Mapping) -> str:
     """``cell_cache_model`` of a stored report's ``models``."""
-    return cell_cache_model(models["cell"]["sha256"], (models.get("apl_cell_head") or {}).get("sha256"))
+    return cell_cache_model(*cell_model_identity_of(models))
 
 
 def subtype_request(counts: dict[str, int], cells: Iterable[Mapping], head_sha256: str | None) -> dict:

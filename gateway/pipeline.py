@@ -26,16 +26,6 @@ MODELS_RECHECK_S = 30.0
 MIXED_MODEL_ROUNDS = 4  # rounds of re-sending chunks answered by another model than the patient's
 
 
-def cell_model_identity(model: dict) -> tuple[str, str | None]:
-    """What makes a cell answer: the CNN file and the APL head (a cell service's ``model``)."""
-    return model["sha256"], (model.get("apl_head") or {}).get("sha256")
-
-
-def cell_model_identity_of(models: dict) -> tuple[str | None, str | None]:
-    """The same for the gateway's view of the models (``models()``)."""
-    return (models.get("cell") or {}).get("sha256"), (models.get("apl_cell_head") or {}).get("sha256")
-
-
 def latest_key(patient_id: str) -> str:
     return f"latest:{patient_id}"
 
@@ -109,7 +99,7 @@ class PatientClassifier:
             answered = await self._send_chunks(chunks, request_id)
             by_model: dict[tuple, list] = {}
             for chunk, body in answered:
-                identity = cell_model_identity(body["model"])
+                identity = apl.cell_model_identity(body["model"])
                 model_of[identity] = body["model"]
                 by_model.setdefault(identity, []).append((chunk, body))
             if target is None:
@@ -125,7 +115,7 @@ class PatientClassifier:
         else:
             raise UpstreamError(503, "the cell service's replicas answer with different models (an upgrade in "
                                      "progress?): retry in a minute")
-        if target in model_of and target != cell_model_identity_of(self._models):
+        if target in model_of and target != apl.cell_model_identity_of(self._models):
             body_model = model_of[target]  # the service was upgraded
             self._models["cell"] = _models_info(body_model)
             self._models["apl_cell_head"] = _optional_info(body_model.get("apl_head"))
@@ -163,14 +153,14 @@ class PatientClassifier:
         if cached is not None and cached.get("report_id"):
             return PatientReport(**{**cached, "cached": True})
 
-        cell_key = apl.cell_cache_model_of(models)
+        looked_up = apl.cell_model_identity_of(models)
+        cell_key = apl.cell_cache_model(*looked_up)
         unique = list(dict.fromkeys(hashes))
         known = dict(zip(unique, await self.cache.get_many([f"cell:{cell_key}:{sha}" for sha in unique])))
         first_of = {}
         for sha, (name, data) in zip(hashes, images):
             first_of.setdefault(sha, (sha, name, data))
         missing = [first_of[sha] for sha in unique if known[sha] is None]
-        looked_up = cell_model_identity_of(models)
         fresh, answered_by = await self._classify_missing(missing, request_id) if missing else ({}, looked_up)
         if answered_by != looked_up and any(v is not None for v in known.values()):
             # the service was upgraded since the cache lookup: the cached cells are the old model's
@@ -178,7 +168,7 @@ class PatientClassifier:
             again, _ = await self._classify_missing(stale, request_id, target=answered_by)
             fresh.update(again)
             known = {sha: None for sha in unique}
-        if cell_model_identity_of(self._models) != looked_up:
+        if answered_by != looked_up:
             content = content_key(self._models, hashes, images)  # stored under the model that answered
         cell_key = apl.cell_cache_model(*answered_by)  # the model that answered, whatever others set since
         await self.cache.set_many({f"cell:{cell_key}:{sha}": {"label": r["label"], "confidence": r["confidence"],
