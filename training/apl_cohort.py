@@ -18,7 +18,8 @@ import numpy as np
 
 from shared.hashing import file_sha256
 from shared.preprocessing import PREPROCESSING_VERSION, preprocess_file
-from shared.vocabulary import CELL_LABELS, CELL_TYPES, UNCLASSIFIED
+from shared.vocabulary import CELL_LABELS
+from training.metrics import card_unclassified_rule
 
 
 @dataclass
@@ -35,33 +36,18 @@ class Cohort:
 
     def subset(self, patients: np.ndarray) -> "Cohort":
         """The cells of ``patients`` (indices), patients renumbered in the given order."""
+        from training.apl_cv import cells_of
+
         patients = np.asarray(patients)
-        remap = -np.ones(len(self.patient_ids), dtype=int)
-        remap[patients] = np.arange(len(patients))
-        keep = np.isin(self.cell_patient, patients)
+        keep, cell_patient = cells_of(self.cell_patient, patients, len(self.patient_ids))
         return Cohort([self.patient_ids[p] for p in patients], self.is_apl[patients],
-                      [f for f, k in zip(self.files, keep) if k], remap[self.cell_patient[keep]],
+                      [f for f, k in zip(self.files, keep) if k], cell_patient,
                       self.embeddings[keep], self.probabilities[keep], [self.counts[p] for p in patients])
 
 
 def read_patients(root: Path) -> dict[str, int]:
     with open(root / "patients.csv", newline="") as handle:
         return {row["patient_id"]: int(row["is_apl"]) for row in csv.DictReader(handle)}
-
-
-def label_rule(card: dict):
-    """The cell service's labelling rule (threshold, per-class minimum) as a function of probabilities."""
-    rule = card["unclassified_rule"]
-    threshold = float(rule["threshold"])
-    minimum = {CELL_TYPES.index(k): float(v) for k, v in rule.get("class_minimum", {}).items()}
-
-    def labels(probabilities: np.ndarray) -> list[str]:
-        best = probabilities.argmax(axis=1)
-        confidence = probabilities.max(axis=1)
-        return [CELL_TYPES[b] if c >= max(threshold, minimum.get(int(b), 0.0)) else UNCLASSIFIED
-                for b, c in zip(best, confidence)]
-
-    return labels
 
 
 def _run_model(model_path: Path, paths: list[Path], batch: int = 128, workers: int = 2) -> tuple[np.ndarray, np.ndarray]:
@@ -113,7 +99,7 @@ def load_cohort(root: Path, model_dir: Path, cache_dir: Path | None) -> Cohort:
             cache.parent.mkdir(parents=True, exist_ok=True)
             np.savez(cache, files=np.array(files), probabilities=probabilities, embeddings=embeddings)
     cell_patient = np.array(owner)
-    labels = label_rule(card)(probabilities)
+    labels = [CELL_LABELS[i] for i in card_unclassified_rule(card)(probabilities)]
     counts = [{label: 0 for label in CELL_LABELS} for _ in patient_ids]
     for patient, label in zip(cell_patient, labels):
         counts[patient][label] += 1

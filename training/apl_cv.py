@@ -85,13 +85,29 @@ class CellHead:
         return embeddings.astype(np.float64) @ self.weights + self.bias
 
 
+def patient_feature_rows(cell_logits: np.ndarray, cell_patient: np.ndarray, counts: list[dict],
+                         top_fraction: float) -> list[dict[str, float]]:
+    """Every ``shared.apl`` feature of each patient (``cell_patient`` numbers patients as ``counts``)."""
+    return [apl_features(cell_logits[cell_patient == patient], patient_counts, top_fraction)
+            for patient, patient_counts in enumerate(counts)]
+
+
+def feature_matrix(rows: list[dict[str, float]], names: list[str]) -> np.ndarray:
+    return np.array([[row[name] for name in names] for row in rows], dtype=np.float64)
+
+
 def patient_feature_matrix(cell_logits: np.ndarray, cell_patient: np.ndarray, counts: list[dict],
                            names: list[str], top_fraction: float) -> np.ndarray:
-    rows = []
-    for patient, patient_counts in enumerate(counts):
-        values = apl_features(cell_logits[cell_patient == patient], patient_counts, top_fraction)
-        rows.append([values[name] for name in names])
-    return np.array(rows, dtype=np.float64)
+    return feature_matrix(patient_feature_rows(cell_logits, cell_patient, counts, top_fraction), names)
+
+
+def cells_of(cell_patient: np.ndarray, patients: np.ndarray, n_patients: int) -> tuple[np.ndarray, np.ndarray]:
+    """The mask of the cells of ``patients`` and, for those cells, their patient numbered by position in
+    ``patients`` (0 .. len(patients) - 1)."""
+    position = -np.ones(n_patients, dtype=int)
+    position[patients] = np.arange(len(patients))
+    mask = np.isin(cell_patient, patients)
+    return mask, position[cell_patient[mask]]
 
 
 def patient_model(c: float = 1.0):
@@ -103,10 +119,8 @@ def cross_fitted_logits(embeddings, cell_patient, is_apl, c: float, folds: int, 
     logits = np.zeros(len(cell_patient))
     splitter = StratifiedKFold(folds, shuffle=True, random_state=seed)
     for train, test in splitter.split(np.zeros(len(is_apl)), is_apl):
-        train_cells = np.isin(cell_patient, train)
-        remap = -np.ones(len(is_apl), dtype=int)
-        remap[train] = np.arange(len(train))
-        head = CellHead(c).fit(embeddings[train_cells], remap[cell_patient[train_cells]], is_apl[train])
+        train_cells, train_patient = cells_of(cell_patient, train, len(is_apl))
+        head = CellHead(c).fit(embeddings[train_cells], train_patient, is_apl[train])
         test_cells = np.isin(cell_patient, test)
         logits[test_cells] = head.logits(embeddings[test_cells])
     return logits
@@ -141,22 +155,16 @@ def repeated_cv(embeddings: np.ndarray, cell_patient: np.ndarray, is_apl: np.nda
     for repeat in range(repeats):
         splitter = StratifiedKFold(folds, shuffle=True, random_state=seed + repeat)
         for fold, (train, test) in enumerate(splitter.split(np.zeros(len(is_apl)), is_apl)):
-            train_cells = np.isin(cell_patient, train)
-            remap = -np.ones(len(is_apl), dtype=int)
-            remap[train] = np.arange(len(train))
-            train_patient = remap[cell_patient[train_cells]]
+            train_cells, train_patient = cells_of(cell_patient, train, len(is_apl))
             inner = cross_fitted_logits(embeddings[train_cells], train_patient, is_apl[train], head_c,
                                         inner_folds, seed + 1000 * repeat + fold)
             head = CellHead(head_c).fit(embeddings[train_cells], train_patient, is_apl[train])
-            test_cells = np.isin(cell_patient, test)
-            remap_test = -np.ones(len(is_apl), dtype=int)
-            remap_test[test] = np.arange(len(test))
-            test_logits = head.logits(embeddings[test_cells])
+            test_cells, test_patient = cells_of(cell_patient, test, len(is_apl))
+            train_rows = patient_feature_rows(inner, train_patient, [counts[p] for p in train], top_fraction)
+            test_rows = patient_feature_rows(head.logits(embeddings[test_cells]), test_patient,
+                                             [counts[p] for p in test], top_fraction)
             for name, names in configurations.items():
-                x_train = patient_feature_matrix(inner, train_patient, [counts[p] for p in train], names,
-                                                 top_fraction)
-                x_test = patient_feature_matrix(test_logits, remap_test[cell_patient[test_cells]],
-                                                [counts[p] for p in test], names, top_fraction)
+                x_train, x_test = feature_matrix(train_rows, names), feature_matrix(test_rows, names)
                 model = patient_model().fit(x_train, is_apl[train])
                 oof[name][repeat, test] = model.predict_proba(x_test)[:, 1]
             progress(f"  repeat {repeat + 1}/{repeats} fold {fold + 1}/{folds}")

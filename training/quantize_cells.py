@@ -189,15 +189,6 @@ def fullsize_copies(test) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return {decoder: (np.stack(a), test.labels) for decoder, a in arrays.items()}
 
 
-def rule_of(card: dict):
-    from shared.vocabulary import CELL_TYPES
-    from training.metrics import apply_unclassified_rule
-
-    rule = card["unclassified_rule"]
-    minimum = {CELL_TYPES.index(k): float(v) for k, v in (rule.get("class_minimum") or {}).items()}
-    return lambda p: apply_unclassified_rule(p, float(rule["threshold"]), len(CELL_TYPES), minimum)
-
-
 def summary(labels: np.ndarray, predicted: np.ndarray) -> dict:
     from shared.vocabulary import CELL_TYPES
     from training.metrics import classification_report
@@ -253,7 +244,9 @@ def main(argv: list[str] | None = None) -> dict:
     float_path = args.model_dir / card["file"]
     if file_sha256(float_path) != card["sha256"]:
         raise SystemExit(f"{float_path} does not match its card's sha256")
-    rule = rule_of(card)
+    from training.metrics import card_unclassified_rule
+
+    rule = card_unclassified_rule(card)
 
     data = {decoder: load_splits(args, decoder) for decoder in ("draft", "full")}
     for name, (train, val, test) in data["draft"].items():
