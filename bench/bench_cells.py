@@ -130,7 +130,8 @@ def inference_alone(arrays: np.ndarray, model: CellModel, min_seconds: float) ->
     per_batch = {}
     for size in BATCH_SIZES:
         batches = [arrays[i: i + size] for i in range(0, len(arrays) - size + 1, size)]
-        per_batch[size] = timed_rounds(lambda: [model.predict(b) for b in batches], len(batches) * size,
+        # infer: what the service's batches run (the CNN's probabilities and embeddings, then the APL head)
+        per_batch[size] = timed_rounds(lambda: [model.infer(b) for b in batches], len(batches) * size,
                                        min_seconds)
     return per_batch
 
@@ -151,7 +152,7 @@ def ceiling(images, model: CellModel, decoder: str, opts: Options, min_seconds: 
 
             def run():
                 for chunk in chunks:
-                    model.predict(np.stack([a for a, _ in pool.map(work, chunk)]))
+                    model.infer(np.stack([a for a, _ in pool.map(work, chunk)]))
 
             results[size] = timed_rounds(run, len(chunks) * size, min_seconds)
     return results
