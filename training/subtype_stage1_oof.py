@@ -51,8 +51,8 @@ def main(argv: list[str] | None = None) -> None:
         x, y, w = T.training_rows(f, y, args.copies, rng, args.seed + fold, w)
         rows = test[test >= offset] - offset
         for m in MEMBERS:
-            p_aml[m][fold // 5, rows] = fit_member(m, args.seed + fold, x, y, w).predict_proba(x_cell[rows])[:, 1]
-        print(f"fold {fold + 1}/{5 * args.repeats}", flush=True)
+            p_aml[m][fold // T.CV_FOLDS, rows] = fit_member(m, args.seed + fold, x, y, w).predict_proba(x_cell[rows])[:, 1]
+        print(f"fold {fold + 1}/{T.CV_FOLDS * args.repeats}", flush=True)
     served = SubtypeEnsemble(T.DEFAULT_OUT)
     stage2 = served.stage_probabilities("subtype", x_cell)
     rows = []

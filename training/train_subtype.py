@@ -43,6 +43,7 @@ from training.subtype_report import evaluate, extra_aml_evaluation, weight_compa
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO_ROOT / "services" / "subtype" / "model"
 MIN_LEUKOCYTES = 50
+CV_FOLDS = 5  # per repeat of the patient-level CV
 MODEL_VERSION = "2.1.1"  # 2.0.0: features over the leukocyte categories of vocabulary 2.0; 2.1.0: + DeepAPL AML in stage 1;
 # 2.1.1: stage 1 has its own voting weights (STAGE1_WEIGHTS), same members
 # Label of an extra AML patient (DeepAPL): AML for stage 1, subtype unknown, so never in stage 2.
@@ -226,7 +227,7 @@ def predict_members(fitted: dict[str, dict], x: np.ndarray) -> dict[str, np.ndar
 def cv_splits(cohort: Cohort, repeats: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """(train, test) row indices of every fold; one row per patient, so each patient is in exactly one test
     fold per repeat; stratified by ``cohort.strata`` (every fold holds MLL classes and DeepAPL patients)."""
-    splitter = RepeatedStratifiedKFold(n_splits=5, n_repeats=repeats, random_state=seed)
+    splitter = RepeatedStratifiedKFold(n_splits=CV_FOLDS, n_repeats=repeats, random_state=seed)
     return list(splitter.split(cohort.fractions, cohort.strata))
 
 
@@ -247,7 +248,7 @@ def cross_validate(cohort: Cohort, repeats: int, copies: int, seed: int,
     noisy_test = simulate_cnn_counts(patients.fractions, noise_rng)  # one simulated CNN count per patient
     x_clean, x_noisy = feature_matrix(patients.fractions), feature_matrix(noisy_test)
     for fold, (train, test) in enumerate(cv_splits(cohort, repeats, seed)):
-        repeat = fold // 5
+        repeat = fold // CV_FOLDS
         started = time.perf_counter()
         fitted = fit_stages(patients.fractions[train], patients.labels[train], copies, seed + fold, extra_weight)
         for kind, x in (("expert_counts", x_clean), ("simulated_cnn_counts", x_noisy)):
@@ -258,7 +259,7 @@ def cross_validate(cohort: Cohort, repeats: int, copies: int, seed: int,
                 stage1_oof[kind][member][repeat, test] = p
             for w in LR_WEIGHT_GRID:
                 weighted[kind][w][repeat, test] = vote(stage1, stage2, lr_weighting(w), STAGE1_WEIGHTS)
-        print(f"fold {fold + 1}/{5 * repeats} done in {time.perf_counter() - started:.1f}s", flush=True)
+        print(f"fold {fold + 1}/{CV_FOLDS * repeats} done in {time.perf_counter() - started:.1f}s", flush=True)
     return probabilities, weighted, stage1_oof
 
 
