@@ -62,6 +62,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--small-size", type=int, default=96, help="image side in the early epochs")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--deepapl-weight", type=float, default=1.0,
+                        help="loss weight of a DeepAPL training cell relative to a PBC cell of the same class "
+                             "(on top of the class weights; the average weight per training image stays 1)")
     parser.add_argument("--ema-momentum", type=float, default=0.0,
                         help="exponential moving average of the weights (e.g. 0.998; the fitted network is the "
                              "average); 0: off, as for the committed 2.0.0. A fine-tune of 2.0.0 with 0.998 (6 "
@@ -87,7 +90,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 FIT_RECORD_KEYS = ("epochs", "epoch_image_sizes", "augmentation", "zoom_range", "batch_size", "peak_learning_rate",
-                   "seed", "class_weight", "initial_network", "fit_seconds", "epoch_seconds", "epochs_run",
+                   "seed", "class_weight", "source_weight", "initial_network", "fit_seconds", "epoch_seconds", "epochs_run",
                    "stopped_by_time_budget", "history")
 
 
@@ -114,7 +117,14 @@ def initial_network(path: Path):
         "class_order": card["class_order"]}
 
 
-def fit(args: argparse.Namespace, train, val, started: float):
+def sample_weights(labels: np.ndarray, sources: np.ndarray, class_weight: dict[int, float],
+                   source_weight: dict[str, float]) -> np.ndarray:
+    """Per-image loss weight: its class weight times its source's weight, scaled to average 1."""
+    weights = np.array([class_weight[int(c)] for c in labels]) * np.array([source_weight.get(s, 1.0) for s in sources])
+    return weights * (len(weights) / weights.sum())
+
+
+def fit(args: argparse.Namespace, train, val, started: float, train_sources: np.ndarray | None = None):
     """Train the network on ``train``; returns it and the record of its fit for the card."""
     import keras
 
@@ -152,9 +162,13 @@ def fit(args: argparse.Namespace, train, val, started: float):
     print(f"network: {network.count_params():,} parameters, input {IMAGE_SIZE}x{IMAGE_SIZE} uint8", flush=True)
     fit_started = time.perf_counter()
     budget = cnn.EpochClock(started, args.time_budget_min * 60.0)
+    source_weight = {"deepapl": args.deepapl_weight}
+    weighting = {"class_weight": class_weight}
+    if args.deepapl_weight != 1.0 and train_sources is not None:
+        weighting = {"sample_weight": sample_weights(train.labels, train_sources, class_weight, source_weight)}
     history = training_model.fit(
         train.images, train.labels, batch_size=args.batch_size, epochs=args.epochs,
-        validation_data=(val.images, val.labels), class_weight=class_weight, shuffle=True, verbose=args.verbose,
+        validation_data=(val.images, val.labels), shuffle=True, verbose=args.verbose, **weighting,
         callbacks=[budget, cnn.ProgressiveResize(augmentation, sizes)],
     )
     fit_seconds = time.perf_counter() - fit_started
@@ -172,6 +186,7 @@ def fit(args: argparse.Namespace, train, val, started: float):
                              if args.ema_momentum > 0 else None),
         "seed": args.seed,
         "class_weight": {CELL_TYPES[i]: round(w, 4) for i, w in class_weight.items()},
+        "source_weight": source_weight if "sample_weight" in weighting else None,
         "initial_network": init_record,
         "fit_seconds": round(fit_seconds, 1),
         "epoch_seconds": [round(t, 1) for t in budget.epoch_seconds],
@@ -233,7 +248,8 @@ def main(argv: list[str] | None = None) -> dict:
                                       "total_seconds": fit_record.get("total_seconds", fit_record.get("fit_seconds"))}}
         print(f"fit skipped: network from {args.from_network}", flush=True)
     else:
-        network, fit_record = fit(args, train, val, started)
+        train_sources = np.concatenate([[name] * len(s[0]) for name, s in sources.items()])
+        network, fit_record = fit(args, train, val, started, train_sources)
         fitted = args.out / FITTED_DIR
         fitted.mkdir(parents=True, exist_ok=True)
         network.save(fitted / model_card.KERAS_FILE)

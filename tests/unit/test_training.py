@@ -148,3 +148,19 @@ def test_network_from_an_earlier_vocabulary_keeps_the_shared_classes():
     assert new.shape == (3, len(CELL_TYPES))
     for i, name in enumerate(earlier_classes):
         assert np.allclose(new[:, CELL_TYPES.index(name)], old[:, i], atol=1e-4)
+
+
+def test_source_weight_scales_a_sources_cells_against_the_class_weights_and_keeps_the_mean():
+    from training.train_cells import sample_weights, square_root_class_weights
+
+    labels = np.array([0, 0, 0, 1, 1, 2])
+    sources = np.array(["pbc", "deepapl", "pbc", "deepapl", "pbc", "deepapl"])
+    class_weight = square_root_class_weights(labels, 3)
+    weights = sample_weights(labels, sources, class_weight, {"deepapl": 2.0})
+    assert weights.mean() == pytest.approx(1.0)
+    assert weights[1] / weights[0] == pytest.approx(2.0)  # same class, DeepAPL twice PBC
+    assert weights[3] / weights[4] == pytest.approx(2.0)
+    assert weights[0] / weights[4] == pytest.approx(class_weight[0] / class_weight[1])
+    unweighted = sample_weights(labels, sources, class_weight, {})
+    assert np.allclose(unweighted / unweighted.mean(), [class_weight[int(c)] for c in labels] / np.mean(
+        [class_weight[int(c)] for c in labels]))
