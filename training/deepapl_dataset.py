@@ -117,6 +117,11 @@ def split_dataset(root: Path, cache_dir: Path | None = None, per_class_limit: in
     return splits[0], splits[1], splits[2]
 
 
+def patient_of(path: str | Path) -> str:
+    """The patient a cell image belongs to (``images/<patient_id>/<file>``)."""
+    return Path(path).parent.name
+
+
 def held_out_cells(root: Path) -> list[Cell]:
     """Verified cells of classes the vocabulary has no label for (never used in training)."""
     return [c for c in verified_cells(root) if c.label is None]

@@ -124,3 +124,29 @@ def leukaemia_summary(labels: np.ndarray, predicted: np.ndarray) -> dict:
         "n_normal": int(normal.sum()),
         "normal_called_blast": float((predicted[normal] == blast).mean()) if normal.any() else float("nan"),
     }
+
+
+LEUKAEMIA_RATES: tuple[str, ...] = ("accuracy_9", "blast_flagged", "normal_called_blast")
+"""The leukaemia-view rates the issue sets targets for; intervals are given for these."""
+
+
+def patient_bootstrap_intervals(labels: np.ndarray, predicted: np.ndarray, patients: np.ndarray,
+                                repeats: int = 2000, level: float = 0.95, seed: int = 0) -> dict:
+    """Percentile intervals of the ``LEUKAEMIA_RATES`` when the *patients* are resampled with replacement
+    (all of a drawn patient's cells come along): the spread a new set of patients of the same size would
+    show, which is what matters when a few patients hold most of the errors. ``{rate: [low, high]}`` plus
+    ``patients`` and ``repeats``; a resample without blasts or normal cells does not count for that rate."""
+    rng = np.random.default_rng(seed)
+    ids, inverse = np.unique(np.asarray(patients), return_inverse=True)
+    rows_of = [np.flatnonzero(inverse == i) for i in range(len(ids))]
+    draws: dict[str, list[float]] = {name: [] for name in LEUKAEMIA_RATES}
+    for _ in range(repeats):
+        rows = np.concatenate([rows_of[i] for i in rng.integers(0, len(ids), len(ids))])
+        summary = leukaemia_summary(labels[rows], predicted[rows])
+        for name in LEUKAEMIA_RATES:
+            if not np.isnan(summary[name]):
+                draws[name].append(summary[name])
+    tail = (1.0 - level) / 2.0
+    return {"patients": int(len(ids)), "repeats": int(repeats), "level": level,
+            **{name: [float(np.quantile(v, tail)), float(np.quantile(v, 1.0 - tail))] if v else None
+               for name, v in draws.items()}}

@@ -246,6 +246,14 @@ def _markdown(card: dict) -> str:
         for split, m in leukaemia.items():
             lines.append(f"| {split} | {m['n_counted']} | {m['accuracy_9']:.4f} | {m['n_blasts']} | "
                          f"{m['blast_recall']:.4f} | {m['blast_flagged']:.4f} | {m['normal_called_blast']:.4f} |")
+        for split, m in leukaemia.items():
+            intervals = m.get("patient_bootstrap_95")
+            if intervals:
+                lines += ["", f"On {split}, 95 % intervals when its {intervals['patients']} patients are resampled "
+                          f"({intervals['repeats']} patient bootstraps; a few patients hold most errors): "
+                          + ", ".join(f"{name} {low:.3f}-{high:.3f}" for name in ("accuracy_9", "blast_flagged",
+                                                                                 "normal_called_blast")
+                                      if intervals.get(name) for low, high in [intervals[name]]) + "."]
     for split in [k for k in card["metrics"] if k.startswith("test_") and not k.endswith("_rule")]:
         lines += ["", f"Per class on {split}:", "", "| class | precision | recall | F1 | support |",
                   "|---|---|---|---|---|"]

@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> dict:
     from training import cnn, deepapl_dataset, export_onnx, model_card, pbc_dataset
     from training.metrics import (NORMAL_TYPES, apply_unclassified_rule, class_minimum_for_false_positives,
                                   classification_report, confidence_threshold, fit_temperature, leukaemia_summary,
-                                  softmax)
+                                  patient_bootstrap_intervals, softmax)
 
     keras.utils.set_random_seed(args.seed)
     sources = load_data(args)
@@ -286,6 +286,9 @@ def main(argv: list[str] | None = None) -> dict:
             predicted = predict_with_rule(test_probabilities[name])
             metrics[f"test_{name}"] = classification_report(test.labels, predicted, names) | {
                 "leukaemia": leukaemia_summary(test.labels, predicted)}
+            if name == "deepapl":
+                metrics[f"test_{name}"]["leukaemia"]["patient_bootstrap_95"] = patient_bootstrap_intervals(
+                    test.labels, predicted, np.array([deepapl_dataset.patient_of(p) for p in test.paths]))
             metrics[f"test_{name}_without_unclassified_rule"] = classification_report(
                 test.labels, test_probabilities[name].argmax(axis=1), names)
     held_out = []

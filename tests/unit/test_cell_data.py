@@ -74,6 +74,38 @@ def test_leukaemia_summary_known_answer():
     assert UNCLASSIFIED not in CELL_TYPES
 
 
+def test_patient_bootstrap_intervals_resample_whole_patients():
+    require_training_stack()
+    from training.metrics import patient_bootstrap_intervals
+
+    i = {name: k for k, name in enumerate(CELL_TYPES)}
+    blast, lymph = i["blast"], i["lymphocyte"]
+    # three patients, every cell right: any resample of patients gives 1.0 and 0.0
+    labels = np.array([blast, lymph] * 6)
+    patients = np.repeat(["a", "b", "c"], 4)
+    same = patient_bootstrap_intervals(labels, labels.copy(), patients, repeats=200)
+    assert same["patients"] == 3 and same["accuracy_9"] == [1.0, 1.0] and same["normal_called_blast"] == [0.0, 0.0]
+    # patient "c" calls every lymphocyte a blast: the interval of normal_called_blast spans
+    # resamples without "c" (0) and with "c" drawn every time (all of its 2 of 2 lymphocytes)
+    predicted = labels.copy()
+    predicted[(patients == "c") & (labels == lymph)] = blast
+    spread = patient_bootstrap_intervals(labels, predicted, patients, repeats=2000)
+    low, high = spread["normal_called_blast"]
+    assert low == 0.0 and high == pytest.approx(1.0)
+    assert spread["blast_flagged"] == [1.0, 1.0]
+    # a patient without blasts in every draw: no rate for blasts, no crash
+    only_lymph = patient_bootstrap_intervals(np.array([lymph] * 4), np.array([lymph] * 4), np.array(["a", "a", "b", "b"]))
+    assert only_lymph["blast_flagged"] is None and only_lymph["accuracy_9"] == [1.0, 1.0]
+
+
+def test_deepapl_patient_of_a_cell_is_its_folder():
+    require_training_stack()
+    from training.deepapl_dataset import patient_of, verified_cells
+
+    cell = verified_cells(DEEPAPL_DIR)[0]
+    assert patient_of(cell.path) == cell.patient_id
+
+
 def test_square_root_class_weights():
     require_training_stack()
     from training.train_cells import square_root_class_weights
