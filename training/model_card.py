@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from gateway.quality import SMUDGE_WARNING, UNCLASSIFIED_WARNING
-from shared.preprocessing import DRAFT_MIN_FACTOR, IMAGE_SIZE, PREPROCESSING_VERSION
+from shared.preprocessing import (DRAFT_MIN_FACTOR, IMAGE_SIZE, PREPROCESSING_VERSION, WHITE_GAIN_LIMITS,
+                                  WHITE_REFERENCE, WHITE_TOP_FRACTION)
 from shared.vocabulary import CELL_TYPES, UNCLASSIFIED, VOCABULARY_VERSION
 from shared.hashing import file_sha256
 from training.export_onnx import ONNX_INPUT_NAME, ONNX_OPSET
@@ -67,7 +68,10 @@ def build_card(*, version, onnx_path: Path, output_name, temperature, threshold,
                              "1/4 or 1/8 scale in the DCT domain where that leaves at least "
                              f"{DRAFT_MIN_FACTOR:g}x {IMAGE_SIZE} px on both sides; convert to 8-bit RGB (alpha on white, 16-bit "
                              f"scaled), resize the whole image to {IMAGE_SIZE}x{IMAGE_SIZE} with PIL's "
-                             "antialiased bilinear filter; no crop",
+                             "antialiased bilinear filter; no crop; white balance: each channel scaled so that the "
+                             f"value at its brightest {WHITE_TOP_FRACTION:.0%} of pixels (the background between the red "
+                             f"cells) becomes {'/'.join(f'{v:g}' for v in WHITE_REFERENCE)} (the training images' "
+                             f"median), gains within {WHITE_GAIN_LIMITS[0]:g}-{WHITE_GAIN_LIMITS[1]:g}",
             "normalisation": "inside the network: x / 127.5 - 1",
         },
         "output": {"name": output_name, "meaning": "calibrated probabilities softmax(logits / temperature)"
