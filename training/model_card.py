@@ -153,7 +153,9 @@ def _markdown(card: dict) -> str:
         f"(vocabulary {VOCABULARY_VERSION}, `shared/vocabulary.py`)",
         f"- Network: ResNet-style CNN, {t['parameters']:,} parameters"
         + (f", fine-tuned from `{init['file']}` ({init['name']} {init['version']}, classes "
-           f"{', '.join(init['class_order'])}; new classes started from scratch)" if init else ", trained from scratch"),
+           f"{', '.join(init['class_order'])}"
+           + ("; new classes started from scratch)" if set(card["class_order"]) - set(init["class_order"]) else ")")
+           if init else ", trained from scratch"),
         "",
         "## Unclassified rule (how `unclassified` is set)",
         f"A cell is labelled `{rule['label']}` when its {rule['score']} is below {rule['threshold']:.4f} "
@@ -212,7 +214,9 @@ def _markdown(card: dict) -> str:
         f"- {t.get('epochs_run', t['epochs'])} of {t['epochs']} planned epochs"
         + (" (stopped by the time budget)" if t.get("stopped_by_time_budget") else "")
         + f", batch {t['batch_size']}, AdamW (weight decay 0.05), cosine "
-        f"schedule with warm-up to {t['peak_learning_rate']}, class weights {t['class_weight']}",
+        f"schedule with warm-up to {t['peak_learning_rate']}, class weights {t['class_weight']}"
+        + (", and each source's cells weighted against the other's of the same class: "
+           + ", ".join(f"{k} x{v:g}" for k, v in t["source_weight"].items()) if t.get("source_weight") else ""),
         _sizes_line(t["epoch_image_sizes"]),
         "- Augmentation: any rotation, flips, scale jitter {:g}-{:g}x".format(*augmentation["zoom_range"])
         + ("" if not augmentation.get("wide_zoom_probability") else
@@ -225,7 +229,10 @@ def _markdown(card: dict) -> str:
         + f", per-channel gain, brightness/contrast/saturation/hue jitter (strength "
         f"{augmentation.get('colour_strength', 1.0):g}), random Gaussian blur, sensor noise",
         f"- After the fit, the batch-norm statistics were re-estimated on "
-        f"{t.get('batch_norm_recalibration_images', 0)} clean (un-augmented) training images",
+        f"{t.get('batch_norm_recalibration_images', 0)} clean (un-augmented) training images"
+        + (f"; the fit itself saw preprocessing version {t['fit_preprocessing_version']}, the re-estimation, "
+           f"calibration and every metric here version {PREPROCESSING_VERSION}"
+           if t.get("fit_preprocessing_version", PREPROCESSING_VERSION) != PREPROCESSING_VERSION else ""),
         f"- Time: {t['total_seconds'] / 60:.1f} min in all ({t['fit_seconds'] / 60:.1f} min fitting) on {t['machine']}"
         + (f"; the fit ran first ({t['fitted_in_earlier_run']['total_seconds'] / 60:.1f} min), the rest in a "
            "second run (`--from-network`); the total is the sum" if t.get("fitted_in_earlier_run") else ""),

@@ -89,9 +89,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-FIT_RECORD_KEYS = ("epochs", "epoch_image_sizes", "augmentation", "zoom_range", "batch_size", "peak_learning_rate",
-                   "seed", "class_weight", "source_weight", "initial_network", "fit_seconds", "epoch_seconds", "epochs_run",
-                   "stopped_by_time_budget", "history")
+FIT_RECORD_KEYS = ("fit_preprocessing_version", "epochs", "epoch_image_sizes", "augmentation", "zoom_range",
+                   "batch_size", "peak_learning_rate", "seed", "class_weight", "source_weight", "initial_network",
+                   "fit_seconds", "epoch_seconds", "epochs_run", "stopped_by_time_budget", "history")
 
 
 def square_root_class_weights(labels: np.ndarray, n_classes: int) -> dict[int, float]:
@@ -128,7 +128,7 @@ def fit(args: argparse.Namespace, train, val, started: float, train_sources: np.
     """Train the network on ``train``; returns it and the record of its fit for the card."""
     import keras
 
-    from shared.preprocessing import IMAGE_SIZE
+    from shared.preprocessing import IMAGE_SIZE, PREPROCESSING_VERSION
     from shared.vocabulary import CELL_TYPES
     from training import cnn
 
@@ -174,6 +174,7 @@ def fit(args: argparse.Namespace, train, val, started: float, train_sources: np.
     fit_seconds = time.perf_counter() - fit_started
 
     return network, {
+        "fit_preprocessing_version": PREPROCESSING_VERSION,
         "epochs": args.epochs,
         "epoch_image_sizes": sizes,
         "augmentation": {"zoom_range": list(args.zoom_range), **{k: list(v) if isinstance(v, tuple) else v
