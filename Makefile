@@ -42,9 +42,10 @@ train-subtype: ## cross-validate, train and export the subtype ensemble (stage 1
 	AML_PATIENTS_CSV=$(DATA)/aml_patients/expert_differentials.csv DEEPAPL_DIR=$(DATA)/deepapl_discovery \
 		$(PYTHON) -m training.train_subtype
 
-train-cells: ## fine-tune the committed cell CNN on PBC + DeepAPL, calibrate, evaluate, export (~80 min on 2 cores)
+train-cells: ## fine-tune the committed cell CNN on PBC + DeepAPL (2.1.0's recipe), calibrate, evaluate, export (~40-60 min on 2 cores)
 	PBC_DIR=$(DATA)/pbc DEEPAPL_DIR=$(DATA)/deepapl_discovery $(PYTHON) -m training.train_cells \
-		--init-network services/cell_classifier/model/cell_cnn.keras
+		--init-network services/cell_classifier/model/cell_cnn.keras \
+		--deepapl-weight 2 --learning-rate 5e-4 --epochs 12 --full-size-epochs 12 --seed 11
 
 train-apl: ## APL alert: repeated patient-level CV on the DeepAPL patients, per-cell head + patient model to ONNX, docs/apl_model.md (~20 min)
 	DEEPAPL_DIR=$(DATA)/deepapl_discovery $(PYTHON) -m training.train_apl

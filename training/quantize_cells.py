@@ -349,7 +349,8 @@ def main(argv: list[str] | None = None) -> dict:
                                               "accuracy_change": {k: v["accuracy_change"]
                                                                   for k, v in c["validation"].items()}}
                                           for t, c in candidates.items()}}},
-        "preprocessing": {"today": "full: every file decoded at full size, then resized (version 1)",
+        "preprocessing": {"today": "full: every file decoded at full size, then resized (version 1's decoding; "
+                                   "since version 4 both paths end with the white balance)",
                           "new": "draft: JPEG DCT-domain downscaling where it leaves at least 1.5x the input "
                                  f"size, then resized (version {PREPROCESSING_VERSION}, shared.preprocessing)"},
         "accuracy": accuracy,
