@@ -37,7 +37,7 @@ CONFIGURATIONS = {
     "cells + promyelocyte fraction": ["mean_cell_logit", "promyelocyte_log_fraction"],
     "counts only: promyelocyte + blast fractions": ["promyelocyte_log_fraction", "blast_log_fraction"],
 }
-VERSION = "1.0.0"
+VERSION = "1.1.0"
 MIN_CELLS = 30
 
 

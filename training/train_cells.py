@@ -76,7 +76,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "split's normal cells (the 8 PBC types) are labelled blast; below it: unclassified")
     parser.add_argument("--per-class-limit", type=int, default=None, help="use only N images per class (smoke runs)")
     parser.add_argument("--cache-dir", default=str(REPO_ROOT / ".cache"), help="decoded-array cache; '' for none")
-    parser.add_argument("--version", default="2.0.0")
+    parser.add_argument("--version", default="2.1.0")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--verbose", type=int, default=1, help="Keras progress: 1 bar, 2 line per epoch")
     parser.add_argument("--test-time-views", type=int, default=1,
