@@ -40,8 +40,9 @@ DATA_DESCRIPTION = {
 
 LIMITATIONS = (
     "Trained on two hospitals' CellaVision images (Barcelona, Johns Hopkins); other scanners, stains and "
-    "magnifications are handled by stain and scale augmentation and by the appearance warning, and were "
-    "not measured here. Simulated changes: docs/cell_robustness.md (`python -m training.robustness`).",
+    "magnifications are handled by the white balance in the preprocessing, by stain and scale augmentation "
+    "and by the appearance warning, and were not measured here. Simulated changes: docs/cell_robustness.md "
+    "(`python -m training.robustness`).",
     "Blasts, smudge cells and promyelocytes were learned from one hospital's leukaemic blood (DeepAPL); "
     "abnormal promyelocytes of APL may be labelled blast (WHO counts them as blast equivalents).",
     "Cell types outside the vocabulary (plasma cells, prolymphocytes, hairy cells, ...) get the nearest "
