@@ -50,11 +50,12 @@ def test_smoke_training_run_exports_a_servable_model(tmp_path):
     out = tmp_path / "model"
     command = [sys.executable, "-m", "training.train_cells", "--epochs", "2", "--full-size-epochs", "1",
                "--per-class-limit", "20", "--init-network", str(DEFAULT_MODEL_DIR / "cell_cnn.keras"),
-               "--cache-dir", "", "--out", str(out), "--verbose", "2", "--version", "smoke"]
+               "--cache-dir", "", "--out", str(out), "--verbose", "2", "--version", "smoke", "--deepapl-weight", "2"]
     completed = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     card = json.loads((out / "model_card.json").read_text())
     assert card["version"] == "smoke"
+    assert card["training"]["source_weight"] == {"deepapl": 2.0}  # the fit ran with per-image weights
     # a tiny slice of both sources, split by patient, evaluated per source
     assert card["training"]["n_train"]["pbc"] > 0 and card["training"]["n_train"]["deepapl"] > 0
     assert {"test_pbc", "test_deepapl"} <= set(card["metrics"])
