@@ -75,10 +75,10 @@ def create_app(settings: CellServiceSettings | None = None, model: CellModel | N
         state.admitted_images = 0  # images of requests between admission and answer (decoding, queued, running)
         state.metrics = CellMetrics(settings.max_batch)
         state.decode_workers = LoopWorkers(settings.decode_workers, "decode")
-        state.inference_pool = ThreadPoolExecutor(1, thread_name_prefix="onnx")
+        state.inference_pool = ThreadPoolExecutor(settings.concurrent_batches, thread_name_prefix="onnx")
         loop = asyncio.get_running_loop()
         state.model = model or await loop.run_in_executor(
-            state.inference_pool, lambda: CellModel(settings.model_dir, settings.provider, settings.inference_threads,
+            state.inference_pool, lambda: CellModel(settings.model_dir, settings.provider, settings.threads_per_batch(),
                                                     settings.model_variant)
         )
         await loop.run_in_executor(state.inference_pool, state.model.warm_up)
@@ -87,7 +87,7 @@ def create_app(settings: CellServiceSettings | None = None, model: CellModel | N
             state.model.infer, max_batch=settings.max_batch, max_delay_s=settings.max_delay_ms / 1000.0,
             # admission control below is the real bound; this one only guards the batcher itself
             max_queue=settings.max_queue + settings.max_images, executor=state.inference_pool,
-            on_batch=state.metrics.observe_batch,
+            on_batch=state.metrics.observe_batch, max_concurrent_batches=settings.concurrent_batches,
         )
         state.batcher.start()
         state.ready = True

@@ -24,6 +24,9 @@ class CellServiceSettings(BaseSettings):
                                            "on CUDA), int8 or float")
     max_batch: int = Field(64, ge=1, validation_alias=AliasChoices("MAX_BATCH", "CELL_MAX_BATCH"))
     max_delay_ms: float = Field(5.0, ge=0, validation_alias=AliasChoices("MAX_DELAY_MS", "CELL_MAX_DELAY_MS"))
+    concurrent_batches: int = Field(2, ge=1, validation_alias=AliasChoices("CELL_CONCURRENT_BATCHES"),
+                                    description="batches the model may run at once, each in its own thread (like "
+                                                "two model instances): the next batch starts while one runs")
     max_queue: int = Field(768, ge=1, validation_alias=AliasChoices("MAX_QUEUE", "CELL_MAX_QUEUE"),
                            description="images admitted (decoding, queued or running) before new requests get "
                                        "503; bounds the wait (about 2 s at 350 images/s on 2 CPU cores); an idle "
@@ -35,7 +38,8 @@ class CellServiceSettings(BaseSettings):
                             description="width x height above which an image is refused (decompression bombs)")
     decode_workers: int = Field(max(os.cpu_count() or 1, 1), ge=1, validation_alias=AliasChoices("CELL_DECODE_WORKERS"))
     inference_threads: int = Field(0, ge=0, validation_alias=AliasChoices("CELL_INFERENCE_THREADS"),
-                                   description="onnxruntime intra-op threads; 0 = one per core")
+                                   description="onnxruntime intra-op threads in all, shared out among the "
+                                               "concurrent batches (at least 1 each); 0 = one per core")
     retry_after_s: int = Field(1, ge=1, validation_alias=AliasChoices("CELL_RETRY_AFTER_S"))
     log_level: str = Field("info", validation_alias=AliasChoices("LOG_LEVEL"))
     access_log: bool = Field(False, validation_alias=AliasChoices("CELL_ACCESS_LOG"),
@@ -44,3 +48,7 @@ class CellServiceSettings(BaseSettings):
                                          "per request (issue 12); the metrics count requests by outcome and status")
     internal_token: str | None = Field(None, validation_alias=AliasChoices("INTERNAL_TOKEN"),
                                        description="when set, every call but /healthz and /readyz must carry it")
+
+    def threads_per_batch(self) -> int:
+        """onnxruntime intra-op threads for each of the concurrent batches."""
+        return max(1, (self.inference_threads or os.cpu_count() or 1) // self.concurrent_batches)

@@ -166,3 +166,79 @@ def test_submit_before_start_and_after_stop():
 def test_invalid_configuration():
     with pytest.raises(ValueError):
         DynamicBatcher(Recorder(), max_batch=0, max_delay_s=0.0, max_queue=10)
+
+
+@pytest.mark.parametrize("concurrent", [1, 2])
+def test_the_next_batch_starts_while_one_runs_only_when_concurrent_batches_allow(concurrent):
+    """With room for two batches the batcher hands the next batch to the executor while the first still
+    runs (two model instances, issue 12); with one it waits for the first to finish."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    async def main():
+        started: list[int] = []
+        gate = threading.Event()
+
+        def handler(batch):
+            started.append(int(batch[0]))
+            gate.wait(5)
+            return batch * 2
+
+        pool = ThreadPoolExecutor(concurrent)
+        batcher = DynamicBatcher(handler, max_batch=1, max_delay_s=0.0, max_queue=10, executor=pool,
+                                 max_concurrent_batches=concurrent)
+        batcher.start()
+        first = asyncio.create_task(batcher.submit(np.array([1])))
+        second = asyncio.create_task(batcher.submit(np.array([2])))
+        for _ in range(100):  # give both batches every chance to start
+            await asyncio.sleep(0.005)
+        running_together = sorted(started)
+        gate.set()
+        results = await asyncio.gather(first, second)
+        await batcher.stop()
+        pool.shutdown()
+        return running_together, results
+
+    running_together, results = run(main())
+    assert running_together == ([1, 2] if concurrent == 2 else [1])
+    assert [r.tolist() for r in results] == [[2], [4]]
+
+
+def test_stop_lets_batches_in_the_executor_answer_their_requests():
+    from concurrent.futures import ThreadPoolExecutor
+
+    async def main():
+        gate = threading.Event()
+        pool = ThreadPoolExecutor(2)
+        batcher = DynamicBatcher(lambda b: (gate.wait(5), b * 3)[1], max_batch=4, max_delay_s=0.0, max_queue=10,
+                                 executor=pool, max_concurrent_batches=2)
+        batcher.start()
+        request = asyncio.create_task(batcher.submit(np.array([5])))
+        await asyncio.sleep(0.05)  # the batch is in the executor
+        stopping = asyncio.create_task(batcher.stop())
+        await asyncio.sleep(0.05)
+        assert not stopping.done(), "stop waits for the running batch"
+        gate.set()
+        await stopping
+        pool.shutdown()
+        return await request
+
+    assert run(main()).tolist() == [15]
+
+
+def test_concurrent_batches_must_be_at_least_one():
+    with pytest.raises(ValueError):
+        DynamicBatcher(lambda b: b, max_batch=1, max_delay_s=0.0, max_queue=1, max_concurrent_batches=0)
+
+
+def test_inference_threads_are_shared_out_among_the_concurrent_batches(monkeypatch):
+    import os
+
+    from services.cell_classifier.settings import CellServiceSettings
+
+    monkeypatch.setenv("CELL_INFERENCE_THREADS", "4")
+    assert CellServiceSettings().concurrent_batches == 2 and CellServiceSettings().threads_per_batch() == 2
+    monkeypatch.setenv("CELL_INFERENCE_THREADS", "1")
+    assert CellServiceSettings().threads_per_batch() == 1  # never below one thread per batch
+    monkeypatch.setenv("CELL_INFERENCE_THREADS", "0")
+    monkeypatch.setenv("CELL_CONCURRENT_BATCHES", "1")
+    assert CellServiceSettings().threads_per_batch() == (os.cpu_count() or 1)
