@@ -124,8 +124,9 @@ def sample_weights(labels: np.ndarray, sources: np.ndarray, class_weight: dict[i
     return weights * (len(weights) / weights.sum())
 
 
-def fit(args: argparse.Namespace, train, val, started: float, train_sources: np.ndarray | None = None):
-    """Train the network on ``train``; returns it and the record of its fit for the card."""
+def fit(args: argparse.Namespace, train, val, started: float, train_sources: np.ndarray):
+    """Train the network on ``train`` (``train_sources``: each image's source name); returns it and the record
+    of its fit for the card."""
     import keras
 
     from shared.preprocessing import IMAGE_SIZE, PREPROCESSING_VERSION
@@ -164,7 +165,7 @@ def fit(args: argparse.Namespace, train, val, started: float, train_sources: np.
     budget = cnn.EpochClock(started, args.time_budget_min * 60.0)
     source_weight = {"deepapl": args.deepapl_weight}
     weighting = {"class_weight": class_weight}
-    if args.deepapl_weight != 1.0 and train_sources is not None:
+    if args.deepapl_weight != 1.0:
         weighting = {"sample_weight": sample_weights(train.labels, train_sources, class_weight, source_weight)}
     history = training_model.fit(
         train.images, train.labels, batch_size=args.batch_size, epochs=args.epochs,

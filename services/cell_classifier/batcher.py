@@ -3,7 +3,8 @@
 Requests submit arrays of items; single items queue up and one background task
 takes up to ``max_batch`` of them per run, waiting at most ``max_delay_s`` after the
 first for more, and hands the batch to the executor; up to ``max_concurrent_batches``
-batches run at once (Triton's instance count), so the next one forms while one runs. The queue is bounded in items: a request that does not fit is
+batches run at once (Triton's instance count), so the next one forms while one runs.
+The queue is bounded in items: a request that does not fit is
 refused whole with ``QueueFull`` (the service answers 503 + Retry-After). The
 handler runs in a worker thread; if it raises, only the requests with items in
 that batch fail.
