@@ -42,10 +42,11 @@ train-subtype: ## cross-validate, train and export the subtype ensemble (stage 1
 	AML_PATIENTS_CSV=$(DATA)/aml_patients/expert_differentials.csv DEEPAPL_DIR=$(DATA)/deepapl_discovery \
 		$(PYTHON) -m training.train_subtype
 
-train-cells: ## fine-tune the committed cell CNN on PBC + DeepAPL (2.1.0's recipe), calibrate, evaluate, export (~40-60 min on 2 cores)
+train-cells: ## fine-tune the committed cell CNN on PBC + DeepAPL and average it with the committed one (2.2.0's recipe), calibrate, evaluate, export (~35-60 min on 2 cores)
 	PBC_DIR=$(DATA)/pbc DEEPAPL_DIR=$(DATA)/deepapl_discovery $(PYTHON) -m training.train_cells \
 		--init-network services/cell_classifier/model/cell_cnn.keras \
-		--deepapl-weight 2 --learning-rate 5e-4 --epochs 12 --full-size-epochs 12 --seed 11
+		--soup-with services/cell_classifier/model/cell_cnn.keras \
+		--deepapl-weight 2 --learning-rate 5e-4 --epochs 12 --full-size-epochs 12 --seed 23
 
 train-apl: ## APL alert: repeated patient-level CV on the DeepAPL patients, per-cell head + patient model to ONNX, docs/apl_model.md (~20 min)
 	DEEPAPL_DIR=$(DATA)/deepapl_discovery $(PYTHON) -m training.train_apl

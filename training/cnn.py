@@ -185,6 +185,24 @@ def network_from(earlier: keras.Model, earlier_classes: list[str]) -> keras.Mode
     return network
 
 
+def average_weights(networks: list[keras.Model]) -> keras.Model:
+    """A uniform "model soup": a new network whose every weight is the mean of ``networks``' (same
+    architecture, fine-tuned from a common network so that they lie in one basin). Batch-norm moving
+    statistics are averaged too; re-estimate them afterwards (``recalibrate_batch_norm``)."""
+    if len(networks) < 2:
+        raise ValueError("average_weights needs at least two networks")
+    soup = build_network()
+    for layer_index, layer in enumerate(soup.layers):
+        stacks = [net.layers[layer_index].get_weights() for net in networks]
+        if not stacks[0]:
+            continue
+        shapes = [[w.shape for w in weights] for weights in stacks]
+        if any(s != shapes[0] for s in shapes):
+            raise ValueError(f"layer {layer.name}: the networks' weights differ in shape")
+        layer.set_weights([np.mean(np.stack(ws), axis=0) for ws in zip(*stacks)])
+    return soup
+
+
 def recalibrate_batch_norm(network: keras.Model, images: np.ndarray, batch_size: int = 64,
                            max_batches: int = 100, seed: int = 0) -> int:
     """Re-estimate every BatchNormalization layer's moving mean and variance on clean training

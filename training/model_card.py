@@ -229,6 +229,12 @@ def _markdown(card: dict) -> str:
            f"(concentrations x 1 +- {augmentation['stain_scale']:g})")
         + f", per-channel gain, brightness/contrast/saturation/hue jitter (strength "
         f"{augmentation.get('colour_strength', 1.0):g}), random Gaussian blur, sensor noise",
+        *([f"- Then its weights were averaged with those of "
+           + ", ".join(f"`{w['file']}` ({w['name']} {w['version']})" for w in t["soup"]["with"])
+           + " (a uniform model soup: every weight the mean"
+           + ("; the fit had started from that network)" if init and [w["sha256"] for w in t["soup"]["with"]]
+              == [init["sha256"]] else "; networks fine-tuned from a common one)")]
+          if t.get("soup") else []),
         f"- After the fit, the batch-norm statistics were re-estimated on "
         f"{t.get('batch_norm_recalibration_images', 0)} clean (un-augmented) training images"
         + (f"; the fit itself saw preprocessing version {t['fit_preprocessing_version']}, the re-estimation, "

@@ -76,7 +76,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "split's normal cells (the 8 PBC types) are labelled blast; below it: unclassified")
     parser.add_argument("--per-class-limit", type=int, default=None, help="use only N images per class (smoke runs)")
     parser.add_argument("--cache-dir", default=str(REPO_ROOT / ".cache"), help="decoded-array cache; '' for none")
-    parser.add_argument("--version", default="2.1.0")
+    parser.add_argument("--version", default="2.2.0")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--verbose", type=int, default=1, help="Keras progress: 1 bar, 2 line per epoch")
     parser.add_argument("--test-time-views", type=int, default=1,
@@ -84,6 +84,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "evaluation and in the exported model")
     parser.add_argument("--from-network", type=Path, default=None,
                         help="a fitted cell_cnn.keras with its fit_record.json or model_card.json beside it: skip the fit")
+    parser.add_argument("--soup-with", type=Path, nargs="+", default=None, metavar="KERAS",
+                        help="after the fit, average the network's weights with these networks' (a uniform model "
+                             "soup; each fine-tuned from a common network, with its model_card.json beside it)")
     parser.add_argument("--time-budget-min", type=float, default=88.0,
                         help="stop after the epoch that would leave too little time to finish within this")
     return parser.parse_args(argv)
@@ -115,6 +118,29 @@ def initial_network(path: Path):
         "file": str(path.resolve().relative_to(REPO_ROOT) if path.resolve().is_relative_to(REPO_ROOT) else path),
         "name": card.get("name"), "version": card.get("version"), "sha256": file_sha256(path),
         "class_order": card["class_order"]}
+
+
+def soup(network, paths: list[Path]):
+    """``network`` averaged weight by weight with the networks in ``paths`` (``cnn.average_weights``),
+    and a record of the ingredients for the card."""
+    import keras
+
+    from shared.hashing import file_sha256
+    from shared.vocabulary import CELL_TYPES
+    from training import cnn, model_card
+
+    ingredients, records = [network], []
+    for path in paths:
+        card = json.loads((path.parent / model_card.CARD_JSON).read_text())
+        if card["class_order"] != list(CELL_TYPES):
+            raise SystemExit(f"{path}: its classes {card['class_order']} are not the vocabulary's")
+        ingredients.append(keras.models.load_model(path, compile=False))
+        records.append({"file": str(path.resolve().relative_to(REPO_ROOT) if path.resolve().is_relative_to(REPO_ROOT)
+                                    else path),
+                        "name": card.get("name"), "version": card.get("version"), "sha256": file_sha256(path)})
+    return cnn.average_weights(ingredients), {
+        "kind": "uniform model soup: every weight the mean of the fitted network's and these networks'",
+        "with": records}
 
 
 def sample_weights(labels: np.ndarray, sources: np.ndarray, class_weight: dict[int, float],
@@ -258,6 +284,9 @@ def main(argv: list[str] | None = None) -> dict:
         fit_record["total_seconds"] = round(time.perf_counter() - started, 1)
         (fitted / "fit_record.json").write_text(json.dumps(fit_record, indent=2) + "\n")
         print(f"fitted network saved in {fitted}", flush=True)
+    if args.soup_with:
+        network, fit_record["soup"] = soup(network, args.soup_with)
+        print(f"weights averaged with {', '.join(str(p) for p in args.soup_with)}", flush=True)
     earlier_seconds = fit_record.get("fitted_in_earlier_run", {}).get("total_seconds", 0.0)
     names = list(CELL_TYPES)
 

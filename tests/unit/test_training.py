@@ -75,13 +75,15 @@ def test_smoke_training_run_exports_a_servable_model(tmp_path):
     finished = tmp_path / "finished"
     command = [sys.executable, "-m", "training.train_cells", "--per-class-limit", "40", "--cache-dir", "",
                "--from-network", str(out / "fitted" / "cell_cnn.keras"), "--out", str(finished), "--version", "smoke-2",
-               "--test-time-views", "2"]
+               "--test-time-views", "2", "--soup-with", str(DEFAULT_MODEL_DIR / "cell_cnn.keras")]
     completed = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     assert "fit skipped" in completed.stdout
     second_card = json.loads((finished / "model_card.json").read_text())
     assert second_card["test_time_views"] == ["identity", "flip_left_right"]
     second = second_card["training"]
+    assert [w["sha256"] for w in second["soup"]["with"]] == [card_sha(DEFAULT_MODEL_DIR / "cell_cnn.keras")]
+    assert "model soup" in (finished / "MODEL_CARD.md").read_text()
     assert second["onnx_keras_max_abs_difference"] < 1e-4  # the two-view graph exports faithfully
     fit_record = json.loads((out / "fitted" / "fit_record.json").read_text())
     assert second["fitted_in_earlier_run"]["total_seconds"] == fit_record["total_seconds"]  # time to the saved fit
@@ -165,3 +167,22 @@ def test_source_weight_scales_a_sources_cells_against_the_class_weights_and_keep
     unweighted = sample_weights(labels, sources, class_weight, {})
     assert np.allclose(unweighted / unweighted.mean(), [class_weight[int(c)] for c in labels] / np.mean(
         [class_weight[int(c)] for c in labels]))
+
+
+def test_a_soup_holds_the_mean_of_its_ingredients_weights():
+    require_training_stack()
+    import keras
+
+    from training.cnn import average_weights, build_network
+
+    keras.utils.set_random_seed(3)
+    first, second = build_network(), build_network()
+    soup = average_weights([first, second])
+    for a, b, mean in zip(first.get_weights(), second.get_weights(), soup.get_weights()):
+        assert np.allclose(mean, (a + b) / 2, atol=1e-6)
+    assert not np.allclose(first.get_weights()[0], second.get_weights()[0])  # the first kernels differed
+    images = _originals()[:2].astype(np.float32)
+    alone = average_weights([first, first])  # a soup of one network is that network
+    assert np.allclose(alone.predict(images, verbose=0), first.predict(images, verbose=0), atol=1e-5)
+    with pytest.raises(ValueError):
+        average_weights([first])
