@@ -50,7 +50,7 @@ def read_patients(root: Path) -> dict[str, int]:
         return {row["patient_id"]: int(row["is_apl"]) for row in csv.DictReader(handle)}
 
 
-def _run_model(model_path: Path, paths: list[Path], batch: int = 128, workers: int = 2) -> tuple[np.ndarray, np.ndarray]:
+def run_model(model_path: Path, paths: list[Path], batch: int = 128, workers: int = 2) -> tuple[np.ndarray, np.ndarray]:
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
@@ -94,7 +94,7 @@ def load_cohort(root: Path, model_dir: Path, cache_dir: Path | None) -> Cohort:
             cache.unlink()
     if cache is None or not cache.exists():
         print(f"running the cell model over {len(files)} images of {len(patient_ids)} patients", flush=True)
-        probabilities, embeddings = _run_model(model_path, [root / "images" / f for f in files])
+        probabilities, embeddings = run_model(model_path, [root / "images" / f for f in files])
         if cache is not None:
             cache.parent.mkdir(parents=True, exist_ok=True)
             np.savez(cache, files=np.array(files), probabilities=probabilities, embeddings=embeddings)

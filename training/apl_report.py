@@ -41,6 +41,20 @@ def _plot(card: dict, result, y: np.ndarray, path: Path) -> None:
     plt.close(figure)
 
 
+def _int8_lines(check: dict | None, threshold: float) -> list[str]:
+    if not check:
+        return []
+    return [
+        "## On the int8 cell model",
+        f"Where the cell service runs the int8 variant of the CNN (its default on CPU when the card says so), the "
+        f"head reads int8 embeddings. The trained alert on all {check['patients']} patients (in-sample), float vs "
+        f"int8 cell model: alerts at {threshold} {check['alerts']['float']} vs {check['alerts']['int8']}, "
+        f"{check['alert_disagreements']} patients alerted by one and not the other; patient probability moves by "
+        f"{check['mean_abs_probability_difference']} on average, at most {check['max_abs_probability_difference']}.",
+        "",
+    ]
+
+
 def write_report(card: dict, result, y: np.ndarray, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     png = path.with_suffix(".png")
@@ -85,6 +99,7 @@ def write_report(card: dict, result, y: np.ndarray, path: Path) -> None:
         "",
         f"![ROC curves]({png.name})",
         "",
+        *_int8_lines(card.get("int8_cell_model"), card["threshold"]),
         "## Alert threshold",
         f"Chosen on the out-of-fold probabilities of all repeats (pooled): {alert['rule']}, placed halfway to "
         "the next lower out-of-fold probability.",

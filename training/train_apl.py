@@ -37,7 +37,7 @@ CONFIGURATIONS = {
     "cells + promyelocyte fraction": ["mean_cell_logit", "promyelocyte_log_fraction"],
     "counts only: promyelocyte + blast fractions": ["promyelocyte_log_fraction", "blast_log_fraction"],
 }
-VERSION = "1.1.0"
+VERSION = "1.2.0"  # 1.1.0 on cell model 2.1.0, 1.2.0 on 2.2.0 (same recipe, the new embedding)
 MIN_CELLS = 30
 
 
@@ -154,6 +154,37 @@ def main(argv=None) -> dict:
         return _train(args)
 
 
+def int8_agreement(cohort, images_dir: Path, cell_card: dict, cell_model_dir: Path, head, patient,
+                   names: list[str], top_fraction: float, threshold: float) -> dict | None:
+    """The trained alert on every patient through the float cell model and through its int8 variant (which the
+    cell service runs on CPU where the card makes it the default): how far the patient probabilities move and
+    how many alerts change. In-sample for both (the same final head and patient model); None without int8."""
+    from services.cell_classifier.inference import model_variants
+    from shared.vocabulary import CELL_LABELS
+    from training.apl_cohort import run_model
+    from training.metrics import card_unclassified_rule
+
+    entry = model_variants(cell_card).get("int8")
+    if entry is None or entry.get("float_sha256") != cell_card["sha256"]:
+        return None
+    probabilities, embeddings = run_model(cell_model_dir / entry["file"], [images_dir / f for f in cohort.files])
+    labels = card_unclassified_rule(cell_card)(probabilities)
+    counts = [{label: 0 for label in CELL_LABELS} for _ in cohort.patient_ids]
+    for owner, label in zip(cohort.cell_patient, labels):
+        counts[owner][CELL_LABELS[label]] += 1
+    by_variant = {}
+    for variant, (e, k) in {"float": (cohort.embeddings, cohort.counts), "int8": (embeddings, counts)}.items():
+        x = apl_cv.patient_feature_matrix(head.logits(e.astype(np.float32)), cohort.cell_patient, k, names,
+                                          top_fraction)
+        by_variant[variant] = patient.predict_proba(x)[:, 1]
+    difference = np.abs(by_variant["float"] - by_variant["int8"])
+    return {"int8_sha256": entry["sha256"], "patients": int(len(difference)),
+            "alerts": {v: int((p >= threshold).sum()) for v, p in by_variant.items()},
+            "alert_disagreements": int(((by_variant["float"] >= threshold) != (by_variant["int8"] >= threshold)).sum()),
+            "max_abs_probability_difference": round(float(difference.max()), 4),
+            "mean_abs_probability_difference": round(float(difference.mean()), 4)}
+
+
 def _train(args) -> dict:
     started = time.perf_counter()
     cohort = load_cohort(args.deepapl_dir, args.cell_model_dir, Path(args.cache_dir) if args.cache_dir else None)
@@ -239,6 +270,8 @@ def _train(args) -> dict:
             "a screening alert for urgent confirmation of PML::RARA, never a diagnosis",
         ],
         "max_abs_difference_onnx_vs_sklearn": patient_difference,
+        "int8_cell_model": int8_agreement(cohort, args.deepapl_dir / "images", cell_card, args.cell_model_dir, head,
+                                          patient, names, args.top_fraction, alert["threshold"]),
         "seconds": round(time.perf_counter() - started, 1),
     }
     (args.subtype_model_dir / APL_CARD).write_text(json.dumps(card, indent=2) + "\n")

@@ -160,3 +160,50 @@ def test_alert_threshold_is_the_most_sensitive_that_keeps_specificity():
     chosen = choose_threshold(y, oof, 1.0, 0.65)
     assert chosen["threshold"] == pytest.approx((0.3 + 0.2) / 2)
     assert chosen["cv_sensitivity"] == 1.0 and "no threshold" in chosen["rule"]
+
+
+def test_int8_agreement_scores_each_patient_through_both_cell_models():
+    """The alert on the int8 cell model (what the service runs on CPU) vs on the float one, for real cells of
+    four DeepAPL patients; no check where the int8 file was made from another float model."""
+    require_training_stack()
+    from services.cell_classifier.settings import DEFAULT_MODEL_DIR
+    from shared.vocabulary import CELL_LABELS
+    from training import apl_cv, deepapl_dataset
+    from training.apl_cohort import Cohort, read_patients, run_model
+    from training.metrics import card_unclassified_rule
+    from training.train_apl import int8_agreement
+
+    card = json.loads((DEFAULT_MODEL_DIR / "model_card.json").read_text())
+    if "int8" not in (card.get("serving_variants") or {}).get("files", {}):
+        pytest.skip("no int8 variant committed")
+    images = deepapl_dataset.data_dir() / "images"
+    diagnosis = read_patients(deepapl_dataset.data_dir())
+    chosen = sorted(p for p in diagnosis if diagnosis[p])[:2] + sorted(p for p in diagnosis if not diagnosis[p])[:2]
+    files, owner = [], []
+    for index, patient in enumerate(chosen):
+        for path in sorted((images / patient).iterdir())[:12]:
+            files.append(f"{patient}/{path.name}")
+            owner.append(index)
+    probabilities, embeddings = run_model(DEFAULT_MODEL_DIR / card["file"], [images / f for f in files])
+    owner = np.array(owner)
+    labels = card_unclassified_rule(card)(probabilities)
+    counts = [{name: int(np.sum((owner == p) & (labels == i))) for i, name in enumerate(CELL_LABELS)}
+              for p in range(len(chosen))]
+    is_apl = np.array([diagnosis[p] for p in chosen])
+    cohort = Cohort(chosen, is_apl, files, owner, embeddings, probabilities, counts)
+    names = ["mean_cell_logit", "promyelocyte_log_fraction"]
+    head = apl_cv.CellHead(0.1).fit(embeddings, owner, is_apl)
+    x = apl_cv.patient_feature_matrix(head.logits(embeddings), owner, counts, names, 0.25)
+    patient = apl_cv.patient_model().fit(x, is_apl)
+
+    check = int8_agreement(cohort, images, card, DEFAULT_MODEL_DIR, head, patient, names, 0.25, 0.5)
+    assert check["patients"] == 4
+    assert check["int8_sha256"] == card["serving_variants"]["files"]["int8"]["sha256"]
+    assert 0 <= check["alert_disagreements"] <= 4
+    assert check["alerts"]["float"] == int((patient.predict_proba(x)[:, 1] >= 0.5).sum())
+    assert 0.0 <= check["mean_abs_probability_difference"] <= check["max_abs_probability_difference"] < 0.5
+    assert check["max_abs_probability_difference"] > 0.0  # int8 answers differ a little: both models ran
+
+    stale = json.loads(json.dumps(card))
+    stale["serving_variants"]["files"]["int8"]["float_sha256"] = "0" * 64
+    assert int8_agreement(cohort, images, stale, DEFAULT_MODEL_DIR, head, patient, names, 0.25, 0.5) is None
