@@ -105,39 +105,40 @@ def square_root_class_weights(labels: np.ndarray, n_classes: int) -> dict[int, f
     return {i: float(w) for i, w in enumerate(raw)}
 
 
-def initial_network(path: Path):
-    """The network to start from and a record of it (name, version, sha256) for the card."""
+def saved_network(path: Path):
+    """A saved Keras network, its model card (beside it) and a record of it (file, name, version, sha256)."""
     import keras
 
     from shared.hashing import file_sha256
-    from training import cnn, model_card
+    from training import model_card
 
-    earlier = keras.models.load_model(path, compile=False)
     card = json.loads((path.parent / model_card.CARD_JSON).read_text())
-    return cnn.network_from(earlier, card["class_order"]), {
-        "file": str(path.resolve().relative_to(REPO_ROOT) if path.resolve().is_relative_to(REPO_ROOT) else path),
-        "name": card.get("name"), "version": card.get("version"), "sha256": file_sha256(path),
-        "class_order": card["class_order"]}
+    record = {"file": str(path.resolve().relative_to(REPO_ROOT) if path.resolve().is_relative_to(REPO_ROOT) else path),
+              "name": card.get("name"), "version": card.get("version"), "sha256": file_sha256(path)}
+    return keras.models.load_model(path, compile=False), card, record
+
+
+def initial_network(path: Path):
+    """The network to start from and a record of it (name, version, sha256, classes) for the card."""
+    from training import cnn
+
+    earlier, card, record = saved_network(path)
+    return cnn.network_from(earlier, card["class_order"]), record | {"class_order": card["class_order"]}
 
 
 def soup(network, paths: list[Path]):
     """``network`` averaged weight by weight with the networks in ``paths`` (``cnn.average_weights``),
     and a record of the ingredients for the card."""
-    import keras
-
-    from shared.hashing import file_sha256
     from shared.vocabulary import CELL_TYPES
-    from training import cnn, model_card
+    from training import cnn
 
     ingredients, records = [network], []
     for path in paths:
-        card = json.loads((path.parent / model_card.CARD_JSON).read_text())
+        other, card, record = saved_network(path)
         if card["class_order"] != list(CELL_TYPES):
             raise SystemExit(f"{path}: its classes {card['class_order']} are not the vocabulary's")
-        ingredients.append(keras.models.load_model(path, compile=False))
-        records.append({"file": str(path.resolve().relative_to(REPO_ROOT) if path.resolve().is_relative_to(REPO_ROOT)
-                                    else path),
-                        "name": card.get("name"), "version": card.get("version"), "sha256": file_sha256(path)})
+        ingredients.append(other)
+        records.append(record)
     return cnn.average_weights(ingredients), {
         "kind": "uniform model soup: every weight the mean of the fitted network's and these networks'",
         "with": records}
