@@ -99,9 +99,15 @@ def load_cohort(root: Path, model_dir: Path, cache_dir: Path | None) -> Cohort:
             cache.parent.mkdir(parents=True, exist_ok=True)
             np.savez(cache, files=np.array(files), probabilities=probabilities, embeddings=embeddings)
     cell_patient = np.array(owner)
-    labels = [CELL_LABELS[i] for i in card_unclassified_rule(card)(probabilities)]
-    counts = [{label: 0 for label in CELL_LABELS} for _ in patient_ids]
-    for patient, label in zip(cell_patient, labels):
-        counts[patient][label] += 1
+    counts = counts_by_patient(card, probabilities, cell_patient, len(patient_ids))
     return Cohort(patient_ids, np.array([patients[p] for p in patient_ids]), files, cell_patient,
                   embeddings.astype(np.float32), probabilities.astype(np.float32), counts)
+
+
+def counts_by_patient(card: dict, probabilities: np.ndarray, cell_patient: np.ndarray, n_patients: int
+                      ) -> list[dict[str, int]]:
+    """Per patient, the cells of each label under the card's served labelling rule."""
+    counts = [{label: 0 for label in CELL_LABELS} for _ in range(n_patients)]
+    for patient, index in zip(cell_patient, card_unclassified_rule(card)(probabilities)):
+        counts[patient][CELL_LABELS[index]] += 1
+    return counts

@@ -160,18 +160,13 @@ def int8_agreement(cohort, images_dir: Path, cell_card: dict, cell_model_dir: Pa
     cell service runs on CPU where the card makes it the default): how far the patient probabilities move and
     how many alerts change. In-sample for both (the same final head and patient model); None without int8."""
     from services.cell_classifier.inference import model_variants
-    from shared.vocabulary import CELL_LABELS
-    from training.apl_cohort import run_model
-    from training.metrics import card_unclassified_rule
+    from training.apl_cohort import counts_by_patient, run_model
 
     entry = model_variants(cell_card).get("int8")
     if entry is None or entry.get("float_sha256") != cell_card["sha256"]:
         return None
     probabilities, embeddings = run_model(cell_model_dir / entry["file"], [images_dir / f for f in cohort.files])
-    labels = card_unclassified_rule(cell_card)(probabilities)
-    counts = [{label: 0 for label in CELL_LABELS} for _ in cohort.patient_ids]
-    for owner, label in zip(cohort.cell_patient, labels):
-        counts[owner][CELL_LABELS[label]] += 1
+    counts = counts_by_patient(cell_card, probabilities, cohort.cell_patient, len(cohort.patient_ids))
     by_variant = {}
     for variant, (e, k) in {"float": (cohort.embeddings, cohort.counts), "int8": (embeddings, counts)}.items():
         x = apl_cv.patient_feature_matrix(head.logits(e.astype(np.float32)), cohort.cell_patient, k, names,

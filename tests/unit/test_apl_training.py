@@ -167,10 +167,8 @@ def test_int8_agreement_scores_each_patient_through_both_cell_models():
     four DeepAPL patients; no check where the int8 file was made from another float model."""
     require_training_stack()
     from services.cell_classifier.settings import DEFAULT_MODEL_DIR
-    from shared.vocabulary import CELL_LABELS
     from training import apl_cv, deepapl_dataset
-    from training.apl_cohort import Cohort, read_patients, run_model
-    from training.metrics import card_unclassified_rule
+    from training.apl_cohort import Cohort, counts_by_patient, read_patients, run_model
     from training.train_apl import int8_agreement
 
     card = json.loads((DEFAULT_MODEL_DIR / "model_card.json").read_text())
@@ -186,9 +184,8 @@ def test_int8_agreement_scores_each_patient_through_both_cell_models():
             owner.append(index)
     probabilities, embeddings = run_model(DEFAULT_MODEL_DIR / card["file"], [images / f for f in files])
     owner = np.array(owner)
-    labels = card_unclassified_rule(card)(probabilities)
-    counts = [{name: int(np.sum((owner == p) & (labels == i))) for i, name in enumerate(CELL_LABELS)}
-              for p in range(len(chosen))]
+    counts = counts_by_patient(card, probabilities, owner, len(chosen))
+    assert [sum(c.values()) for c in counts] == [12] * len(chosen)
     is_apl = np.array([diagnosis[p] for p in chosen])
     cohort = Cohort(chosen, is_apl, files, owner, embeddings, probabilities, counts)
     names = ["mean_cell_logit", "promyelocyte_log_fraction"]
