@@ -115,10 +115,10 @@ def preprocessing_alone(images, opts: Options, model: CellModel, min_seconds: fl
     with ThreadPoolExecutor(opts.decode_workers) as pool:
         for decoder in DECODERS:
             def decode(d, decoder=decoder):
-                return decode_image(d, limit, decoder)
+                return decode_image(d, limit, decoder, model.input_size)
 
             def decode_and_appearance(d, decoder=decoder):
-                return model.appearance_distance(decode_image(d, limit, decoder))
+                return model.appearance_distance(decode_image(d, limit, decoder, model.input_size))
 
             out[decoder] = {"decode": timed_rounds(lambda: list(pool.map(decode, data)), len(data), min_seconds),
                             "worker": timed_rounds(lambda: list(pool.map(decode_and_appearance, data)), len(data),
@@ -142,7 +142,7 @@ def ceiling(images, model: CellModel, decoder: str, opts: Options, min_seconds: 
     data = [d for _, d in images]
 
     def work(d):
-        array = decode_image(d, limit, decoder)
+        array = decode_image(d, limit, decoder, model.input_size)
         return array, model.appearance_distance(array)
 
     results = {}
@@ -206,7 +206,7 @@ def measure_committed(model_dir: Path, images, args, opts: Options) -> dict:
     for decoder, r in pre.items():
         print(f"preprocessing {decoder}: {r['decode']:.0f}/s, with appearance {r['worker']:.0f}/s", flush=True)
     limit = CellServiceSettings().max_pixels
-    arrays = np.stack([decode_image(d, limit) for _, d in images])
+    arrays = np.stack([decode_image(d, limit, size=served.input_size) for _, d in images])
     inference = {v: inference_alone(arrays, m, args.min_seconds) for v, m in models.items()}
     for v, per_batch in inference.items():
         print(f"inference {v}: {fmt_batches(per_batch)}", flush=True)

@@ -37,7 +37,8 @@ def in_process(images: list[tuple[str, bytes]]) -> float:
     with ThreadPoolExecutor(settings.decode_workers) as pool:
         labels = []
         for i in range(0, len(images), 64):
-            arrays = list(pool.map(lambda item: decode_image(item[1], settings.max_pixels), images[i: i + 64]))
+            arrays = list(pool.map(lambda item: decode_image(item[1], settings.max_pixels, size=model.input_size),
+                                       images[i: i + 64]))
             labels += [model.label(p).label for p in model.predict(np.stack(arrays))]
     counts = {label: labels.count(label) for label in set(labels)}
     predictor.predict_many([counts])

@@ -7,7 +7,7 @@ import io
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from shared.preprocessing import DECODERS, DEFAULT_DECODER, preprocess, request_scale
+from shared.preprocessing import DECODERS, DEFAULT_DECODER, IMAGE_SIZE, preprocess, request_scale
 
 SUPPORTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "TIFF", "BMP"})
 
@@ -16,8 +16,9 @@ class ImageRejected(ValueError):
     """The image cannot be classified; the message is safe to show to the caller."""
 
 
-def decode_image(data: bytes, max_pixels: int, decoder: str = DEFAULT_DECODER) -> np.ndarray:
-    """Bytes of a JPEG/PNG/TIFF/BMP file -> preprocessed uint8 array, or ``ImageRejected``.
+def decode_image(data: bytes, max_pixels: int, decoder: str = DEFAULT_DECODER, size: int = IMAGE_SIZE) -> np.ndarray:
+    """Bytes of a JPEG/PNG/TIFF/BMP file -> preprocessed ``(size, size, 3)`` uint8 array (``size``: the
+    model's input side, from its card), or ``ImageRejected``.
 
     The file is decoded at the scale the network needs (``shared.preprocessing.request_scale``;
     ``decoder="full"``: at full size, the earlier path, kept for the benchmark)."""
@@ -42,8 +43,8 @@ def decode_image(data: bytes, max_pixels: int, decoder: str = DEFAULT_DECODER) -
         if width * height > max_pixels:
             raise ImageRejected(f"too many pixels: {width}x{height} exceeds the limit of {max_pixels}")
         try:
-            request_scale(image, decoder=decoder)  # after the pixel check: it sees the file's own size
+            request_scale(image, size, decoder)  # after the pixel check: it sees the file's own size
             image.load()
-            return preprocess(image)
+            return preprocess(image, size)
         except Exception as exc:  # noqa: BLE001 - truncated or corrupt data
             raise ImageRejected(f"corrupt or truncated image data ({type(exc).__name__})") from None

@@ -15,12 +15,12 @@ from services.cell_classifier.apl_head import AplCellHead
 from services.cell_classifier.errors import ModelIntegrityError
 from shared.appearance import AppearanceReference, appearance_features
 from shared.hashing import file_sha256
-from shared.preprocessing import IMAGE_SIZE
 from shared.vocabulary import CELL_TYPES, UNCLASSIFIED
 
 log = logging.getLogger(__name__)
 CARD_FILE = "model_card.json"
 VARIANTS = ("float", "int8")
+MIN_INPUT_SIZE, MAX_INPUT_SIZE = 32, 512
 
 __all__ = ["CellModel", "ModelIntegrityError", "choose_providers", "choose_variant", "model_variants"]
 
@@ -79,8 +79,12 @@ class CellModel:
         self.card: dict = json.loads(card_path.read_text())
         if self.card["class_order"] != list(CELL_TYPES):
             raise ModelIntegrityError(f"class order {self.card['class_order']} is not {list(CELL_TYPES)}")
-        if self.card["input"]["shape"][1:] != [IMAGE_SIZE, IMAGE_SIZE, 3]:
-            raise ModelIntegrityError(f"model input {self.card['input']['shape']} does not match preprocessing")
+        shape = self.card["input"]["shape"]
+        if len(shape) != 4 or shape[3] != 3 or shape[1] != shape[2] or not MIN_INPUT_SIZE <= shape[1] <= MAX_INPUT_SIZE:
+            raise ModelIntegrityError(f"model input {shape}: expected [batch, N, N, 3] with {MIN_INPUT_SIZE} <= N <= "
+                                      f"{MAX_INPUT_SIZE}")
+        # the side the shared preprocessing resizes every image to for this model (its card says it)
+        self.input_size: int = int(shape[1])
         providers = choose_providers(provider)
         self.variant: str = choose_variant(self.card, variant, providers)
         entry = model_variants(self.card)[self.variant]
@@ -103,6 +107,9 @@ class CellModel:
         self.session = ort.InferenceSession(str(model_path), options, providers=providers)
         self.provider: str = self.session.get_providers()[0]
         self.input_name: str = self.session.get_inputs()[0].name
+        if list(self.session.get_inputs()[0].shape[1:]) != [self.input_size, self.input_size, 3]:
+            raise ModelIntegrityError(f"{model_path.name} takes {self.session.get_inputs()[0].shape}, its card says "
+                                      f"{shape}")
         outputs = [o.name for o in self.session.get_outputs()]
         self.probabilities_output: str = "probabilities" if "probabilities" in outputs else outputs[0]
         # the per-cell APL head (issue 10), when the card has one: it runs on the CNN's embedding output
@@ -165,7 +172,7 @@ class CellModel:
 
     def warm_up(self, batch_sizes: tuple[int, ...] = (1, 8, 64)) -> None:
         for size in batch_sizes:
-            self.infer(np.full((size, IMAGE_SIZE, IMAGE_SIZE, 3), 200, dtype=np.uint8))
+            self.infer(np.full((size, self.input_size, self.input_size, 3), 200, dtype=np.uint8))
 
     def label(self, probabilities: np.ndarray) -> Labelled:
         """Apply the card's unclassified rule to one probability vector."""
