@@ -60,6 +60,7 @@ def to_onnx(name: str, model, n_features: int, path: Path) -> None:
         classifier = model.steps[-1][1] if isinstance(model, Pipeline) else model
         proto = convert_sklearn(model, initial_types=[("features", FloatTensorType([None, n_features]))],
                                 options={id(classifier): {"zipmap": False}}, target_opset=ONNX_OPSET)
+    proto.graph.name = f"subtype_{name}"  # converters may name the graph with a random uuid: same model, other bytes
     path.write_bytes(proto.SerializeToString())
 
 

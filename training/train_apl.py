@@ -89,6 +89,7 @@ def patient_onnx(model, n_features: int) -> bytes:
 
     proto = convert_sklearn(model, initial_types=[("features", FloatTensorType([None, n_features]))],
                             options={id(model): {"zipmap": False}}, target_opset=17)
+    proto.graph.name = "apl_patient"  # skl2onnx names the graph with a random uuid: the same model, other bytes
     return proto.SerializeToString()
 
 

@@ -126,6 +126,22 @@ def test_exported_onnx_agrees_with_scikit_learn(tmp_path):
     session = ort.InferenceSession(patient_onnx(model, 2), providers=["CPUExecutionProvider"])
     probabilities = session.run(["probabilities"], {"features": x.astype(np.float32)})[0]
     np.testing.assert_allclose(probabilities[:, 1], model.predict_proba(x)[:, 1], atol=1e-5)
+    # the same model gives the same bytes (a rerun of make train-apl leaves committed files unchanged)
+    assert patient_onnx(model, 2) == patient_onnx(model, 2)
+    assert head_onnx(head, embeddings.shape[1]) == head_onnx(head, embeddings.shape[1])
+
+
+def test_subtype_members_export_the_same_bytes_for_the_same_model(tmp_path):
+    require_training_stack()
+    from training.subtype_members import fit_member, to_onnx
+
+    x = np.random.default_rng(1).normal(size=(60, 3))
+    y = np.arange(60) % 3
+    for name in ("logistic_regression", "random_forest", "xgboost"):
+        model = fit_member(name, 0, x, y)
+        to_onnx(name, model, 3, tmp_path / "a.onnx")
+        to_onnx(name, model, 3, tmp_path / "b.onnx")
+        assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes(), name
 
 
 def test_committed_head_matches_its_card_and_the_cell_model():
