@@ -1,9 +1,40 @@
-"""python -m services.cell_classifier  (CELL_HOST / CELL_PORT, default 127.0.0.1:8001)."""
+"""python -m services.cell_classifier  (CELL_HOST / CELL_PORT, default 127.0.0.1:8001; CELL_WORKERS processes)."""
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
 
 from services.cell_classifier.app import create_app
+from services.cell_classifier.metrics import MULTIPROCESS_DIR_ENV
 from services.cell_classifier.settings import CellServiceSettings
 from shared.serving import run
 
+
+def prepare_metrics_dir(workers: int) -> Path | None:
+    """The worker processes' metric files (services/cell_classifier/metrics.py): a fresh temporary
+    directory when several workers start and none is given, removed at exit (returned); a given
+    ``PROMETHEUS_MULTIPROC_DIR`` is created and emptied of an earlier run's files (a restarted container
+    would otherwise add the dead processes' counts to its own)."""
+    given = os.environ.get(MULTIPROCESS_DIR_ENV)
+    if given:
+        directory = Path(given)
+        directory.mkdir(parents=True, exist_ok=True)
+        for stale in directory.glob("*.db"):
+            stale.unlink()
+        return None
+    if workers > 1:
+        own = Path(tempfile.mkdtemp(prefix="cell-metrics-"))
+        os.environ[MULTIPROCESS_DIR_ENV] = str(own)
+        return own
+    return None
+
+
 if __name__ == "__main__":
     settings = CellServiceSettings()
-    run(create_app, settings, access_log=settings.access_log)
+    own_metrics_dir = prepare_metrics_dir(settings.workers)
+    try:
+        run(create_app, settings, access_log=settings.access_log, workers=settings.workers)
+    finally:
+        if own_metrics_dir:
+            shutil.rmtree(own_metrics_dir, ignore_errors=True)

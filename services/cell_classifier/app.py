@@ -13,13 +13,12 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from PIL import Image
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.routing import request_response
 
 from services.cell_classifier.batcher import BatcherStopped, DynamicBatcher, QueueFull
 from services.cell_classifier.decoding import ImageRejected, decode_image
 from services.cell_classifier.inference import CellModel
-from services.cell_classifier.metrics import CellMetrics
+from services.cell_classifier.metrics import CONTENT_TYPE_LATEST, CellMetrics
 from services.cell_classifier.responses import classify_response_json, model_info_json
 from services.cell_classifier.settings import CellServiceSettings
 from services.cell_classifier.workers import LoopWorkers
@@ -86,7 +85,7 @@ def create_app(settings: CellServiceSettings | None = None, model: CellModel | N
         state.batcher = DynamicBatcher(
             state.model.infer, max_batch=settings.max_batch, max_delay_s=settings.max_delay_ms / 1000.0,
             # admission control below is the real bound; this one only guards the batcher itself
-            max_queue=settings.max_queue + settings.max_images, executor=state.inference_pool,
+            max_queue=settings.worker_max_queue() + settings.max_images, executor=state.inference_pool,
             on_batch=state.metrics.observe_batch, max_concurrent_batches=settings.concurrent_batches,
         )
         state.batcher.start()
@@ -99,6 +98,7 @@ def create_app(settings: CellServiceSettings | None = None, model: CellModel | N
             await state.batcher.stop()
             state.decode_workers.shutdown()
             state.inference_pool.shutdown(wait=True)
+            state.metrics.close()
 
     app = FastAPI(title="AML cell classifier", version="2.0.0", lifespan=lifespan,
                   description="Labels single-cell blood smear images with a cell type of vocabulary "
@@ -132,17 +132,20 @@ def create_app(settings: CellServiceSettings | None = None, model: CellModel | N
                           if isinstance(route, APIRoute) and route.path == "/v1/classify")
     classify_route.app = request_response(classify)
 
+    max_queue = settings.worker_max_queue()  # this process's share of CELL_MAX_QUEUE
+
     async def _classify(request: Request, state) -> bytes:
         if not state.ready:
             raise _retry_later("model is not loaded yet")
         # Admission control before any work: the images a request brings are counted from here
         # until its answer, so decoding, queue and inference together hold at most MAX_QUEUE
-        # images, and a refused request costs neither decoding nor inference. An idle service
+        # images (each worker process its share), and a refused request costs neither decoding
+        # nor inference. An idle service
         # takes any request up to CELL_MAX_IMAGES, even one larger than MAX_QUEUE.
-        if state.admitted_images >= settings.max_queue:
+        if state.admitted_images >= max_queue:
             raise _queue_full(state.admitted_images)
         uploads = await read_image_parts(request, settings.max_images)
-        if state.admitted_images and state.admitted_images + len(uploads) > settings.max_queue:
+        if state.admitted_images and state.admitted_images + len(uploads) > max_queue:
             raise _queue_full(state.admitted_images)
         state.admitted_images += len(uploads)
         try:
@@ -155,7 +158,7 @@ def create_app(settings: CellServiceSettings | None = None, model: CellModel | N
 
     def _queue_full(admitted: int) -> ProblemError:
         return _retry_later(f"the inference queue is full ({admitted} images in progress, limit "
-                            f"{settings.max_queue}); retry later")
+                            f"{max_queue}); retry later")
 
     async def _decode_and_infer(uploads, state) -> bytes:
         decoded = await asyncio.gather(
@@ -221,6 +224,6 @@ def create_app(settings: CellServiceSettings | None = None, model: CellModel | N
     async def metrics(request: Request) -> Response:
         state = request.app.state
         state.metrics.queue_depth.set(state.batcher.queued)
-        return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     return app

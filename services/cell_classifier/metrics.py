@@ -1,8 +1,19 @@
-"""Prometheus metrics of the cell service, in a registry owned by the app."""
+"""Prometheus metrics of the cell service, in a registry owned by the app.
+
+With several worker processes (``CELL_WORKERS``) the launcher sets ``PROMETHEUS_MULTIPROC_DIR``
+before the workers start: each process then writes its values to files there, and ``/metrics``,
+whichever worker answers it, adds up every process's (prometheus_client's multiprocess mode).
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import os
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import multiprocess
+
+MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+__all__ = ["CONTENT_TYPE_LATEST", "CellMetrics", "MULTIPROCESS_DIR_ENV"]
 
 from services.cell_classifier.batcher import BatchStats
 
@@ -28,7 +39,22 @@ class CellMetrics:
         self.images_classified = self.images.labels("classified")
         self.images_error = self.images.labels("error")
         self.failed_batches = Counter("cell_failed_batches", "ONNX runs that raised", registry=self.registry)
-        self.queue_depth = Gauge("cell_queue_depth", "Images waiting for inference", registry=self.registry)
+        self.queue_depth = Gauge("cell_queue_depth", "Images waiting for inference", registry=self.registry,
+                                 multiprocess_mode="livesum")  # all live worker processes' queues together
+        self.multiprocess = bool(os.environ.get(MULTIPROCESS_DIR_ENV))
+
+    def exposition(self) -> bytes:
+        """The metrics in Prometheus' text format: this process's, or every worker process's summed."""
+        if not self.multiprocess:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry)
+
+    def close(self) -> None:
+        """At a worker's exit: its live gauges (the queue depth) stop counting."""
+        if self.multiprocess:
+            multiprocess.mark_process_dead(os.getpid())
 
     def observe_batch(self, stats: BatchStats) -> None:
         self.batch_size.observe(stats.size)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "model"
@@ -22,6 +22,10 @@ class CellServiceSettings(BaseSettings):
     model_variant: str = Field("auto", validation_alias=AliasChoices("CELL_MODEL_VARIANT"),
                                description="auto (the card's default on CPU: int8 where its accuracy held; float "
                                            "on CUDA), int8 or float")
+    workers: int = Field(1, ge=1, le=64, validation_alias=AliasChoices("CELL_WORKERS"),
+                         description="service processes sharing the port, each with the model, its own batcher and "
+                                     "its share of the threads; the GIL lets one process use about 1.6 of 2 cores "
+                                     "with 1-image requests, two use 1.9 (docs/benchmarks.md). Memory grows with each")
     max_batch: int = Field(64, ge=1, validation_alias=AliasChoices("MAX_BATCH", "CELL_MAX_BATCH"))
     max_delay_ms: float = Field(5.0, ge=0, validation_alias=AliasChoices("MAX_DELAY_MS", "CELL_MAX_DELAY_MS"))
     concurrent_batches: int = Field(2, ge=1, validation_alias=AliasChoices("CELL_CONCURRENT_BATCHES"),
@@ -29,17 +33,24 @@ class CellServiceSettings(BaseSettings):
                                                 "two model instances): the next batch starts while one runs")
     max_queue: int = Field(768, ge=1, validation_alias=AliasChoices("MAX_QUEUE", "CELL_MAX_QUEUE"),
                            description="images admitted (decoding, queued or running) before new requests get "
-                                       "503; bounds the wait (about 2 s at 350 images/s on 2 CPU cores); an idle "
-                                       "service still takes one request of up to CELL_MAX_IMAGES")
+                                       "503, over all worker processes (each admits its share); bounds the wait "
+                                       "(about 2 s at 350 images/s on 2 CPU cores); an idle service still takes "
+                                       "one request of up to CELL_MAX_IMAGES")
     max_images: int = Field(1024, ge=1, validation_alias=AliasChoices("CELL_MAX_IMAGES"))
     max_body_bytes: int = Field(512 * 1024 * 1024, ge=1, validation_alias=AliasChoices("CELL_MAX_BODY_BYTES"))
     max_image_bytes: int = Field(50 * 1024 * 1024, ge=1, validation_alias=AliasChoices("CELL_MAX_IMAGE_BYTES"))
     max_pixels: int = Field(40_000_000, ge=1, validation_alias=AliasChoices("CELL_MAX_PIXELS"),
                             description="width x height above which an image is refused (decompression bombs)")
-    decode_workers: int = Field(max(os.cpu_count() or 1, 1), ge=1, validation_alias=AliasChoices("CELL_DECODE_WORKERS"))
+    cores: int = Field(0, ge=0, validation_alias=AliasChoices("CELL_CORES"),
+                       description="cores the service may use, shared out among its worker processes for the "
+                                   "decoding and onnxruntime threads; 0 = the machine's (Kubernetes: the CPU limit)")
+    decode_workers: int = Field(1, ge=1, validation_alias=AliasChoices("CELL_DECODE_WORKERS"),
+                                description="decoding threads per worker process; unset: the cores shared out among "
+                                            "the worker processes (at least 1 each)")
     inference_threads: int = Field(0, ge=0, validation_alias=AliasChoices("CELL_INFERENCE_THREADS"),
-                                   description="onnxruntime intra-op threads in all, shared out among the "
-                                               "concurrent batches (at least 1 each); 0 = one per core")
+                                   description="onnxruntime intra-op threads per worker process, shared out among "
+                                               "its concurrent batches (at least 1 each); 0 = the cores shared out "
+                                               "among the worker processes")
     retry_after_s: int = Field(1, ge=1, validation_alias=AliasChoices("CELL_RETRY_AFTER_S"))
     log_level: str = Field("info", validation_alias=AliasChoices("LOG_LEVEL"))
     access_log: bool = Field(False, validation_alias=AliasChoices("CELL_ACCESS_LOG"),
@@ -49,6 +60,19 @@ class CellServiceSettings(BaseSettings):
     internal_token: str | None = Field(None, validation_alias=AliasChoices("INTERNAL_TOKEN"),
                                        description="when set, every call but /healthz and /readyz must carry it")
 
+    @model_validator(mode="after")
+    def _share_the_cores(self) -> "CellServiceSettings":
+        if "decode_workers" not in self.model_fields_set:
+            self.decode_workers = self.cores_per_worker()
+        return self
+
+    def cores_per_worker(self) -> int:
+        return max(1, (self.cores or os.cpu_count() or 1) // self.workers)
+
     def threads_per_batch(self) -> int:
-        """onnxruntime intra-op threads for each of the concurrent batches."""
-        return max(1, (self.inference_threads or os.cpu_count() or 1) // self.concurrent_batches)
+        """onnxruntime intra-op threads for each of a worker process's concurrent batches."""
+        return max(1, (self.inference_threads or self.cores_per_worker()) // self.concurrent_batches)
+
+    def worker_max_queue(self) -> int:
+        """The admission limit of one worker process: its share of ``max_queue`` (rounded up)."""
+        return -(-self.max_queue // self.workers)

@@ -16,6 +16,7 @@ import yaml
 from kubernetes_validate import utils as kv
 
 from gateway.settings import GatewaySettings
+from services.cell_classifier.metrics import MULTIPROCESS_DIR_ENV
 from services.cell_classifier.settings import CellServiceSettings
 from services.subtype.settings import SubtypeServiceSettings
 from shared.json_logging import LOG_FORMATS
@@ -200,8 +201,10 @@ def test_cell_service_gpu_and_cpu(rendered):
         assert "nvidia.com/gpu" not in container["resources"]["limits"]
         assert env["CELL_PROVIDER"]["value"] == "cpu"
         assert hpa["minReplicas"] >= 2
-    for threads in ("CELL_INFERENCE_THREADS", "CELL_DECODE_WORKERS"):
-        assert env[threads]["valueFrom"]["resourceFieldRef"]["resource"] == "limits.cpu"
+    # the threads follow the CPU limit (CELL_CORES, shared out among the worker processes), not the node's cores
+    assert env["CELL_CORES"]["valueFrom"]["resourceFieldRef"]["resource"] == "limits.cpu"
+    assert int(env["CELL_WORKERS"]["value"]) >= 2
+    assert env["PROMETHEUS_MULTIPROC_DIR"]["value"].startswith("/tmp/"), "the writable emptyDir"
 
 
 def test_autoscalers_and_disruption_budgets(rendered):
@@ -255,7 +258,7 @@ def test_secrets_env_and_the_settings_they_feed(rendered):
     secret_keys = set(next(d for d in examples() if d["kind"] == "Secret")["stringData"])
     known = {
         "gateway": {"REDIS_PASSWORD", "DATABASE_URL"} | _aliases(GatewaySettings),
-        "cell-classifier": {"CUDA_CACHE_PATH"} | _aliases(CellServiceSettings),
+        "cell-classifier": {"CUDA_CACHE_PATH", MULTIPROCESS_DIR_ENV} | _aliases(CellServiceSettings),
         "subtype": _aliases(SubtypeServiceSettings),
     }
     config = by_kind(docs, "ConfigMap")["aml-classifier-config"]["data"]

@@ -1,0 +1,78 @@
+"""CELL_WORKERS: several service processes on one port (uvicorn's process manager), each with the model and
+its share of the threads and of the admission limit; /metrics adds up every worker's counts whichever
+worker answers; SIGTERM stops them all and removes their metric files."""
+
+from __future__ import annotations
+
+import re
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from tests.helpers.images import fullsize_images
+from tests.helpers.processes import start_cell_service
+
+pytestmark = pytest.mark.integration
+
+
+def ok_requests(metrics: str) -> float:
+    match = re.search(r'^cell_requests_total\{outcome="ok"\} ([0-9.e+]+)$', metrics, re.M)
+    assert match, metrics[:2000]
+    return float(match.group(1))
+
+
+def workers_of(pid: int) -> list[psutil.Process]:
+    """The processes that serve: children running the app (uvicorn spawns them; a resource tracker may sit beside)."""
+    return [c for c in psutil.Process(pid).children() if "multiprocessing.spawn" in " ".join(c.cmdline())
+            and "resource_tracker" not in " ".join(c.cmdline())]
+
+
+def test_two_worker_processes_share_the_port_and_the_metrics(tmp_path):
+    service = start_cell_service(tmp_path, CELL_WORKERS="2")
+    try:
+        workers = workers_of(service.pid)
+        assert len(workers) == 2
+        metrics_dir = Path(workers[0].environ()["PROMETHEUS_MULTIPROC_DIR"])
+        assert metrics_dir.is_dir()
+        images = [(path.name, path.read_bytes()) for _, path in fullsize_images()[:24]]
+
+        def one(item):  # a fresh connection per request: the kernel hands them to either worker
+            name, data = item
+            answer = httpx.post(f"{service.url}/v1/classify", files=[("images", (name, data, "image/jpeg"))],
+                                timeout=60)
+            return answer.status_code, answer.json()["results"][0]
+
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(one, images))
+        assert [status for status, _ in answers] == [200] * len(images)
+        assert [result["filename"] for _, result in answers] == [name for name, _ in images]
+        assert all("label" in result for _, result in answers)
+        # every worker's count, whichever worker answers /metrics
+        totals = {ok_requests(httpx.get(f"{service.url}/metrics", timeout=10).text) for _ in range(6)}
+        assert totals == {float(len(images))}
+        assert all(w.cpu_times().user > 0 for w in workers)
+    finally:
+        service.stop()
+    assert service.process.returncode == 0
+    assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)
+    assert not metrics_dir.exists(), "the workers' metric files are removed at exit"
+
+
+def test_a_given_metrics_dir_is_created_and_emptied_of_an_earlier_runs_files(tmp_path):
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    (metrics_dir / "counter_999999.db").write_bytes(b"stale")
+    service = start_cell_service(tmp_path, CELL_WORKERS="2", PROMETHEUS_MULTIPROC_DIR=str(metrics_dir))
+    try:
+        _, path = fullsize_images()[0]
+        answer = httpx.post(f"{service.url}/v1/classify", files=[("images", (path.name, path.read_bytes()))],
+                            timeout=60)
+        assert answer.status_code == 200
+        assert ok_requests(httpx.get(f"{service.url}/metrics", timeout=10).text) == 1.0
+        assert not (metrics_dir / "counter_999999.db").exists()
+    finally:
+        service.stop()
+    assert metrics_dir.is_dir(), "a directory the operator gave is left in place"
