@@ -56,7 +56,7 @@ quantize-cells: ## int8 model of the trained cell CNN, float vs int8 and today's
 
 bench: bench-cells bench-subtype bench-gateway ## all benchmarks
 
-bench-cells: ## preprocessing and inference alone, ceilings (today's vs new path), service at 1 and 64 images/request vs 1.2.0 (~5 min)
+bench-cells: ## preprocessing and inference alone, ceilings (today's vs new path), service (2 processes, and 1) at 1 and 64 images/request vs 1.2.0 (~4 min)
 	$(PYTHON) -m bench.bench_cells
 
 bench-gpu: ## the bench-cells table on the CUDA provider, in its own environment (.venv-gpu: onnxruntime-gpu, no TensorFlow)

@@ -13,9 +13,10 @@ service beside the committed model's, in one run.
 3. The ceiling: decode (+ appearance) in the worker pool, then ONNX inference, one batch after the
    other in one process, per batch size; today's path = full decode + float model, the new path =
    draft decode + the variant the service chooses by default. The best batch is the ceiling.
-4. The service as a real process (its default variant and decoder), 32 concurrent closed-loop
-   clients sending 1 image per request, then 64: images/s, p50/p99 latency, errors, 503 shed, and
-   the ratio to the new ceiling.
+4. The service as a real process (its default variant and decoder) with ``--workers`` service
+   processes (CELL_WORKERS, default 2) and, for comparison, with 1, 32 concurrent closed-loop clients
+   sending 1 image per request, then 64: images/s, p50/p99 latency, errors, 503 shed, and the ratio to
+   the new ceiling (a one-process figure: two processes can pass it).
 5. The 1.2.0 model (8 outputs, vocabulary 1) from git history (``BASELINE_COMMIT``), run through
    today's service code with its card's class order set to today's vocabulary: its labels are
    meaningless there, its speed is what is measured. It has no int8 file and no appearance reference.
