@@ -12,10 +12,10 @@ import os
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import multiprocess
 
+from services.cell_classifier.batcher import BatchStats
+
 MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 __all__ = ["CONTENT_TYPE_LATEST", "CellMetrics", "MULTIPROCESS_DIR_ENV"]
-
-from services.cell_classifier.batcher import BatchStats
 
 
 class CellMetrics:
