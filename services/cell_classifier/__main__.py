@@ -2,10 +2,12 @@
 
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
 from services.cell_classifier.app import create_app
+from services.cell_classifier.inference import check_model
 from services.cell_classifier.metrics import MULTIPROCESS_DIR_ENV
 from services.cell_classifier.settings import CellServiceSettings
 from shared.serving import run
@@ -30,8 +32,24 @@ def prepare_metrics_dir(workers: int) -> Path | None:
     return None
 
 
+STARTUP_FAILURE = 3  # uvicorn's exit status when the app cannot start
+
+
+def check_before_workers(settings: CellServiceSettings) -> None:
+    """With several workers, uvicorn's process manager stops when a worker cannot start, but exits 0; a
+    model directory that cannot be served is refused here first, with uvicorn's own startup-failure status."""
+    try:
+        check_model(settings.model_dir, settings.provider, settings.model_variant)
+    except Exception as error:  # noqa: BLE001 - any reason the workers could not load the model
+        print(f"cell service: cannot serve the model in {settings.model_dir}: {type(error).__name__}: {error}",
+              file=sys.stderr)
+        sys.exit(STARTUP_FAILURE)
+
+
 if __name__ == "__main__":
     settings = CellServiceSettings()
+    if settings.workers > 1:
+        check_before_workers(settings)
     own_metrics_dir = prepare_metrics_dir(settings.workers)
     try:
         run(create_app, settings, access_log=settings.access_log, workers=settings.workers)

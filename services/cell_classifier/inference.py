@@ -22,7 +22,8 @@ CARD_FILE = "model_card.json"
 VARIANTS = ("float", "int8")
 MIN_INPUT_SIZE, MAX_INPUT_SIZE = 32, 512
 
-__all__ = ["CellModel", "ModelIntegrityError", "choose_providers", "choose_variant", "model_variants"]
+__all__ = ["CellModel", "CheckedModel", "ModelIntegrityError", "check_model", "choose_providers", "choose_variant",
+           "model_variants"]
 
 
 def choose_providers(preference: str) -> list[str]:
@@ -73,29 +74,51 @@ def choose_variant(card: dict, preference: str, providers: list[str]) -> str:
     return preference
 
 
+@dataclass(frozen=True)
+class CheckedModel:
+    """A model directory whose card and chosen file passed every check (``check_model``)."""
+    card: dict
+    providers: list[str]
+    variant: str
+    entry: dict  # the chosen variant's file and sha256
+    path: Path
+    input_size: int
+
+
+def check_model(model_dir: Path, provider: str = "auto", variant: str = "auto") -> CheckedModel:
+    """Read the card, check it against the vocabulary, choose providers and variant, and check the chosen
+    file's sha256, without loading the network: ``ModelIntegrityError`` (or the provider/variant
+    ``ValueError``/``RuntimeError``) for anything that would stop the service from serving it."""
+    card: dict = json.loads((model_dir / CARD_FILE).read_text())
+    if card["class_order"] != list(CELL_TYPES):
+        raise ModelIntegrityError(f"class order {card['class_order']} is not {list(CELL_TYPES)}")
+    shape = card["input"]["shape"]
+    if len(shape) != 4 or shape[3] != 3 or shape[1] != shape[2] or not MIN_INPUT_SIZE <= shape[1] <= MAX_INPUT_SIZE:
+        raise ModelIntegrityError(f"model input {shape}: expected [batch, N, N, 3] with {MIN_INPUT_SIZE} <= N <= "
+                                  f"{MAX_INPUT_SIZE}")
+    providers = choose_providers(provider)
+    chosen = choose_variant(card, variant, providers)
+    entry = model_variants(card)[chosen]
+    if chosen != "float" and entry.get("float_sha256") != card["sha256"]:
+        raise ModelIntegrityError(f"the {chosen} model was made from the float model with sha256 "
+                                  f"{entry.get('float_sha256')}, the card's is {card['sha256']}: "
+                                  "run python -m training.quantize_cells again")
+    path = model_dir / entry["file"]
+    actual = file_sha256(path)
+    if actual != entry["sha256"]:
+        raise ModelIntegrityError(f"{path} has sha256 {actual}, its card says {entry['sha256']}")
+    # the side the shared preprocessing resizes every image to for this model (its card says it)
+    return CheckedModel(card, providers, chosen, entry, path, int(shape[1]))
+
+
 class CellModel:
     def __init__(self, model_dir: Path, provider: str = "auto", threads: int = 0, variant: str = "auto"):
-        card_path = model_dir / CARD_FILE
-        self.card: dict = json.loads(card_path.read_text())
-        if self.card["class_order"] != list(CELL_TYPES):
-            raise ModelIntegrityError(f"class order {self.card['class_order']} is not {list(CELL_TYPES)}")
-        shape = self.card["input"]["shape"]
-        if len(shape) != 4 or shape[3] != 3 or shape[1] != shape[2] or not MIN_INPUT_SIZE <= shape[1] <= MAX_INPUT_SIZE:
-            raise ModelIntegrityError(f"model input {shape}: expected [batch, N, N, 3] with {MIN_INPUT_SIZE} <= N <= "
-                                      f"{MAX_INPUT_SIZE}")
-        # the side the shared preprocessing resizes every image to for this model (its card says it)
-        self.input_size: int = int(shape[1])
-        providers = choose_providers(provider)
-        self.variant: str = choose_variant(self.card, variant, providers)
-        entry = model_variants(self.card)[self.variant]
-        if self.variant != "float" and entry.get("float_sha256") != self.card["sha256"]:
-            raise ModelIntegrityError(f"the {self.variant} model was made from the float model with sha256 "
-                                      f"{entry.get('float_sha256')}, the card's is {self.card['sha256']}: "
-                                      "run python -m training.quantize_cells again")
-        model_path = model_dir / entry["file"]
-        actual = file_sha256(model_path)
-        if actual != entry["sha256"]:
-            raise ModelIntegrityError(f"{model_path} has sha256 {actual}, its card says {entry['sha256']}")
+        checked = check_model(model_dir, provider, variant)
+        self.card: dict = checked.card
+        self.input_size: int = checked.input_size
+        self.variant: str = checked.variant
+        entry, model_path, providers = checked.entry, checked.path, checked.providers
+        shape = checked.card["input"]["shape"]
         self.file: str = entry["file"]
         self.sha256: str = entry["sha256"]
         options = ort.SessionOptions()

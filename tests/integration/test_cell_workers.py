@@ -1,10 +1,14 @@
 """CELL_WORKERS: several service processes on one port (uvicorn's process manager), each with the model and
 its share of the threads and of the admission limit; /metrics adds up every worker's counts whichever
-worker answers; SIGTERM stops them all and removes their metric files."""
+worker answers; SIGTERM stops them all and removes their metric files; a model that cannot be served fails the start."""
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -12,8 +16,9 @@ import httpx
 import psutil
 import pytest
 
+from services.cell_classifier.settings import DEFAULT_MODEL_DIR
 from tests.helpers.images import fullsize_images
-from tests.helpers.processes import start_cell_service
+from tests.helpers.processes import REPO_ROOT, start_cell_service
 
 pytestmark = pytest.mark.integration
 
@@ -76,3 +81,16 @@ def test_a_given_metrics_dir_is_created_and_emptied_of_an_earlier_runs_files(tmp
     finally:
         service.stop()
     assert metrics_dir.is_dir(), "a directory the operator gave is left in place"
+
+
+def test_a_model_that_cannot_be_served_stops_the_start_with_a_failure_status(tmp_path):
+    """uvicorn's process manager would stop with status 0 when its workers cannot start; the service checks
+    the model first and exits 3 (uvicorn's startup failure), as one process does."""
+    broken = tmp_path / "model"
+    broken.mkdir()
+    shutil.copyfile(DEFAULT_MODEL_DIR / "model_card.json", broken / "model_card.json")  # no network file
+    env = {**os.environ, "CELL_MODEL_DIR": str(broken), "CELL_PORT": "0", "CELL_PROVIDER": "cpu"}
+    for workers in ("1", "2"):
+        done = subprocess.run([sys.executable, "-m", "services.cell_classifier"], cwd=REPO_ROOT, timeout=60,
+                              env={**env, "CELL_WORKERS": workers}, capture_output=True, text=True)
+        assert done.returncode == 3, (workers, done.stderr[-2000:])
