@@ -6,6 +6,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from uvicorn.main import STARTUP_FAILURE
+
 from services.cell_classifier.app import create_app
 from services.cell_classifier.inference import check_model
 from services.cell_classifier.metrics import MULTIPROCESS_DIR_ENV
@@ -30,9 +32,6 @@ def prepare_metrics_dir(workers: int) -> Path | None:
         os.environ[MULTIPROCESS_DIR_ENV] = str(own)
         return own
     return None
-
-
-STARTUP_FAILURE = 3  # uvicorn's exit status when the app cannot start
 
 
 def check_before_workers(settings: CellServiceSettings) -> None:

@@ -65,6 +65,7 @@ def _decode_upload(data: bytes, settings: CellServiceSettings, model: CellModel)
 
 def create_app(settings: CellServiceSettings | None = None, model: CellModel | None = None) -> FastAPI:
     settings = settings or CellServiceSettings()
+    max_queue = settings.worker_max_queue()  # this process's share of CELL_MAX_QUEUE
     warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own pixel limit is lower
 
     @asynccontextmanager
@@ -85,7 +86,7 @@ def create_app(settings: CellServiceSettings | None = None, model: CellModel | N
         state.batcher = DynamicBatcher(
             state.model.infer, max_batch=settings.max_batch, max_delay_s=settings.max_delay_ms / 1000.0,
             # admission control below is the real bound; this one only guards the batcher itself
-            max_queue=settings.worker_max_queue() + settings.max_images, executor=state.inference_pool,
+            max_queue=max_queue + settings.max_images, executor=state.inference_pool,
             on_batch=state.metrics.observe_batch, max_concurrent_batches=settings.concurrent_batches,
         )
         state.batcher.start()
@@ -132,16 +133,14 @@ def create_app(settings: CellServiceSettings | None = None, model: CellModel | N
                           if isinstance(route, APIRoute) and route.path == "/v1/classify")
     classify_route.app = request_response(classify)
 
-    max_queue = settings.worker_max_queue()  # this process's share of CELL_MAX_QUEUE
-
     async def _classify(request: Request, state) -> bytes:
         if not state.ready:
             raise _retry_later("model is not loaded yet")
         # Admission control before any work: the images a request brings are counted from here
         # until its answer, so decoding, queue and inference together hold at most MAX_QUEUE
         # images (each worker process its share), and a refused request costs neither decoding
-        # nor inference. An idle service
-        # takes any request up to CELL_MAX_IMAGES, even one larger than MAX_QUEUE.
+        # nor inference. An idle service takes any request up to CELL_MAX_IMAGES, even one larger
+        # than MAX_QUEUE.
         if state.admitted_images >= max_queue:
             raise _queue_full(state.admitted_images)
         uploads = await read_image_parts(request, settings.max_images)
