@@ -160,11 +160,11 @@ def ceiling(images, model: CellModel, decoder: str, opts: Options, min_seconds: 
 
 
 def service_rows(model_dir: Path, images, args, opts: Options, name: str, workers: int) -> dict:
-    """The service as a real process with ``workers`` worker processes (CELL_WORKERS), the decode threads
-    shared out among them."""
+    """The service as a real process with ``workers`` worker processes (CELL_WORKERS), given the cores the
+    in-process rows use (CELL_CORES) to share out among them by its own rule (``cores_per_worker``)."""
     with tempfile.TemporaryDirectory() as tmp:
         env = {"CELL_PROVIDER": opts.provider, "CELL_MODEL_DIR": str(model_dir), "CELL_WORKERS": str(workers),
-               "CELL_DECODE_WORKERS": str(max(1, opts.decode_workers // workers)), **opts.service_env}
+               "CELL_CORES": str(opts.decode_workers), **opts.service_env}
         service = start_cell_service(Path(tmp), **env)
         try:
             url = f"{service.url}/v1/classify"
