@@ -217,7 +217,8 @@ def _markdown(card: dict) -> str:
         + f", batch {t['batch_size']}, AdamW (weight decay 0.05), cosine "
         f"schedule with warm-up to {t['peak_learning_rate']}, class weights {t['class_weight']}"
         + (", and each source's cells weighted against the other's of the same class: "
-           + ", ".join(f"{k} x{v:g}" for k, v in t["source_weight"].items()) if t.get("source_weight") else ""),
+           + ", ".join(f"{k} x{v:g}" for k, v in t["source_weight"].items()) if t.get("source_weight") else "")
+        + (f"; cross-entropy with label smoothing {t['label_smoothing']:g}" if t.get("label_smoothing") else ""),
         _sizes_line(t["epoch_image_sizes"]),
         "- Augmentation: any rotation, flips, scale jitter {:g}-{:g}x".format(*augmentation["zoom_range"])
         + ("" if not augmentation.get("wide_zoom_probability") else

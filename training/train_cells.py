@@ -65,6 +65,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--deepapl-weight", type=float, default=1.0,
                         help="loss weight of a DeepAPL training cell relative to a PBC cell of the same class "
                              "(on top of the class weights; the average weight per training image stays 1)")
+    parser.add_argument("--label-smoothing", type=float, default=0.0,
+                        help="cross-entropy against targets that keep 1 - e on the labelled class and spread e "
+                             "over all classes (e.g. 0.1; for noisy expert labels); 0: off, as for 2.2.0")
     parser.add_argument("--ema-momentum", type=float, default=0.0,
                         help="exponential moving average of the weights (e.g. 0.998; the fitted network is the "
                              "average); 0: off, as for the committed 2.0.0. A fine-tune of 2.0.0 with 0.998 (6 "
@@ -93,7 +96,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 FIT_RECORD_KEYS = ("fit_preprocessing_version", "epochs", "epoch_image_sizes", "augmentation", "zoom_range",
-                   "batch_size", "peak_learning_rate", "seed", "class_weight", "source_weight", "initial_network",
+                   "batch_size", "peak_learning_rate", "label_smoothing", "seed", "class_weight", "source_weight", "initial_network",
                    "fit_seconds", "epoch_seconds", "epochs_run", "stopped_by_time_budget", "history")
 
 
@@ -151,6 +154,17 @@ def sample_weights(labels: np.ndarray, sources: np.ndarray, class_weight: dict[i
     return weights * (len(weights) / weights.sum())
 
 
+def loss_and_targets(labels: np.ndarray, n_classes: int, label_smoothing: float):
+    """The fit's loss and its targets for ``labels``: class indices, or one-hot rows when the labels are
+    smoothed (Keras's sparse cross-entropy takes no smoothing)."""
+    import keras
+
+    if label_smoothing <= 0.0:
+        return keras.losses.SparseCategoricalCrossentropy(from_logits=True), labels
+    one_hot = np.eye(n_classes, dtype=np.float32)[labels]
+    return keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=label_smoothing), one_hot
+
+
 def fit(args: argparse.Namespace, train, val, started: float, train_sources: np.ndarray):
     """Train the network on ``train`` (``train_sources``: each image's source name); returns it and the record
     of its fit for the card."""
@@ -182,11 +196,9 @@ def fit(args: argparse.Namespace, train, val, started: float, train_sources: np.
     )
     optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=0.05, use_ema=args.ema_momentum > 0,
                                        ema_momentum=args.ema_momentum or 0.99)
-    training_model.compile(
-        optimizer=optimizer,
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
+    loss, train_targets = loss_and_targets(train.labels, len(CELL_TYPES), args.label_smoothing)
+    _, val_targets = loss_and_targets(val.labels, len(CELL_TYPES), args.label_smoothing)
+    training_model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
     print(f"network: {network.count_params():,} parameters, input {IMAGE_SIZE}x{IMAGE_SIZE} uint8", flush=True)
     fit_started = time.perf_counter()
     budget = cnn.EpochClock(started, args.time_budget_min * 60.0)
@@ -195,8 +207,8 @@ def fit(args: argparse.Namespace, train, val, started: float, train_sources: np.
     if args.deepapl_weight != 1.0:
         weighting = {"sample_weight": sample_weights(train.labels, train_sources, class_weight, source_weight)}
     history = training_model.fit(
-        train.images, train.labels, batch_size=args.batch_size, epochs=args.epochs,
-        validation_data=(val.images, val.labels), shuffle=True, verbose=args.verbose, **weighting,
+        train.images, train_targets, batch_size=args.batch_size, epochs=args.epochs,
+        validation_data=(val.images, val_targets), shuffle=True, verbose=args.verbose, **weighting,
         callbacks=[budget, cnn.ProgressiveResize(augmentation, sizes)],
     )
     fit_seconds = time.perf_counter() - fit_started
@@ -210,6 +222,7 @@ def fit(args: argparse.Namespace, train, val, started: float, train_sources: np.
         "zoom_range": list(args.zoom_range),
         "batch_size": args.batch_size,
         "peak_learning_rate": args.learning_rate,
+        "label_smoothing": args.label_smoothing or None,
         "weight_averaging": ({"kind": "exponential moving average of the weights (AdamW use_ema), written into "
                                       "the network when fitting ends", "momentum": args.ema_momentum}
                              if args.ema_momentum > 0 else None),
