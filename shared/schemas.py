@@ -45,9 +45,9 @@ class CellPrediction(BaseModel):
     confidence: float = Field(ge=0.0, le=1.0, description="calibrated maximum class probability")
     probabilities: dict[str, float] = Field(description=f"one per cell type: {', '.join(CELL_TYPES)}")
     appearance_distance: float | None = Field(
-        None, ge=0.0, description="how far the image's colour and density statistics are from the training "
-                                  "images' (Mahalanobis distance to the nearest training source; thresholds in "
-                                  "the model card's `appearance`)")
+        None, ge=0.0, description="how far the image's colour, density and sharpness statistics are from the "
+                                  "training images' (Mahalanobis distance to the nearest training source; thresholds "
+                                  "in the model card's `appearance`)")
     apl_logit: float | None = Field(
         None, description="the per-cell APL head's log-odds that this cell comes from a patient with acute "
                           "promyelocytic leukaemia (None: no APL head loaded)")

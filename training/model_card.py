@@ -178,13 +178,15 @@ def _markdown(card: dict) -> str:
         lines += [
             "",
             "## Appearance check (is this image like the training data?)",
-            "Each image's colour and density statistics (`shared/appearance.py`: channel means, spreads, 10th/90th "
-            "percentiles, stained-area fraction of the network input) are compared by Mahalanobis distance with "
+            "Each image's colour, density and focus statistics (`shared/appearance.py`: channel means, spreads, "
+            "10th/90th percentiles, stained-area fraction and sharpness of the network input) are compared by Mahalanobis distance with "
             f"those of the training images of each source ({', '.join(appearance['reference'])}); an image's "
             "distance is to the nearest source. On the validation split the distances' median is "
             f"{appearance['validation_distance_quantiles']['0.5']:.2f}, 90th percentile "
             f"{appearance['validation_distance_quantiles']['0.9']:.2f}, 99th "
-            f"{appearance['validation_distance_quantiles']['0.99']:.2f}.",
+            f"{appearance['validation_distance_quantiles']['0.99']:.2f}."
+            + (f" Reference and thresholds refitted by {appearance['refitted']}."
+               if appearance.get("refitted") else ""),
             f"- An image is *out of domain* when its distance exceeds {appearance['image_threshold']:.2f} "
             "(validation 99th percentile).",
             f"- A patient's report warns that the images look unlike the training data when the median distance of "

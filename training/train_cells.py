@@ -267,9 +267,9 @@ def main(argv: list[str] | None = None) -> dict:
     import keras
     import tensorflow as tf
 
-    from shared.appearance import AppearanceReference, appearance_features
     from shared.vocabulary import CELL_TYPES
     from training import cnn, deepapl_dataset, export_onnx, model_card, pbc_dataset
+    from training.appearance_reference import fit_appearance
     from training.metrics import (NORMAL_TYPES, apply_unclassified_rule, class_minimum_for_false_positives,
                                   classification_report, confidence_threshold, fit_temperature, leukaemia_summary,
                                   patient_bootstrap_intervals, softmax)
@@ -340,17 +340,7 @@ def main(argv: list[str] | None = None) -> dict:
     if "deepapl" in sources:
         held_out = deepapl_dataset.held_out_cells(args.deepapl_dir or deepapl_dataset.data_dir())
 
-    reference = AppearanceReference.fit({
-        name: np.stack([appearance_features(image) for image in split[0].images]) for name, split in sources.items()})
-    val_distances = reference.distances(np.stack([appearance_features(image) for image in val.images]))
-    appearance = {
-        "features": "shared.appearance.FEATURE_NAMES over the preprocessed input",
-        "reference": reference.to_dict(),
-        "image_threshold": float(np.quantile(val_distances, 0.99)),
-        "patient_threshold": float(np.quantile(val_distances, 0.90)),
-        "validation_distance_quantiles": {q: float(np.quantile(val_distances, float(q)))
-                                          for q in ("0.5", "0.9", "0.99")},
-    }
+    appearance = fit_appearance({name: split[0].images for name, split in sources.items()}, val.images)
 
     args.out.mkdir(parents=True, exist_ok=True)
     onnx_path = args.out / model_card.ONNX_FILE

@@ -13,6 +13,7 @@ import onnxruntime as ort
 from services.cell_classifier.apl_head import CARD_SECTION as APL_HEAD_SECTION
 from services.cell_classifier.apl_head import AplCellHead
 from services.cell_classifier.errors import ModelIntegrityError
+from shared.appearance import FEATURE_NAMES as APPEARANCE_FEATURES
 from shared.appearance import AppearanceReference, appearance_features
 from shared.hashing import file_sha256
 from shared.vocabulary import CELL_TYPES, UNCLASSIFIED
@@ -103,6 +104,11 @@ def check_model(model_dir: Path, provider: str = "auto", variant: str = "auto") 
         raise ModelIntegrityError(f"the {chosen} model was made from the float model with sha256 "
                                   f"{entry.get('float_sha256')}, the card's is {card['sha256']}: "
                                   "run python -m training.quantize_cells again")
+    appearance = card.get("appearance") or {}
+    if appearance.get("reference") and appearance.get("feature_names") != list(APPEARANCE_FEATURES):
+        raise ModelIntegrityError(f"the card's appearance reference was fitted on features "
+                                  f"{appearance.get('feature_names') or 'of an earlier version'}, not "
+                                  f"{list(APPEARANCE_FEATURES)}: run python -m training.appearance_reference")
     path = model_dir / entry["file"]
     actual = file_sha256(path)
     if actual != entry["sha256"]:
