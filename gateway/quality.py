@@ -6,7 +6,7 @@ density statistics are from the training images'). Per patient this module repor
 share of unclassified and smudge cells and the median appearance distance, and warns
 
 - when the images look unlike the training data (median distance above the cell model
-  card's ``appearance.patient_threshold``): another scanner, stain or magnification, so
+  card's ``appearance.patient_threshold``): another scanner, stain, magnification or focus, so
   every cell should be reviewed;
 - when many cells are unclassified (``UNCLASSIFIED_WARNING``) or smudged (``SMUDGE_WARNING``).
 """
@@ -43,7 +43,7 @@ def assess(counts: Mapping[str, int], distances: Sequence[float | None], appeara
         warnings.append(
             f"these images look unlike the images the cell model was trained on (median appearance distance "
             f"{median:.1f}, threshold {patient_threshold:.1f}; {out_of_domain:.0%} of cells out of domain): "
-            "another scanner, stain or magnification? The counts may be wrong: review every cell")
+            "another scanner, stain, magnification or focus? The counts may be wrong: review every cell")
     if unclassified >= UNCLASSIFIED_WARNING:
         warnings.append(f"{unclassified:.0%} of cells are unclassified (the model could not place them): "
                         "review them before trusting the differential")

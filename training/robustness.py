@@ -156,7 +156,9 @@ def markdown(card: dict, split: str, sections: dict[str, tuple[int, dict[str, di
         "",
         f"Training drew the scale from as wide a range as {zoom[0]:g}x to {zoom[1]:g}x; cells magnified beyond that "
         "(another scanner's tighter crops) are the weakest case, so such images should be measured before use. "
-        "Blur is not caught by the appearance check: its statistics are colour and stained area, not sharpness.",
+        "Blur costs the most accuracy for the least change of colour; the appearance check sees it through its "
+        "sharpness statistic (`shared.appearance.sharpness`, added 2026-11-29: before it, a blurred patient got no "
+        "warning).",
     ]
     return "\n".join(lines) + "\n"
 

@@ -173,7 +173,7 @@ function render(report, files) {
   const quality = report.quality;
   $("r-quality-banner").hidden = !(quality && quality.review_every_cell);
   $("r-quality-banner").textContent = quality && quality.looks_out_of_domain
-    ? "These images look unlike the images the model was trained on (another scanner, stain or magnification?): review every cell."
+    ? "These images look unlike the images the model was trained on (another scanner, stain, magnification or focus?): review every cell."
     : "Many cells could not be placed by the model: review every cell.";
   $("r-quality").textContent = quality ? `Quality: ${(quality.unclassified_fraction * 100).toFixed(1)}% unclassified, ` +
     `${(quality.smudge_fraction * 100).toFixed(1)}% smudge cells` + (quality.appearance_distance === null ? "" :

@@ -1,5 +1,5 @@
 """The report's quality warning, end to end: quiet on images like the training data, loud on images that
-look like another scanner or stain (simulated here by recolouring and by grayscale)."""
+look like another scanner, stain or focus (simulated here by recolouring, grayscale and blur)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import json
 import httpx
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from services.cell_classifier.settings import DEFAULT_MODEL_DIR
 from tests.helpers.images import deepapl_images, encode, fullsize_images
@@ -46,6 +46,12 @@ def recoloured(gains: tuple[float, float, float]) -> list[tuple[str, bytes]]:
     return out
 
 
+def blurred(radius: float) -> list[tuple[str, bytes]]:
+    """Out of focus: the colours stay as in training, so only the sharpness statistic can tell."""
+    return [(p.name, encode(Image.open(p).convert("RGB").filter(ImageFilter.GaussianBlur(radius)), "JPEG", quality=92))
+            for _, p in fullsize_images()]
+
+
 def grayscale() -> list[tuple[str, bytes]]:
     return [(p.name, encode(Image.open(p).convert("L"), "PNG")) for _, p in fullsize_images()]
 
@@ -62,7 +68,8 @@ def test_quiet_on_images_like_the_training_data(gateway):
 
 @pytest.mark.parametrize("name,files", [("stain", lambda: recoloured((0.8, 1.0, 1.3))),
                                         ("yellow", lambda: recoloured((1.1, 1.05, 0.7))),
-                                        ("grayscale", grayscale)])
+                                        ("grayscale", grayscale),
+                                        ("blurred", lambda: blurred(3.0))])
 def test_warns_on_images_unlike_the_training_data(gateway, name, files):
     report = classify(gateway.url, f"Q-odd-{name}", files())
     quality = report["quality"]
