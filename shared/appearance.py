@@ -63,7 +63,8 @@ def sharpness(image: np.ndarray) -> float:
     in integer luminance units, +1 each, so a flat image gives 0. Blur takes the fine detail (the
     Laplacian) faster than the edges (the gradient), so the ratio falls with defocus whatever the contrast
     or stain: on DeepAPL test cells about 0.04 +- 0.08 as stored, -0.38 after a 1 px Gaussian blur of the
-    stored copy, -0.70 after 1.5 px (PBC: -0.01, -0.22, -0.42)."""
+    stored copy, -0.70 after 1.5 px (PBC: -0.01, -0.22, -0.42). The 64 full-size PBC originals through the
+    served decoding and their 224 px training copies agree to 0.004 on average: the copies are as sharp."""
     h, w = image.shape[:2]
     wide = image[h // 4: h - h // 4, w // 4: w - w // 4].astype(np.int32)  # the centre, where the cell is
     luminance = wide[:, :, 0] * _LUMA[0] + wide[:, :, 1] * _LUMA[1] + wide[:, :, 2] * _LUMA[2]
