@@ -32,13 +32,14 @@ def fit_appearance(train_by_source: dict[str, np.ndarray], validation: np.ndarra
     """Preprocessed training images per source and the validation images -> the card's ``appearance``."""
     reference = AppearanceReference.fit({name: features_of(images) for name, images in train_by_source.items()})
     distances = reference.distances(features_of(validation))
+    quantiles = {q: float(np.quantile(distances, q)) for q in (0.5, PATIENT_QUANTILE, IMAGE_QUANTILE)}
     return {
         "features": "shared.appearance.FEATURE_NAMES over the preprocessed input",
         "feature_names": list(FEATURE_NAMES),
         "reference": reference.to_dict(),
-        "image_threshold": float(np.quantile(distances, IMAGE_QUANTILE)),
-        "patient_threshold": float(np.quantile(distances, PATIENT_QUANTILE)),
-        "validation_distance_quantiles": {q: float(np.quantile(distances, float(q))) for q in ("0.5", "0.9", "0.99")},
+        "image_threshold": quantiles[IMAGE_QUANTILE],
+        "patient_threshold": quantiles[PATIENT_QUANTILE],
+        "validation_distance_quantiles": {f"{q:g}": value for q, value in quantiles.items()},
     }
 
 
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> dict:
     loaders = {"pbc": lambda: pbc_dataset.split_dataset(args.data_dir or pbc_dataset.data_dir(), cache, limit),
                "deepapl": lambda: deepapl_dataset.split_dataset(args.deepapl_dir or deepapl_dataset.data_dir(), cache,
                                                                 limit)}
-    sources = list((card.get("appearance") or {}).get("reference") or card.get("sources") or ["pbc"])
+    sources = list((card.get("appearance") or {}).get("reference") or ["pbc"])
     unknown = set(sources) - set(loaders)
     if unknown:
         raise SystemExit(f"cannot refit sources {sorted(unknown)} here: run make train-cells")

@@ -179,8 +179,8 @@ def _markdown(card: dict) -> str:
             "",
             "## Appearance check (is this image like the training data?)",
             "Each image's colour, density and focus statistics (`shared/appearance.py`: channel means, spreads, "
-            "10th/90th percentiles, stained-area fraction and sharpness of the network input) are compared by Mahalanobis distance with "
-            f"those of the training images of each source ({', '.join(appearance['reference'])}); an image's "
+            "10th/90th percentiles, stained-area fraction and sharpness of the network input) are compared by "
+            f"Mahalanobis distance with those of the training images of each source ({', '.join(appearance['reference'])}); an image's "
             "distance is to the nearest source. On the validation split the distances' median is "
             f"{appearance['validation_distance_quantiles']['0.5']:.2f}, 90th percentile "
             f"{appearance['validation_distance_quantiles']['0.9']:.2f}, 99th "

@@ -96,8 +96,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 FIT_RECORD_KEYS = ("fit_preprocessing_version", "epochs", "epoch_image_sizes", "augmentation", "zoom_range",
-                   "batch_size", "peak_learning_rate", "label_smoothing", "seed", "class_weight", "source_weight", "initial_network",
-                   "fit_seconds", "epoch_seconds", "epochs_run", "stopped_by_time_budget", "history")
+                   "batch_size", "peak_learning_rate", "label_smoothing", "seed", "class_weight", "source_weight",
+                   "initial_network", "fit_seconds", "epoch_seconds", "epochs_run", "stopped_by_time_budget", "history")
 
 
 def square_root_class_weights(labels: np.ndarray, n_classes: int) -> dict[int, float]:
@@ -154,15 +154,18 @@ def sample_weights(labels: np.ndarray, sources: np.ndarray, class_weight: dict[i
     return weights * (len(weights) / weights.sum())
 
 
-def loss_and_targets(labels: np.ndarray, n_classes: int, label_smoothing: float):
-    """The fit's loss and its targets for ``labels``: class indices, or one-hot rows when the labels are
-    smoothed (Keras's sparse cross-entropy takes no smoothing)."""
+def fit_loss(label_smoothing: float):
+    """Cross-entropy on logits; with smoothing, against one-hot targets (Keras's sparse loss takes none)."""
     import keras
 
     if label_smoothing <= 0.0:
-        return keras.losses.SparseCategoricalCrossentropy(from_logits=True), labels
-    one_hot = np.eye(n_classes, dtype=np.float32)[labels]
-    return keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=label_smoothing), one_hot
+        return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    return keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=label_smoothing)
+
+
+def fit_targets(labels: np.ndarray, n_classes: int, label_smoothing: float) -> np.ndarray:
+    """What ``fit_loss`` compares with: the class indices, or one-hot rows when the labels are smoothed."""
+    return labels if label_smoothing <= 0.0 else np.eye(n_classes, dtype=np.float32)[labels]
 
 
 def fit(args: argparse.Namespace, train, val, started: float, train_sources: np.ndarray):
@@ -196,9 +199,9 @@ def fit(args: argparse.Namespace, train, val, started: float, train_sources: np.
     )
     optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=0.05, use_ema=args.ema_momentum > 0,
                                        ema_momentum=args.ema_momentum or 0.99)
-    loss, train_targets = loss_and_targets(train.labels, len(CELL_TYPES), args.label_smoothing)
-    _, val_targets = loss_and_targets(val.labels, len(CELL_TYPES), args.label_smoothing)
-    training_model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
+    train_targets, val_targets = (fit_targets(split.labels, len(CELL_TYPES), args.label_smoothing)
+                                  for split in (train, val))
+    training_model.compile(optimizer=optimizer, loss=fit_loss(args.label_smoothing), metrics=["accuracy"])
     print(f"network: {network.count_params():,} parameters, input {IMAGE_SIZE}x{IMAGE_SIZE} uint8", flush=True)
     fit_started = time.perf_counter()
     budget = cnn.EpochClock(started, args.time_budget_min * 60.0)

@@ -171,12 +171,12 @@ def test_source_weight_scales_a_sources_cells_against_the_class_weights_and_keep
 
 def test_label_smoothing_fits_one_hot_targets_whose_loss_spreads_the_smoothing_over_the_classes():
     require_training_stack()
-    from training.train_cells import loss_and_targets
+    from training.train_cells import fit_loss, fit_targets
 
     labels = np.array([2, 0, 1])
-    loss, targets = loss_and_targets(labels, 3, 0.0)
+    loss, targets = fit_loss(0.0), fit_targets(labels, 3, 0.0)
     assert targets is labels  # off: class indices and the sparse loss, as 2.2.0 was fitted
-    loss, targets = loss_and_targets(labels, 3, 0.3)
+    loss, targets = fit_loss(0.3), fit_targets(labels, 3, 0.3)
     assert targets.shape == (3, 3) and targets.argmax(axis=1).tolist() == [2, 0, 1]
     logits = np.log(np.array([[0.1, 0.1, 0.8]], dtype=np.float32))
     # against (0.1, 0.1, 0.8) smoothed: -(0.1 log 0.1 + 0.1 log 0.1 + 0.8 log 0.8)
