@@ -53,7 +53,10 @@ LIMITATIONS = (
 
 def build_card(*, version, onnx_path: Path, output_name, temperature, threshold, max_unclassified_fraction,
                test_time_views: list[str], metrics, training, appearance=None, sources=("pbc",),
-               class_minimum=None, max_normal_called_blast=None) -> dict:
+               class_minimum=None, max_normal_called_blast=None, calibration_taken_from: str | None = None) -> dict:
+    """``calibration_taken_from``: the temperature, threshold and class minimum were not fitted here but copied
+    from that card (named in the rule's texts), e.g. when the validation patients were trained on."""
+    taken = f" (taken from {calibration_taken_from}, fitted on its validation split)" if calibration_taken_from else ""
     return {
         "name": MODEL_NAME,
         "version": version,
@@ -86,11 +89,11 @@ def build_card(*, version, onnx_path: Path, output_name, temperature, threshold,
             "temperature": temperature,
             "threshold": threshold,
             "rule": f"label = '{UNCLASSIFIED}' when max probability < threshold",
-            "chosen_so_that": f"at most {max_unclassified_fraction:.1%} of validation cells are unclassified",
+            "chosen_so_that": f"at most {max_unclassified_fraction:.1%} of validation cells are unclassified{taken}",
             "class_minimum": class_minimum or {},
             "class_minimum_chosen_so_that": (
                 f"at most {max_normal_called_blast:.1%} of the validation split's normal cells (the 8 PBC types) are "
-                "labelled blast" if class_minimum else None),
+                f"labelled blast{taken}" if class_minimum else None),
         },
         "data": {"training": [DATA_DESCRIPTION[s] for s in sources],
                  "attribution": [DATA_ATTRIBUTION[s] for s in sources],

@@ -77,6 +77,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-normal-called-blast", type=float, default=0.03,
                         help="blasts need a probability high enough that at most this share of the validation "
                              "split's normal cells (the 8 PBC types) are labelled blast; below it: unclassified")
+    parser.add_argument("--deepapl-validation-in-training", action="store_true",
+                        help="fit on the DeepAPL validation patients too (the recipe already chosen on them; the "
+                             "test patients stay out); needs --calibration-from, as nothing held out is left to "
+                             "fit the temperature and thresholds on")
+    parser.add_argument("--calibration-from", type=Path, default=None, metavar="CARD",
+                        help="take the temperature, unclassified threshold and blast minimum from this "
+                             "model_card.json instead of fitting them on the validation split")
     parser.add_argument("--per-class-limit", type=int, default=None, help="use only N images per class (smoke runs)")
     parser.add_argument("--cache-dir", default=str(REPO_ROOT / ".cache"), help="decoded-array cache; '' for none")
     parser.add_argument("--version", default="2.2.0")
@@ -281,6 +288,13 @@ def main(argv: list[str] | None = None) -> dict:
     sources = load_data(args)
     train = pbc_dataset.concatenate([s[0] for s in sources.values()], "all")
     val = pbc_dataset.concatenate([s[1] for s in sources.values()], "all")
+    train_sources = np.concatenate([[name] * len(s[0]) for name, s in sources.items()])
+    if args.deepapl_validation_in_training:
+        if "deepapl" not in sources or args.calibration_from is None:
+            raise SystemExit("--deepapl-validation-in-training needs the DeepAPL cells and --calibration-from CARD")
+        train = pbc_dataset.concatenate([train, sources["deepapl"][1]], "all")
+        train_sources = np.concatenate([train_sources, ["deepapl"] * len(sources["deepapl"][1])])
+        print(f"DeepAPL validation patients added to training: {len(train)} training images", flush=True)
 
     if args.from_network:
         network = keras.models.load_model(args.from_network, compile=False)
@@ -293,7 +307,6 @@ def main(argv: list[str] | None = None) -> dict:
                                       "total_seconds": fit_record.get("total_seconds", fit_record.get("fit_seconds"))}}
         print(f"fit skipped: network from {args.from_network}", flush=True)
     else:
-        train_sources = np.concatenate([[name] * len(s[0]) for name, s in sources.items()])
         network, fit_record = fit(args, train, val, started, train_sources)
         fitted = args.out / FITTED_DIR
         fitted.mkdir(parents=True, exist_ok=True)
@@ -314,19 +327,31 @@ def main(argv: list[str] | None = None) -> dict:
         return cnn.view_averaged_logits(network, images, args.test_time_views)
 
     val_logits = logits_of(val.images)
-    temperature = fit_temperature(val_logits, val.labels)
-    val_probabilities = softmax(val_logits, temperature)
-    threshold = confidence_threshold(val_probabilities.max(axis=1), args.max_unclassified_fraction)
     blast = CELL_TYPES.index("blast")
-    class_minimum = {blast: class_minimum_for_false_positives(
-        val_probabilities, val.labels, threshold, blast, np.array([CELL_TYPES.index(n) for n in NORMAL_TYPES]),
-        args.max_normal_called_blast)}
+    calibration_taken_from = None
+    if args.calibration_from:
+        calibration = json.loads(args.calibration_from.read_text())
+        rule = calibration["unclassified_rule"]
+        temperature, threshold = float(rule["temperature"]), float(rule["threshold"])
+        class_minimum = {CELL_TYPES.index(k): float(v) for k, v in (rule.get("class_minimum") or {}).items()}
+        calibration_taken_from = f"{calibration['name']} {calibration['version']}"
+        print(f"temperature and thresholds taken from {args.calibration_from} ({calibration_taken_from})", flush=True)
+        val_probabilities = softmax(val_logits, temperature)
+    else:
+        temperature = fit_temperature(val_logits, val.labels)
+        val_probabilities = softmax(val_logits, temperature)
+        threshold = confidence_threshold(val_probabilities.max(axis=1), args.max_unclassified_fraction)
+        class_minimum = {blast: class_minimum_for_false_positives(
+            val_probabilities, val.labels, threshold, blast, np.array([CELL_TYPES.index(n) for n in NORMAL_TYPES]),
+            args.max_normal_called_blast)}
     print(f"unclassified threshold {threshold:.4f}; blast minimum {class_minimum[blast]:.4f}", flush=True)
 
     def predict_with_rule(probabilities: np.ndarray) -> np.ndarray:
         return apply_unclassified_rule(probabilities, threshold, len(CELL_TYPES), class_minimum)
 
     metrics = {"validation": classification_report(val.labels, predict_with_rule(val_probabilities), names)}
+    if args.deepapl_validation_in_training:
+        metrics["validation"]["note"] = "the DeepAPL validation patients were trained on: not a held-out estimate"
     test_probabilities = {}
     for name, (_, _, test) in sources.items():
         if len(test):
@@ -365,6 +390,7 @@ def main(argv: list[str] | None = None) -> dict:
         max_unclassified_fraction=args.max_unclassified_fraction,
         class_minimum={CELL_TYPES[i]: v for i, v in class_minimum.items()},
         max_normal_called_blast=args.max_normal_called_blast,
+        calibration_taken_from=calibration_taken_from,
         test_time_views=cnn.view_names(args.test_time_views),
         metrics=metrics,
         appearance=appearance,
@@ -372,12 +398,14 @@ def main(argv: list[str] | None = None) -> dict:
         training={
             **fit_record,
             "split_seed": {"pbc": pbc_dataset.SPLIT_SEED, "deepapl": deepapl_dataset.SPLIT_SEED},
-            "n_train": {name: int(len(s[0])) for name, s in sources.items()},
+            "n_train": {name: int(len(s[0]) + (len(s[1]) if name == "deepapl" and args.deepapl_validation_in_training
+                                               else 0)) for name, s in sources.items()},
             "n_validation": {name: int(len(s[1])) for name, s in sources.items()},
             "n_test": {name: int(len(s[2])) for name, s in sources.items()},
             "deepapl_patients": dict(zip(("train", "validation", "test"), deepapl_dataset.patient_split(
                 deepapl_dataset.read_patients(args.deepapl_dir or deepapl_dataset.data_dir()))))
             if "deepapl" in sources else None,
+            "deepapl_validation_in_training": bool(args.deepapl_validation_in_training),
             "per_class_limit": args.per_class_limit,
             "parameters": int(network.count_params()),
             "batch_norm_recalibration_images": recalibrated,

@@ -91,6 +91,27 @@ def test_smoke_training_run_exports_a_servable_model(tmp_path):
     assert second["history"] == card["training"]["history"] and second["batch_norm_recalibration_images"] > 0
     assert CellModel(finished, "cpu").predict(_originals()[:2]).shape == (2, len(CELL_TYPES))
 
+    # the validation patients trained on: the calibration must come from a card that was fitted on them
+    refit = tmp_path / "refit"
+    command = [sys.executable, "-m", "training.train_cells", "--per-class-limit", "20", "--cache-dir", "",
+               "--from-network", str(out / "fitted" / "cell_cnn.keras"), "--out", str(refit), "--version", "smoke-3",
+               "--deepapl-validation-in-training"]
+    refused = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert refused.returncode != 0 and "--calibration-from" in refused.stderr
+    completed = subprocess.run(command + ["--calibration-from", str(DEFAULT_MODEL_DIR / "model_card.json")],
+                               cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    refit_card = json.loads((refit / "model_card.json").read_text())
+    served_rule = json.loads((DEFAULT_MODEL_DIR / "model_card.json").read_text())["unclassified_rule"]
+    rule = refit_card["unclassified_rule"]
+    assert (rule["temperature"], rule["threshold"], rule["class_minimum"]) == (
+        served_rule["temperature"], served_rule["threshold"], served_rule["class_minimum"])
+    assert "taken from aml-cell-resnet" in rule["chosen_so_that"]
+    assert refit_card["training"]["deepapl_validation_in_training"] is True
+    assert refit_card["training"]["n_train"]["deepapl"] == (
+        card["training"]["n_train"]["deepapl"] + refit_card["training"]["n_validation"]["deepapl"])
+    assert "not a held-out estimate" in refit_card["metrics"]["validation"]["note"]
+
 
 def test_augmentation_scales_training_images_and_leaves_served_ones_alone():
     require_training_stack()
