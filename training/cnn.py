@@ -164,11 +164,50 @@ def build_network(widths: tuple[int, ...] = (32, 64, 128, 256), dropout: float =
     return keras.Model(inputs, logits, name="cell_resnet")
 
 
+def _identity_block(x, name: str):
+    """A stride-1 residual block (as ``_residual_block``) whose last batch norm starts at gamma 0: on a
+    ReLU output x >= 0 it computes ReLU(0 + x) = x, so inserting it leaves the network's function unchanged."""
+    filters = x.shape[-1]
+    y = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv_a")(x)
+    y = layers.BatchNormalization(name=f"{name}_bn_a")(y)
+    y = layers.ReLU(name=f"{name}_relu_a")(y)
+    y = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv_b")(y)
+    y = layers.BatchNormalization(gamma_initializer="zeros", name=f"{name}_bn_b")(y)
+    return layers.ReLU(name=f"{name}_out")(layers.Add(name=f"{name}_add")([y, x]))
+
+
+def deepen(network: keras.Model, extra_blocks: int = 1) -> keras.Model:
+    """``network`` with ``extra_blocks`` more residual blocks after every residual block (each stage's
+    output), initialised to the identity: the deeper network computes exactly what ``network`` did and
+    starts its fine-tune from there, with about twice the parameters per extra block and stage.
+    ``network`` itself is left as it was (its layers are copied); the new ones are named ``deep<n>_*``."""
+    original, network = network, keras.models.clone_model(network)
+    network.set_weights(original.get_weights())
+    inputs = keras.Input(network.inputs[0].shape[1:], dtype=network.inputs[0].dtype, name=network.inputs[0].name)
+    mapped = {id(network.inputs[0]): inputs}
+    added = sum(layer.name.startswith("deep") and layer.name.endswith("_add") for layer in network.layers)
+    for layer in network.layers[1:]:
+        node = layer._inbound_nodes[0]
+        arguments = [mapped[id(t)] for t in node.input_tensors]
+        output = layer(arguments if len(arguments) > 1 else arguments[0])
+        if isinstance(layer, layers.ReLU) and isinstance(node.parent_nodes[0].operation, layers.Add):
+            for _ in range(extra_blocks):
+                added += 1
+                output = _identity_block(output, f"deep{added}")
+        mapped[id(node.output_tensors[0])] = output
+    return keras.Model(inputs, mapped[id(network.outputs[0])], name=network.name)
+
+
 def network_from(earlier: keras.Model, earlier_classes: list[str]) -> keras.Model:
     """A network over ``CELL_TYPES`` that starts from ``earlier`` (same body, another label set):
     every layer's weights are copied; the output layer keeps the rows of classes both share and
     starts the new classes at small random weights with the mean bias."""
-    network = build_network()
+    def clone(layer):
+        if layer.name == "logits":
+            return layers.Dense(len(CELL_TYPES), name="logits")
+        return layer.__class__.from_config(layer.get_config())
+
+    network = keras.models.clone_model(earlier, clone_function=clone)  # any depth (``deepen``)
     for old, new in zip(earlier.layers, network.layers):
         if new.name == "logits" or old.name == "logits":
             continue
@@ -191,7 +230,7 @@ def average_weights(networks: list[keras.Model]) -> keras.Model:
     statistics are averaged too; re-estimate them afterwards (``recalibrate_batch_norm``)."""
     if len(networks) < 2:
         raise ValueError("average_weights needs at least two networks")
-    soup = build_network()
+    soup = keras.models.clone_model(networks[0])
     for layer_index, layer in enumerate(soup.layers):
         stacks = [net.layers[layer_index].get_weights() for net in networks]
         if not stacks[0]:

@@ -46,6 +46,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--init-network", type=Path, default=None,
                         help="start the fit from this cell_cnn.keras (its model_card.json beside it)")
+    parser.add_argument("--deepen", type=int, default=0, metavar="N",
+                        help="with --init-network: insert N residual blocks after each of its blocks, initialised "
+                             "to the identity (the fit starts from the same function with more capacity; "
+                             "about twice the compute per epoch and per image for N=1)")
     parser.add_argument("--epochs", type=int, default=18)
     parser.add_argument("--full-size-epochs", type=int, default=9,
                         help="the last N epochs train at full size; the ones before at --small-size")
@@ -190,6 +194,16 @@ def fit(args: argparse.Namespace, train, val, started: float, train_sources: np.
         print(f"starting from {init_record['file']} ({init_record['name']} {init_record['version']})", flush=True)
     else:
         network, init_record = cnn.build_network(), None
+    if args.deepen:
+        if init_record is None:
+            raise SystemExit("--deepen adds blocks to a fitted network: give --init-network")
+        before = network.count_params()
+        network = cnn.deepen(network, args.deepen)
+        init_record = init_record | {"deepened": {"extra_blocks_after_each_block": args.deepen,
+                                                  "parameters_before": int(before),
+                                                  "parameters_after": int(network.count_params())}}
+        print(f"deepened: {before:,} -> {network.count_params():,} parameters (new blocks start as the identity)",
+              flush=True)
     augmentation_options = {
         "wide_zoom_range": tuple(args.wide_zoom_range), "wide_zoom_probability": args.wide_zoom_probability,
         "stain_probability": args.stain_probability, "stain_scale": args.stain_scale,

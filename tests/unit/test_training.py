@@ -174,6 +174,54 @@ def test_network_from_an_earlier_vocabulary_keeps_the_shared_classes():
         assert np.allclose(new[:, CELL_TYPES.index(name)], old[:, i], atol=1e-4)
 
 
+def test_deepening_keeps_the_networks_function_and_the_deeper_network_fine_tunes_and_soups():
+    require_training_stack()
+    import keras
+
+    from training.cnn import average_weights, build_network, deepen, network_from
+
+    keras.utils.set_random_seed(2)
+    network = build_network(widths=(8, 16, 16, 32))
+    images = _originals()[:3].astype(np.float32)
+    before = network.predict(images, verbose=0)
+    deeper = deepen(network)
+    assert deeper.count_params() > 1.5 * network.count_params()
+    assert sum(layer.name.endswith("_add") for layer in deeper.layers if layer.name.startswith("deep")) == 4
+    assert np.abs(deeper.predict(images, verbose=0) - before).max() < 1e-5  # the identity at first
+    for layer in deeper.layers:  # once trained, the new blocks change the function; the original stays as it was
+        if layer.name.endswith("_bn_b"):
+            gamma, *rest = layer.get_weights()
+            layer.set_weights([gamma + 0.5, *rest])
+    assert np.abs(deeper.predict(images, verbose=0) - before).max() > 1e-3
+    assert np.array_equal(network.predict(images, verbose=0), before)
+    deepest = deepen(deeper)  # names stay unique when deepened twice
+    assert len({layer.name for layer in deepest.layers}) == len(deepest.layers)
+    # the steps that follow a fit take any depth: a new vocabulary, a soup of two deep networks
+    relabelled = network_from(deeper, list(CELL_TYPES))
+    assert np.allclose(relabelled.predict(images, verbose=0), deeper.predict(images, verbose=0), atol=1e-5)
+    soup = average_weights([deeper, relabelled])
+    assert np.allclose(soup.predict(images, verbose=0), deeper.predict(images, verbose=0), atol=1e-5)
+
+
+def test_a_deepened_fine_tune_exports_a_servable_model_and_records_its_depth(tmp_path):
+    require_training_stack()
+    out = tmp_path / "deep"
+    command = [sys.executable, "-m", "training.train_cells", "--epochs", "1", "--full-size-epochs", "1",
+               "--per-class-limit", "20", "--cache-dir", "", "--out", str(out), "--verbose", "2", "--deepen", "1"]
+    refused = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert refused.returncode != 0 and "--init-network" in refused.stderr
+    completed = subprocess.run(command + ["--init-network", str(DEFAULT_MODEL_DIR / "cell_cnn.keras")],
+                               cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    card = json.loads((out / "model_card.json").read_text())
+    deepened = card["training"]["initial_network"]["deepened"]
+    assert deepened["extra_blocks_after_each_block"] == 1
+    assert card["training"]["parameters"] == deepened["parameters_after"] > 2 * deepened["parameters_before"]
+    assert card["training"]["onnx_keras_max_abs_difference"] < 1e-4
+    probabilities = CellModel(out, "cpu").predict(_originals()[:2])
+    assert probabilities.shape == (2, len(CELL_TYPES)) and np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+
+
 def test_source_weight_scales_a_sources_cells_against_the_class_weights_and_keeps_the_mean():
     from training.train_cells import sample_weights, square_root_class_weights
 
