@@ -40,15 +40,21 @@ def apply_unclassified_rule(probabilities: np.ndarray, threshold: float, n_class
     return np.where(top >= floor, best, n_classes)
 
 
+def card_class_minimum(card: dict) -> dict[int, float]:
+    """A cell model card's per-class probability minimum (``unclassified_rule.class_minimum``) by class index."""
+    from shared.vocabulary import CELL_TYPES
+
+    return {CELL_TYPES.index(k): float(v) for k, v in (card["unclassified_rule"].get("class_minimum") or {}).items()}
+
+
 def card_unclassified_rule(card: dict):
     """The served labelling rule of a cell model card (``unclassified_rule``: threshold and per-class
     minimum) as a function: probabilities (n, classes) -> class index per row, ``len(CELL_TYPES)`` for
     ``unclassified``."""
     from shared.vocabulary import CELL_TYPES
 
-    rule = card["unclassified_rule"]
-    minimum = {CELL_TYPES.index(k): float(v) for k, v in (rule.get("class_minimum") or {}).items()}
-    return lambda p: apply_unclassified_rule(p, float(rule["threshold"]), len(CELL_TYPES), minimum)
+    threshold, minimum = float(card["unclassified_rule"]["threshold"]), card_class_minimum(card)
+    return lambda p: apply_unclassified_rule(p, threshold, len(CELL_TYPES), minimum)
 
 
 def class_minimum_for_false_positives(probabilities: np.ndarray, labels: np.ndarray, threshold: float,

@@ -294,9 +294,9 @@ def main(argv: list[str] | None = None) -> dict:
     from shared.vocabulary import CELL_TYPES
     from training import cnn, deepapl_dataset, export_onnx, model_card, pbc_dataset
     from training.appearance_reference import fit_appearance
-    from training.metrics import (NORMAL_TYPES, apply_unclassified_rule, class_minimum_for_false_positives,
-                                  classification_report, confidence_threshold, fit_temperature, leukaemia_summary,
-                                  patient_bootstrap_intervals, softmax)
+    from training.metrics import (NORMAL_TYPES, apply_unclassified_rule, card_class_minimum,
+                                  class_minimum_for_false_positives, classification_report, confidence_threshold,
+                                  fit_temperature, leukaemia_summary, patient_bootstrap_intervals, softmax)
 
     keras.utils.set_random_seed(args.seed)
     sources = load_data(args)
@@ -345,9 +345,9 @@ def main(argv: list[str] | None = None) -> dict:
     calibration_taken_from = None
     if args.calibration_from:
         calibration = json.loads(args.calibration_from.read_text())
-        rule = calibration["unclassified_rule"]
-        temperature, threshold = float(rule["temperature"]), float(rule["threshold"])
-        class_minimum = {CELL_TYPES.index(k): float(v) for k, v in (rule.get("class_minimum") or {}).items()}
+        temperature = float(calibration["unclassified_rule"]["temperature"])
+        threshold = float(calibration["unclassified_rule"]["threshold"])
+        class_minimum = card_class_minimum(calibration)
         calibration_taken_from = f"{calibration['name']} {calibration['version']}"
         print(f"temperature and thresholds taken from {args.calibration_from} ({calibration_taken_from})", flush=True)
         val_probabilities = softmax(val_logits, temperature)
@@ -412,8 +412,7 @@ def main(argv: list[str] | None = None) -> dict:
         training={
             **fit_record,
             "split_seed": {"pbc": pbc_dataset.SPLIT_SEED, "deepapl": deepapl_dataset.SPLIT_SEED},
-            "n_train": {name: int(len(s[0]) + (len(s[1]) if name == "deepapl" and args.deepapl_validation_in_training
-                                               else 0)) for name, s in sources.items()},
+            "n_train": {name: int((train_sources == name).sum()) for name in sources},
             "n_validation": {name: int(len(s[1])) for name, s in sources.items()},
             "n_test": {name: int(len(s[2])) for name, s in sources.items()},
             "deepapl_patients": dict(zip(("train", "validation", "test"), deepapl_dataset.patient_split(

@@ -45,14 +45,21 @@ def test_committed_onnx_matches_keras_on_real_images():
     assert np.abs(keras_probabilities - onnx_probabilities).max() < 1e-4
 
 
+def _train_cells(*arguments: str, succeed: bool = True) -> subprocess.CompletedProcess:
+    """``python -m training.train_cells ARGUMENTS`` in the repository; by default it must succeed."""
+    completed = subprocess.run([sys.executable, "-m", "training.train_cells", *arguments], cwd=REPO_ROOT,
+                               capture_output=True, text=True, timeout=600)
+    if succeed:
+        assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    return completed
+
+
 def test_smoke_training_run_exports_a_servable_model(tmp_path):
     require_training_stack()
     out = tmp_path / "model"
-    command = [sys.executable, "-m", "training.train_cells", "--epochs", "2", "--full-size-epochs", "1",
-               "--per-class-limit", "20", "--init-network", str(DEFAULT_MODEL_DIR / "cell_cnn.keras"),
-               "--cache-dir", "", "--out", str(out), "--verbose", "2", "--version", "smoke", "--deepapl-weight", "2"]
-    completed = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
-    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    _train_cells("--epochs", "2", "--full-size-epochs", "1", "--per-class-limit", "20",
+                 "--init-network", str(DEFAULT_MODEL_DIR / "cell_cnn.keras"), "--cache-dir", "", "--out", str(out),
+                 "--verbose", "2", "--version", "smoke", "--deepapl-weight", "2")
     card = json.loads((out / "model_card.json").read_text())
     assert card["version"] == "smoke"
     assert card["training"]["source_weight"] == {"deepapl": 2.0}  # the fit ran with per-image weights
@@ -73,11 +80,9 @@ def test_smoke_training_run_exports_a_servable_model(tmp_path):
 
     # the path that finished the committed model: an already fitted network, no second fit
     finished = tmp_path / "finished"
-    command = [sys.executable, "-m", "training.train_cells", "--per-class-limit", "40", "--cache-dir", "",
-               "--from-network", str(out / "fitted" / "cell_cnn.keras"), "--out", str(finished), "--version", "smoke-2",
-               "--test-time-views", "2", "--soup-with", str(DEFAULT_MODEL_DIR / "cell_cnn.keras")]
-    completed = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
-    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    completed = _train_cells("--per-class-limit", "40", "--cache-dir", "", "--from-network",
+                             str(out / "fitted" / "cell_cnn.keras"), "--out", str(finished), "--version", "smoke-2",
+                             "--test-time-views", "2", "--soup-with", str(DEFAULT_MODEL_DIR / "cell_cnn.keras"))
     assert "fit skipped" in completed.stdout
     second_card = json.loads((finished / "model_card.json").read_text())
     assert second_card["test_time_views"] == ["identity", "flip_left_right"]
@@ -93,14 +98,11 @@ def test_smoke_training_run_exports_a_servable_model(tmp_path):
 
     # the validation patients trained on: the calibration must come from a card that was fitted on them
     refit = tmp_path / "refit"
-    command = [sys.executable, "-m", "training.train_cells", "--per-class-limit", "20", "--cache-dir", "",
-               "--from-network", str(out / "fitted" / "cell_cnn.keras"), "--out", str(refit), "--version", "smoke-3",
-               "--deepapl-validation-in-training"]
-    refused = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    arguments = ("--per-class-limit", "20", "--cache-dir", "", "--from-network", str(out / "fitted" / "cell_cnn.keras"),
+                 "--out", str(refit), "--version", "smoke-3", "--deepapl-validation-in-training")
+    refused = _train_cells(*arguments, succeed=False)
     assert refused.returncode != 0 and "--calibration-from" in refused.stderr
-    completed = subprocess.run(command + ["--calibration-from", str(DEFAULT_MODEL_DIR / "model_card.json")],
-                               cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
-    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    _train_cells(*arguments, "--calibration-from", str(DEFAULT_MODEL_DIR / "model_card.json"))
     refit_card = json.loads((refit / "model_card.json").read_text())
     served_rule = json.loads((DEFAULT_MODEL_DIR / "model_card.json").read_text())["unclassified_rule"]
     rule = refit_card["unclassified_rule"]
@@ -206,13 +208,11 @@ def test_deepening_keeps_the_networks_function_and_the_deeper_network_fine_tunes
 def test_a_deepened_fine_tune_exports_a_servable_model_and_records_its_depth(tmp_path):
     require_training_stack()
     out = tmp_path / "deep"
-    command = [sys.executable, "-m", "training.train_cells", "--epochs", "1", "--full-size-epochs", "1",
-               "--per-class-limit", "20", "--cache-dir", "", "--out", str(out), "--verbose", "2", "--deepen", "1"]
-    refused = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    arguments = ("--epochs", "1", "--full-size-epochs", "1", "--per-class-limit", "20", "--cache-dir", "",
+                 "--out", str(out), "--verbose", "2", "--deepen", "1")
+    refused = _train_cells(*arguments, succeed=False)
     assert refused.returncode != 0 and "--init-network" in refused.stderr
-    completed = subprocess.run(command + ["--init-network", str(DEFAULT_MODEL_DIR / "cell_cnn.keras")],
-                               cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
-    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    _train_cells(*arguments, "--init-network", str(DEFAULT_MODEL_DIR / "cell_cnn.keras"))
     card = json.loads((out / "model_card.json").read_text())
     deepened = card["training"]["initial_network"]["deepened"]
     assert deepened["extra_blocks_after_each_block"] == 1
