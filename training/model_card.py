@@ -220,7 +220,8 @@ def _markdown(card: dict) -> str:
         f"- {t.get('epochs_run', t['epochs'])} of {t['epochs']} planned epochs"
         + (" (stopped by the time budget)" if t.get("stopped_by_time_budget") else "")
         + f", batch {t['batch_size']}, AdamW (weight decay 0.05), cosine "
-        f"schedule with warm-up to {t['peak_learning_rate']}, class weights {t['class_weight']}"
+        f"schedule with warm-up to {t['peak_learning_rate']}, class weights"
+        + (f" ({t['class_weight_scope']})" if t.get("class_weight_scope") else "") + f" {t['class_weight']}"
         + (", and each source's cells weighted against the other's of the same class: "
            + ", ".join(f"{k} x{v:g}" for k, v in t["source_weight"].items()) if t.get("source_weight") else "")
         + (f"; cross-entropy with label smoothing {t['label_smoothing']:g}" if t.get("label_smoothing") else ""),

@@ -69,6 +69,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--deepapl-weight", type=float, default=1.0,
                         help="loss weight of a DeepAPL training cell relative to a PBC cell of the same class "
                              "(on top of the class weights; the average weight per training image stays 1)")
+    parser.add_argument("--class-weights-per-source", action="store_true",
+                        help="square-root class weights computed within each source (a DeepAPL class is weighted by "
+                             "DeepAPL's counts, not outweighed by PBC's many cells of that class), each capped at "
+                             "--max-class-weight; default: one set of weights over both sources, as for 2.2.0")
+    parser.add_argument("--max-class-weight", type=float, default=3.0,
+                        help="cap on a per-source class weight (relative to the source's average image)")
     parser.add_argument("--label-smoothing", type=float, default=0.0,
                         help="cross-entropy against targets that keep 1 - e on the labelled class and spread e "
                              "over all classes (e.g. 0.1; for noisy expert labels); 0: off, as for 2.2.0")
@@ -107,7 +113,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 FIT_RECORD_KEYS = ("fit_preprocessing_version", "epochs", "epoch_image_sizes", "augmentation", "zoom_range",
-                   "batch_size", "peak_learning_rate", "label_smoothing", "seed", "class_weight", "source_weight",
+                   "batch_size", "peak_learning_rate", "label_smoothing", "seed", "class_weight",
+                   "class_weight_scope", "source_weight",
                    "initial_network", "fit_seconds", "epoch_seconds", "epochs_run", "stopped_by_time_budget", "history")
 
 
@@ -158,10 +165,19 @@ def soup(network, paths: list[Path]):
         "with": records}
 
 
-def sample_weights(labels: np.ndarray, sources: np.ndarray, class_weight: dict[int, float],
+def square_root_class_weights_by_source(labels: np.ndarray, sources: np.ndarray, n_classes: int,
+                                        max_weight: float) -> dict[str, dict[int, float]]:
+    """Each source's own square-root class weights (over its images alone), each capped at ``max_weight``."""
+    return {str(source): {c: min(w, max_weight) for c, w in
+                          square_root_class_weights(labels[sources == source], n_classes).items()}
+            for source in np.unique(sources)}
+
+
+def sample_weights(labels: np.ndarray, sources: np.ndarray, class_weight_by_source: dict[str, dict[int, float]],
                    source_weight: dict[str, float]) -> np.ndarray:
-    """Per-image loss weight: its class weight times its source's weight, scaled to average 1."""
-    weights = np.array([class_weight[int(c)] for c in labels]) * np.array([source_weight.get(s, 1.0) for s in sources])
+    """Per-image loss weight: its source's weight of its class times its source's weight, scaled to average 1."""
+    weights = np.array([class_weight_by_source[str(s)][int(c)] * source_weight.get(str(s), 1.0)
+                        for c, s in zip(labels, sources)])
     return weights * (len(weights) / weights.sum())
 
 
@@ -228,8 +244,15 @@ def fit(args: argparse.Namespace, train, val, started: float, train_sources: np.
     budget = cnn.EpochClock(started, args.time_budget_min * 60.0)
     source_weight = {"deepapl": args.deepapl_weight}
     weighting = {"class_weight": class_weight}
-    if args.deepapl_weight != 1.0:
-        weighting = {"sample_weight": sample_weights(train.labels, train_sources, class_weight, source_weight)}
+    if args.class_weights_per_source:
+        class_weight_by_source = square_root_class_weights_by_source(train.labels, train_sources, len(CELL_TYPES),
+                                                                     args.max_class_weight)
+        weighting = {"sample_weight": sample_weights(train.labels, train_sources, class_weight_by_source,
+                                                     source_weight)}
+    elif args.deepapl_weight != 1.0:
+        weighting = {"sample_weight": sample_weights(train.labels, train_sources,
+                                                     {str(s): class_weight for s in np.unique(train_sources)},
+                                                     source_weight)}
     history = training_model.fit(
         train.images, train_targets, batch_size=args.batch_size, epochs=args.epochs,
         validation_data=(val.images, val_targets), shuffle=True, verbose=args.verbose, **weighting,
@@ -251,7 +274,11 @@ def fit(args: argparse.Namespace, train, val, started: float, train_sources: np.
                                       "the network when fitting ends", "momentum": args.ema_momentum}
                              if args.ema_momentum > 0 else None),
         "seed": args.seed,
-        "class_weight": {CELL_TYPES[i]: round(w, 4) for i, w in class_weight.items()},
+        "class_weight": ({source: {CELL_TYPES[i]: round(w, 4) for i, w in weights.items()}
+                          for source, weights in class_weight_by_source.items()} if args.class_weights_per_source
+                         else {CELL_TYPES[i]: round(w, 4) for i, w in class_weight.items()}),
+        "class_weight_scope": (f"per source, capped at {args.max_class_weight:g}" if args.class_weights_per_source
+                               else "pooled over all sources"),
         "source_weight": source_weight if "sample_weight" in weighting else None,
         "initial_network": init_record,
         "fit_seconds": round(fit_seconds, 1),

@@ -228,14 +228,32 @@ def test_source_weight_scales_a_sources_cells_against_the_class_weights_and_keep
     labels = np.array([0, 0, 0, 1, 1, 2])
     sources = np.array(["pbc", "deepapl", "pbc", "deepapl", "pbc", "deepapl"])
     class_weight = square_root_class_weights(labels, 3)
-    weights = sample_weights(labels, sources, class_weight, {"deepapl": 2.0})
+    pooled = {"pbc": class_weight, "deepapl": class_weight}
+    weights = sample_weights(labels, sources, pooled, {"deepapl": 2.0})
     assert weights.mean() == pytest.approx(1.0)
     assert weights[1] / weights[0] == pytest.approx(2.0)  # same class, DeepAPL twice PBC
     assert weights[3] / weights[4] == pytest.approx(2.0)
     assert weights[0] / weights[4] == pytest.approx(class_weight[0] / class_weight[1])
-    unweighted = sample_weights(labels, sources, class_weight, {})
+    unweighted = sample_weights(labels, sources, pooled, {})
     assert np.allclose(unweighted / unweighted.mean(), [class_weight[int(c)] for c in labels] / np.mean(
         [class_weight[int(c)] for c in labels]))
+
+
+def test_class_weights_per_source_weigh_a_class_by_its_own_sources_counts_and_are_capped():
+    from training.train_cells import sample_weights, square_root_class_weights_by_source
+
+    # PBC: 8 of class 0, 8 of class 1; DeepAPL: 15 of class 0, 1 of class 1 (rare there, common in PBC)
+    labels = np.array([0] * 8 + [1] * 8 + [0] * 15 + [1])
+    sources = np.array(["pbc"] * 16 + ["deepapl"] * 16)
+    by_source = square_root_class_weights_by_source(labels, sources, 3, max_weight=10.0)
+    assert by_source["pbc"][0] == pytest.approx(by_source["pbc"][1])  # balanced within PBC
+    assert by_source["deepapl"][1] / by_source["deepapl"][0] == pytest.approx(np.sqrt(15.0))
+    assert by_source["pbc"][2] == 0.0  # a class the source lacks weighs nothing
+    capped = square_root_class_weights_by_source(labels, sources, 3, max_weight=2.0)
+    assert capped["deepapl"][1] == 2.0 and capped["deepapl"][0] == pytest.approx(by_source["deepapl"][0])
+    weights = sample_weights(labels, sources, by_source, {"deepapl": 2.0})
+    assert weights.mean() == pytest.approx(1.0)
+    assert weights[-1] / weights[8] == pytest.approx(2.0 * by_source["deepapl"][1] / by_source["pbc"][1])
 
 
 def test_label_smoothing_fits_one_hot_targets_whose_loss_spreads_the_smoothing_over_the_classes():
