@@ -243,15 +243,12 @@ def fit(args: argparse.Namespace, train, val, started: float, train_sources: np.
     fit_started = time.perf_counter()
     budget = cnn.EpochClock(started, args.time_budget_min * 60.0)
     source_weight = {"deepapl": args.deepapl_weight}
+    class_weight_by_source = (
+        square_root_class_weights_by_source(train.labels, train_sources, len(CELL_TYPES), args.max_class_weight)
+        if args.class_weights_per_source else {str(s): class_weight for s in np.unique(train_sources)})
     weighting = {"class_weight": class_weight}
-    if args.class_weights_per_source:
-        class_weight_by_source = square_root_class_weights_by_source(train.labels, train_sources, len(CELL_TYPES),
-                                                                     args.max_class_weight)
+    if args.class_weights_per_source or args.deepapl_weight != 1.0:
         weighting = {"sample_weight": sample_weights(train.labels, train_sources, class_weight_by_source,
-                                                     source_weight)}
-    elif args.deepapl_weight != 1.0:
-        weighting = {"sample_weight": sample_weights(train.labels, train_sources,
-                                                     {str(s): class_weight for s in np.unique(train_sources)},
                                                      source_weight)}
     history = training_model.fit(
         train.images, train_targets, batch_size=args.batch_size, epochs=args.epochs,
