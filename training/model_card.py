@@ -224,7 +224,11 @@ def _markdown(card: dict) -> str:
         + (f" ({t['class_weight_scope']})" if t.get("class_weight_scope") else "") + f" {t['class_weight']}"
         + (", and each source's cells weighted against the other's of the same class: "
            + ", ".join(f"{k} x{v:g}" for k, v in t["source_weight"].items()) if t.get("source_weight") else "")
-        + (f"; cross-entropy with label smoothing {t['label_smoothing']:g}" if t.get("label_smoothing") else ""),
+        + (f"; cross-entropy with label smoothing {t['label_smoothing']:g}" if t.get("label_smoothing") else "")
+        + (f"; {t['excluded_training_cells']['cells']} listed training cells left out "
+           f"({t['excluded_training_cells']['list']}, sha256 {t['excluded_training_cells']['sha256'][:12]}...: "
+           + ", ".join(f"{k} {v}" for k, v in t["excluded_training_cells"]["by_source"].items()) + ")"
+           if t.get("excluded_training_cells") else ""),
         _sizes_line(t["epoch_image_sizes"]),
         "- Augmentation: any rotation, flips, scale jitter {:g}-{:g}x".format(*augmentation["zoom_range"])
         + ("" if not augmentation.get("wide_zoom_probability") else

@@ -60,6 +60,6 @@ def test_train_cells_takes_extra_labelled(tmp_path):
     export_like(tmp_path / "reviewed", n_per_label=2)
     args = parse_args(["--extra-labelled", str(tmp_path / "reviewed"), "--no-deepapl", "--per-class-limit", "12",
                        "--cache-dir", "", "--data-dir", str(DATA_DIR / "pbc")])
-    sources = load_data(args)
-    assert set(sources) == {"pbc", "reviewed"}
+    sources, excluded = load_data(args)
+    assert set(sources) == {"pbc", "reviewed"} and excluded is None
     assert sum(len(split) for split in sources["reviewed"]) == len(list_cells(tmp_path / "reviewed"))

@@ -78,17 +78,32 @@ def test_smoke_training_run_exports_a_servable_model(tmp_path):
     assert probabilities.shape == (4, len(CELL_TYPES))
     assert np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
 
-    # the path that finished the committed model: an already fitted network, no second fit
+    # the path that finished the committed model: an already fitted network, no second fit; one listed training
+    # cell of each source left out
+    from training.train_cells import load_data, parse_args
+
+    slice_arguments = ("--per-class-limit", "40", "--cache-dir", "")
+    before, _ = load_data(parse_args(list(slice_arguments)))
+    listed = tmp_path / "doubtful.txt"
+    ends = {"pbc": 3, "deepapl": 4}  # pbc/<class>/<file>, deepapl_discovery/images/<patient>/<file>
+    listed.write_text("# labels in doubt\n" + "".join(
+        "/".join(before[source][0].paths[0].split("/")[-parts:]) + "\n" for source, parts in ends.items()))
     finished = tmp_path / "finished"
-    completed = _train_cells("--per-class-limit", "40", "--cache-dir", "", "--from-network",
+    completed = _train_cells(*slice_arguments, "--from-network",
                              str(out / "fitted" / "cell_cnn.keras"), "--out", str(finished), "--version", "smoke-2",
-                             "--test-time-views", "2", "--soup-with", str(DEFAULT_MODEL_DIR / "cell_cnn.keras"))
+                             "--test-time-views", "2", "--soup-with", str(DEFAULT_MODEL_DIR / "cell_cnn.keras"),
+                             "--exclude-cells", str(listed))
     assert "fit skipped" in completed.stdout
+    assert "left out 2 listed training cells" in completed.stdout
     second_card = json.loads((finished / "model_card.json").read_text())
     assert second_card["test_time_views"] == ["identity", "flip_left_right"]
     second = second_card["training"]
     assert [w["sha256"] for w in second["soup"]["with"]] == [card_sha(DEFAULT_MODEL_DIR / "cell_cnn.keras")]
     assert "model soup" in (finished / "MODEL_CARD.md").read_text()
+    assert second["excluded_training_cells"]["by_source"] == {"pbc": 1, "deepapl": 1}
+    assert {name: second["n_train"][name] + 1 for name in ("pbc", "deepapl")} == {
+        name: len(before[name][0]) for name in ("pbc", "deepapl")}
+    assert "2 listed training cells left out (doubtful.txt" in (finished / "MODEL_CARD.md").read_text()
     assert second["onnx_keras_max_abs_difference"] < 1e-4  # the two-view graph exports faithfully
     fit_record = json.loads((out / "fitted" / "fit_record.json").read_text())
     assert second["fitted_in_earlier_run"]["total_seconds"] == fit_record["total_seconds"]  # time to the saved fit
