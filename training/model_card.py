@@ -239,7 +239,12 @@ def _markdown(card: dict) -> str:
            f", stain jitter in optical-density (HED) space on {augmentation['stain_probability']:.0%} of images "
            f"(concentrations x 1 +- {augmentation['stain_scale']:g})")
         + f", per-channel gain, brightness/contrast/saturation/hue jitter (strength "
-        f"{augmentation.get('colour_strength', 1.0):g}), random Gaussian blur, sensor noise",
+        f"{augmentation.get('colour_strength', 1.0):g}), "
+        + ("a blend with a Gaussian blur (sigma 1.2 px) of random strength on 25% of images"
+           if not augmentation.get("blur_sigma_range") else
+           "a Gaussian blur (sigma {:g}-{:g} px at the network's input) on {:.0%} of images".format(
+               *augmentation["blur_sigma_range"], augmentation["blur_probability"]))
+        + ", sensor noise",
         *([f"- Then its weights were averaged with those of "
            + ", ".join(f"`{w['file']}` ({w['name']} {w['version']})" for w in t["soup"]["with"])
            + " (a uniform model soup: every weight the mean"

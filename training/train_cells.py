@@ -66,6 +66,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--stain-scale", type=float, default=0.3, help="stain concentrations scaled by 1 +- this")
     parser.add_argument("--colour-strength", type=float, default=1.5,
                         help="multiplies the gain/brightness/contrast/saturation/hue jitter ranges")
+    parser.add_argument("--blur-probability", type=float, default=0.25, help="share of images given blur")
+    parser.add_argument("--blur-sigma-range", type=float, nargs=2, default=None, metavar=("MIN", "MAX"),
+                        help="a true Gaussian blur, sigma (px at the network input) drawn across this range, "
+                             "instead of the default blend with a 1.2 px blur (training.cnn.CellAugmentation)")
     parser.add_argument("--small-size", type=int, default=96, help="image side in the early epochs")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
@@ -226,7 +230,8 @@ def fit(args: argparse.Namespace, train, val, started: float, train_sources: np.
     augmentation_options = {
         "wide_zoom_range": tuple(args.wide_zoom_range), "wide_zoom_probability": args.wide_zoom_probability,
         "stain_probability": args.stain_probability, "stain_scale": args.stain_scale,
-        "colour_strength": args.colour_strength}
+        "colour_strength": args.colour_strength, "blur_probability": args.blur_probability,
+        "blur_sigma_range": tuple(args.blur_sigma_range) if args.blur_sigma_range else None}
     training_model, augmentation = cnn.build_training_model(network, tuple(args.zoom_range), **augmentation_options)
     sizes = [args.small_size if epoch < args.epochs - args.full_size_epochs else IMAGE_SIZE
              for epoch in range(args.epochs)]
