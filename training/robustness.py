@@ -82,6 +82,7 @@ VARIANTS: dict[str, Callable[[Image.Image], Image.Image]] = {
     "cell 0.8x smaller (mirrored border)": pad_with_border(0.8),
     "downscaled to 112x112": resized(112),
     "JPEG quality 40": jpeg(40),
+    "Gaussian blur, radius 0.8 px": blurred(0.8),
     "Gaussian blur, radius 1.5 px": blurred(1.5),
     "bluer stain (R x0.8, B x1.3)": recoloured((0.8, 1.0, 1.3)),
     "yellow white balance (B x0.7)": recoloured((1.1, 1.05, 0.7)),
@@ -150,6 +151,10 @@ def markdown(card: dict, split: str, sections: dict[str, tuple[int, dict[str, di
             lines.append(f"| {name} | {leukaemia['accuracy_9']:.3f} | {report['accuracy']:.3f} | {flagged} | "
                          f"{leukaemia['normal_called_blast']:.1%} | {report['unclassified_fraction']:.1%} | "
                          f"{worst} {recalls[worst]:.2f} | {tail} |")
+    blasts_called_lymphocyte = {
+        source: {name: _share_called(report, "blast", "lymphocyte") for name, report in results.items()
+                 if name == "as given" or name.startswith("Gaussian blur")}
+        for source, (_, results) in sections.items() if results["as given"]["leukaemia"]["n_blasts"]}
     augmentation = card["training"].get("augmentation", {"zoom_range": card["training"]["zoom_range"]})
     zoom = augmentation.get("wide_zoom_range", augmentation["zoom_range"])
     lines += [
@@ -158,9 +163,20 @@ def markdown(card: dict, split: str, sections: dict[str, tuple[int, dict[str, di
         "(another scanner's tighter crops) are the weakest case, so such images should be measured before use. "
         "Blur costs the most accuracy for the least change of colour; the appearance check sees it through its "
         "sharpness statistic (`shared.appearance.sharpness`, added 2026-11-29: before it, a blurred patient got no "
-        "warning).",
+        "warning)."
+        + "".join(f" In the {source} table, blur costs mostly blasts, which the network then calls lymphocytes "
+                  "(the fine chromatin that tells them apart is the first detail a soft focus takes); blasts labelled "
+                  "lymphocyte: " + ", ".join(f"{share:.0%} {name.replace('Gaussian blur, ', 'after a blur of ')}"
+                                             for name, share in shares.items()) + "."
+                  for source, shares in blasts_called_lymphocyte.items()),
     ]
     return "\n".join(lines) + "\n"
+
+
+def _share_called(report: dict, true_class: str, called: str) -> float:
+    """Share of the ``true_class`` cells labelled ``called``, from a classification report's confusion matrix."""
+    row = report["confusion_matrix"][CELL_TYPES.index(true_class)]
+    return row[CELL_TYPES.index(called)] / max(sum(row), 1)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -42,3 +42,19 @@ def test_report_scores_every_variant_on_real_cells():
     assert results["grayscale"]["appearance"]["warns"] is True
     table = robustness.markdown(model.card, "test", {"PBC": (16, results)})
     assert table.count("\n| ") == len(robustness.VARIANTS) + 1  # header + one row per variant
+
+    # a source with blasts: the text says how many of them blur turns into lymphocytes
+    import copy
+
+    blast, lymphocyte = CELL_TYPES.index("blast"), CELL_TYPES.index("lymphocyte")
+    with_blasts = copy.deepcopy(results)
+    for name, report in with_blasts.items():
+        report["leukaemia"]["n_blasts"] = 20
+        row = [0] * (len(CELL_TYPES) + 1)
+        row[lymphocyte] = 5 if name == "Gaussian blur, radius 0.8 px" else 1
+        row[blast] = 20 - row[lymphocyte]
+        report["confusion_matrix"][blast] = row
+    assert robustness._share_called(with_blasts["as given"], "blast", "lymphocyte") == 0.05
+    text = robustness.markdown(model.card, "test", {"PBC": (16, results), "DeepAPL": (16, with_blasts)})
+    assert "In the DeepAPL table, blur costs mostly blasts" in text and "In the PBC table" not in text
+    assert "lymphocyte: 5% as given, 25% after a blur of radius 0.8 px, 5% after a blur of radius 1.5 px." in text
