@@ -240,7 +240,8 @@ def _markdown(card: dict) -> str:
            f"(concentrations x 1 +- {augmentation['stain_scale']:g})")
         + f", per-channel gain, brightness/contrast/saturation/hue jitter (strength "
         f"{augmentation.get('colour_strength', 1.0):g}), "
-        + ("a blend with a Gaussian blur (sigma 1.2 px) of random strength on 25% of images"
+        + ("a blend with a Gaussian blur (sigma 1.2 px) of random strength on {:.0%} of images".format(
+            augmentation.get("blur_probability", 0.25))
            if not augmentation.get("blur_sigma_range") else
            "a Gaussian blur (sigma {:g}-{:g} px at the network's input) on {:.0%} of images".format(
                *augmentation["blur_sigma_range"], augmentation["blur_probability"]))
