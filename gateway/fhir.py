@@ -54,9 +54,7 @@ def _quality_observation(report: PatientReport) -> dict:
     quality = report.quality
     components = [_ratio("unclassified-fraction", "Share of cells the model could not place",
                          quality.unclassified_fraction),
-                  _ratio("smudge-fraction", "Share of smudge cells", quality.smudge_fraction),
-                  _ratio("sharpened-fraction", "Share of images out of focus, sharpened before classification",
-                         quality.sharpened_fraction)]
+                  _ratio("smudge-fraction", "Share of smudge cells", quality.smudge_fraction)]
     if quality.appearance_distance is not None:
         components.append(_ratio("appearance-distance", "Median distance of the images' appearance from the "
                                  "training images'", quality.appearance_distance))

@@ -173,7 +173,6 @@ class PatientClassifier:
         cell_key = apl.cell_cache_model(*answered_by)  # the model that answered, whatever others set since
         await self.cache.set_many({f"cell:{cell_key}:{sha}": {"label": r["label"], "confidence": r["confidence"],
                                                               "appearance_distance": r.get("appearance_distance"),
-                                                              "sharpened": r.get("sharpened", False),
                                                               "apl_logit": r.get("apl_logit")}
                                    for sha, r in fresh.items() if "label" in r})
         per_hash = {**{sha: v for sha, v in known.items() if v is not None}, **fresh}
@@ -194,17 +193,15 @@ class PatientClassifier:
 
     async def _report(self, patient_id, request_id, images, hashes, per_hash) -> PatientReport:
         counts = {label: 0 for label in CELL_LABELS}
-        cells, failed, distances, sharpened = [], [], [], []
+        cells, failed, distances = [], [], []
         for sha, (name, _) in zip(hashes, images):
             result = per_hash[sha]
             if "label" in result:
                 counts[result["label"]] += 1
                 distances.append(result.get("appearance_distance"))
-                sharpened.append(bool(result.get("sharpened", False)))
                 cells.append({"filename": name, "sha256": sha, "label": result["label"],
                               "confidence": result["confidence"],
                               "appearance_distance": result.get("appearance_distance"),
-                              "sharpened": bool(result.get("sharpened", False)),
                               "apl_logit": result.get("apl_logit")})
             else:
                 failed.append({"filename": name, "error": result.get("error", "not classified")})
@@ -218,7 +215,7 @@ class PatientClassifier:
         if subtype.get("apl"):
             self._models["apl_patient"] = _models_info(subtype["apl"]["model"])
         apl_fields = apl.report_fields(subtype, cells)
-        quality, quality_warnings = assess(counts, distances, self._appearance, sharpened)
+        quality, quality_warnings = assess(counts, distances, self._appearance)
         warnings = (apl.disagreement_warnings(subtype["prediction"], apl_fields["apl_probability"],
                                               apl_fields["apl_alert"])
                     + apl.missing_warnings(self._models) + quality_warnings + list(subtype.get("warnings", [])))
@@ -293,8 +290,7 @@ class PatientClassifier:
                                              request_id)
         apl_fields = apl.report_fields(subtype, cell_dicts)
         apl_patient = _models_info(subtype["apl"]["model"]) if subtype.get("apl") else old.models.apl_patient
-        quality, quality_warnings = assess(counts, [c.appearance_distance for c in cells], base.appearance,
-                                            [c.sharpened for c in cells])
+        quality, quality_warnings = assess(counts, [c.appearance_distance for c in cells], base.appearance)
         warnings = (apl.disagreement_warnings(subtype["prediction"], apl_fields["apl_probability"],
                                               apl_fields["apl_alert"])
                     + apl.missing_warnings({"apl_cell_head": head, "apl_patient": apl_patient})

@@ -8,9 +8,7 @@ share of unclassified and smudge cells and the median appearance distance, and w
 - when the images look unlike the training data (median distance above the cell model
   card's ``appearance.patient_threshold``): another scanner, stain, magnification or focus, so
   every cell should be reviewed;
-- when many cells are unclassified (``UNCLASSIFIED_WARNING``) or smudged (``SMUDGE_WARNING``);
-- when many images were out of focus and were sharpened before classification (``SHARPENED_WARNING``,
-  ``shared.focus``): sharpening recovers part of what blur costs, not all, so the lab should look at its focus.
+- when many cells are unclassified (``UNCLASSIFIED_WARNING``) or smudged (``SMUDGE_WARNING``).
 """
 
 from __future__ import annotations
@@ -23,14 +21,12 @@ from shared.vocabulary import UNCLASSIFIED
 
 UNCLASSIFIED_WARNING = 0.10
 SMUDGE_WARNING = 0.30
-SHARPENED_WARNING = 0.10
 
 
-def assess(counts: Mapping[str, int], distances: Sequence[float | None], appearance: Mapping | None,
-           sharpened: Sequence[bool] = ()) -> tuple[ReportQuality, list[str]]:
-    """Counts over the vocabulary, the labelled images' appearance distances, the cell model card's
-    ``appearance`` section and, per labelled image, whether it was sharpened -> the quality object and the
-    warnings it calls for."""
+def assess(counts: Mapping[str, int], distances: Sequence[float | None], appearance: Mapping | None
+           ) -> tuple[ReportQuality, list[str]]:
+    """Counts over the vocabulary, the labelled images' appearance distances and the cell model card's
+    ``appearance`` section -> the quality object and the warnings it calls for."""
     total = sum(counts.values())
     unclassified = counts.get(UNCLASSIFIED, 0) / total if total else 0.0
     smudge = counts.get("smudge", 0) / total if total else 0.0
@@ -53,11 +49,6 @@ def assess(counts: Mapping[str, int], distances: Sequence[float | None], appeara
                         "review them before trusting the differential")
     if smudge >= SMUDGE_WARNING:
         warnings.append(f"{smudge:.0%} of cells are smudge cells: the differential rests on fewer intact cells")
-    soft = sum(map(bool, sharpened)) / len(sharpened) if sharpened else 0.0
-    if soft >= SHARPENED_WARNING:
-        warnings.append(f"{soft:.0%} of images were out of focus and were sharpened before classification, which "
-                        "recovers part of what blur costs, not all (blasts are the first cells it hides): check the "
-                        "microscope's focus")
     quality = ReportQuality(
         n_cells=total,
         unclassified_fraction=round(unclassified, 4),
@@ -65,7 +56,6 @@ def assess(counts: Mapping[str, int], distances: Sequence[float | None], appeara
         appearance_distance=round(median, 3) if median is not None else None,
         appearance_threshold=patient_threshold,
         out_of_domain_fraction=round(out_of_domain, 4) if out_of_domain is not None else None,
-        sharpened_fraction=round(soft, 4),
         looks_out_of_domain=looks_unfamiliar,
         review_every_cell=looks_unfamiliar or unclassified >= UNCLASSIFIED_WARNING,
     )

@@ -48,9 +48,6 @@ class CellPrediction(BaseModel):
         None, ge=0.0, description="how far the image's colour, density and sharpness statistics are from the "
                                   "training images' (Mahalanobis distance to the nearest training source; thresholds "
                                   "in the model card's `appearance`)")
-    sharpened: bool = Field(
-        False, description="the image was out of focus (softer than the training images) and was sharpened before "
-                           "classification (shared/focus.py); its appearance_distance is the unsharpened image's")
     apl_logit: float | None = Field(
         None, description="the per-cell APL head's log-odds that this cell comes from a patient with acute "
                           "promyelocytic leukaemia (None: no APL head loaded)")
@@ -173,7 +170,6 @@ class ClassifiedCell(BaseModel):
     label: CellLabel = Field(description="the reviewer's label where a reviewer corrected it, else the model's")
     confidence: float = Field(description="the model's confidence in its own label")
     appearance_distance: float | None = None
-    sharpened: bool = Field(False, description="the image was out of focus and was sharpened before classification")
     model_label: CellLabel | None = Field(None, description="the model's label, kept beside a reviewer's correction "
                                                             "(None: not corrected)")
     apl_logit: float | None = Field(None, description="the cell's APL log-odds (None: no APL head)")
@@ -199,9 +195,6 @@ class ReportQuality(BaseModel):
     appearance_threshold: float | None = Field(None, description="above this median the images look unfamiliar")
     out_of_domain_fraction: float | None = Field(
         None, description="share of cells whose own distance exceeds the per-image threshold")
-    sharpened_fraction: float = Field(
-        0.0, ge=0, le=1, description="share of labelled images that were out of focus and were sharpened before "
-                                     "classification (shared/focus.py)")
     looks_out_of_domain: bool = Field(description="the images look unlike anything the model was trained on")
     review_every_cell: bool = Field(description="the counts are not to be trusted without reviewing every cell")
 

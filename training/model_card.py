@@ -155,7 +155,6 @@ def _markdown(card: dict) -> str:
     t, rule, appearance = card["training"], card["unclassified_rule"], card.get("appearance")
     augmentation = t.get("augmentation", {"zoom_range": t["zoom_range"]})
     init = t.get("initial_network")
-    measured_with = t.get("metrics_preprocessing_version", PREPROCESSING_VERSION)  # calibration and metrics
     lines = [
         f"# Model card: {card['name']} {card['version']}",
         "",
@@ -266,11 +265,8 @@ def _markdown(card: dict) -> str:
         f"- After the fit, the batch-norm statistics were re-estimated on "
         f"{t.get('batch_norm_recalibration_images', 0)} clean (un-augmented) training images"
         + (f"; the fit itself saw preprocessing version {t['fit_preprocessing_version']}, the re-estimation, "
-           f"calibration and every metric here version {measured_with}"
-           if t.get("fit_preprocessing_version", measured_with) != measured_with else "")
-        + (f"; served with preprocessing version {PREPROCESSING_VERSION} (`input.preprocessing`), the figures here "
-           f"are version {measured_with}'s (the serving variants' below are {PREPROCESSING_VERSION}'s)"
-           if measured_with != PREPROCESSING_VERSION else ""),
+           f"calibration and every metric here version {PREPROCESSING_VERSION}"
+           if t.get("fit_preprocessing_version", PREPROCESSING_VERSION) != PREPROCESSING_VERSION else ""),
         f"- Time: {t['total_seconds'] / 60:.1f} min in all ({t['fit_seconds'] / 60:.1f} min fitting) on {t['machine']}"
         + (f"; the fit ran first ({t['fitted_in_earlier_run']['total_seconds'] / 60:.1f} min), the rest in a "
            "second run (`--from-network`); the total is the sum" if t.get("fitted_in_earlier_run") else ""),

@@ -332,7 +332,6 @@ def main(argv: list[str] | None = None) -> dict:
     import keras
     import tensorflow as tf
 
-    from shared.preprocessing import PREPROCESSING_VERSION
     from shared.vocabulary import CELL_TYPES
     from training import cnn, deepapl_dataset, export_onnx, model_card, pbc_dataset
     from training.appearance_reference import fit_appearance
@@ -467,7 +466,6 @@ def main(argv: list[str] | None = None) -> dict:
             "per_class_limit": args.per_class_limit,
             "parameters": int(network.count_params()),
             "batch_norm_recalibration_images": recalibrated,
-            "metrics_preprocessing_version": PREPROCESSING_VERSION,  # the re-estimation onwards
             "total_seconds": round(seconds, 1),
             "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, tensorflow {tf.__version__}",
             "onnx_keras_max_abs_difference": agreement,

@@ -176,9 +176,7 @@ function render(report, files) {
     ? "These images look unlike the images the model was trained on (another scanner, stain, magnification or focus?): review every cell."
     : "Many cells could not be placed by the model: review every cell.";
   $("r-quality").textContent = quality ? `Quality: ${(quality.unclassified_fraction * 100).toFixed(1)}% unclassified, ` +
-    `${(quality.smudge_fraction * 100).toFixed(1)}% smudge cells` +
-    (quality.sharpened_fraction ? `, ${(quality.sharpened_fraction * 100).toFixed(1)}% out of focus (sharpened)` : "") +
-    (quality.appearance_distance === null ? "" :
+    `${(quality.smudge_fraction * 100).toFixed(1)}% smudge cells` + (quality.appearance_distance === null ? "" :
     `, appearance distance ${quality.appearance_distance.toFixed(1)} (warning above ${quality.appearance_threshold.toFixed(1)})`) : "";
   showCounts();
   barChart($("chart-probabilities"), Object.entries(report.probabilities), (v) => `${(v * 100).toFixed(1)}%`);

@@ -55,14 +55,13 @@ MULTIPART_BODY = {
 ERRORS = {status: {"model": Problem, "content": {"application/problem+json": {}}} for status in (413, 415, 422, 503)}
 
 
-def _decode_upload(data: bytes, settings: CellServiceSettings, model: CellModel
-                   ) -> tuple[np.ndarray, float | None, bool]:
-    """Bytes -> (network input, appearance distance, sharpened), in a decode worker. The appearance is the image's
+def _decode_upload(data: bytes, settings: CellServiceSettings, model: CellModel) -> tuple[np.ndarray, float | None]:
+    """Bytes -> (network input, appearance distance), in a decode worker. The appearance is the image's
     before the focus normalisation: a soft-focus image is sharpened for the network, not hidden from the check."""
     if len(data) > settings.max_image_bytes:
         raise ImageRejected(f"file larger than {settings.max_image_bytes} bytes")
     prepared = decode_prepared(data, settings.max_pixels, size=model.input_size)
-    return prepared.network_input, model.appearance_distance(prepared.before_focus), prepared.sharpened
+    return prepared.network_input, model.appearance_distance(prepared.before_focus)
 
 
 def create_app(settings: CellServiceSettings | None = None, model: CellModel | None = None) -> FastAPI:
@@ -187,7 +186,7 @@ def create_app(settings: CellServiceSettings | None = None, model: CellModel | N
                 labelled = state.model.label(probabilities)
                 results.append({"filename": filename, "label": labelled.label, "confidence": labelled.confidence,
                                 "probabilities": labelled.probabilities, "appearance_distance": item[1],
-                                "sharpened": item[2], "apl_logit": apl_logit})
+                                "apl_logit": apl_logit})
             else:
                 message = str(item) if isinstance(item, ImageRejected) else f"could not be processed ({type(item).__name__})"
                 results.append({"filename": filename, "error": message})

@@ -20,6 +20,6 @@ def model_info_json(info: dict) -> bytes:
 
 def classify_response_json(model_info: bytes, results: list[dict]) -> bytes:
     """``ClassifyCellsResponse`` bytes: ``results`` holds, per image in request order, a prediction
-    (filename, label, confidence, probabilities, appearance_distance, sharpened, apl_logit) or an error
+    (filename, label, confidence, probabilities, appearance_distance, apl_logit) or an error
     (filename, error), keys in that order. NaN and infinities become null, as pydantic writes them."""
     return b'{"model":' + model_info + b',"results":' + to_json(results, inf_nan_mode="null") + b"}"

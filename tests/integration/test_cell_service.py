@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import numpy as np
 import pytest
-from PIL import Image, ImageFilter
+from PIL import Image
 
 from shared.vocabulary import CELL_LABELS, CELL_TYPES
 from tests.helpers.images import encode, fullsize_images, png_bomb
@@ -53,21 +53,6 @@ def test_all_originals_classified_in_order(service, originals):
         assert abs(sum(result["probabilities"].values()) - 1.0) < 1e-4
         assert result["confidence"] == pytest.approx(max(result["probabilities"].values()), abs=1e-6)
         assert 0 <= result["appearance_distance"] < 1000
-        assert result["sharpened"] is False  # sharp originals reach the network as they are
-
-
-def test_out_of_focus_images_are_sharpened_and_still_look_unfamiliar(service, originals):
-    """A soft focus: the service sharpens the image for the network (shared/focus.py) and says so, and the
-    appearance distance is the unsharpened image's, far from the training images'."""
-    soft = [(name, encode(Image.open(io.BytesIO(data)).convert("RGB").filter(ImageFilter.GaussianBlur(3.0)), "JPEG",
-                          quality=92)) for _, name, data in originals]
-    sharp_results = classify(service.url, [(name, data) for _, name, data in originals]).json()["results"]
-    response = classify(service.url, soft)
-    assert response.status_code == 200, response.text
-    results = response.json()["results"]
-    assert sum(r["sharpened"] for r in results) >= 0.9 * len(results)
-    assert np.median([r["appearance_distance"] for r in results]) > 2 * np.median(
-        [r["appearance_distance"] for r in sharp_results])
 
 
 def test_committed_model_recognises_the_originals(service, originals):

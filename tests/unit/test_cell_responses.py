@@ -13,16 +13,16 @@ INFO = {"name": "aml-cell-resnet", "version": "2.0.0", "sha256": "ab" * 32, "pro
         "variant": "float", "apl_head": None}
 
 
-def prediction(filename, confidence, appearance, logit, sharpened=False) -> dict:
+def prediction(filename, confidence, appearance, logit) -> dict:
     probabilities = {name: (confidence if i == 0 else (1 - confidence) / (len(CELL_TYPES) - 1))
                      for i, name in enumerate(CELL_TYPES)}
     probabilities[CELL_TYPES[1]] = 3.2e-07
     return {"filename": filename, "label": CELL_TYPES[0], "confidence": confidence, "probabilities": probabilities,
-            "appearance_distance": appearance, "sharpened": sharpened, "apl_logit": logit}
+            "appearance_distance": appearance, "apl_logit": logit}
 
 
 def test_same_bytes_as_the_schema():
-    results = [prediction("a.jpg", 0.9876543, 1.234, -2.5), prediction("caf\u00e9 \"q\".png", 1.0, None, None, True),
+    results = [prediction("a.jpg", 0.9876543, 1.234, -2.5), prediction("caf\u00e9 \"q\".png", 1.0, None, None),
                {"filename": "bad.bin", "error": "not a decodable image (supported: JPEG, PNG, TIFF, BMP)"},
                prediction("nan.jpg", 0.5, 0.0, float("nan"))]
     expected = ClassifyCellsResponse(

@@ -68,9 +68,9 @@ def test_the_service_checks_the_appearance_before_sharpening(cells):
     """A soft-focus lab keeps its warning: the distance is the unsharpened image's, which is farther."""
     model = CellModel(DEFAULT_MODEL_DIR, "cpu")
     soft = cells[-1].filter(ImageFilter.GaussianBlur(1.5))
-    network_input, distance, sharpened = _decode_upload(encode(soft, "PNG"), CellServiceSettings(), model)
+    network_input, distance = _decode_upload(encode(soft, "PNG"), CellServiceSettings(), model)
     prepared = prepare(soft, model.input_size)
-    assert prepared.sharpened and sharpened
+    assert prepared.sharpened
     np.testing.assert_array_equal(network_input, prepared.network_input)
     assert distance == model.appearance_distance(prepared.before_focus)
     assert distance > model.appearance_distance(prepared.network_input)

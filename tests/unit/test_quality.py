@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gateway.quality import SHARPENED_WARNING, SMUDGE_WARNING, UNCLASSIFIED_WARNING, assess
+from gateway.quality import SMUDGE_WARNING, UNCLASSIFIED_WARNING, assess
 from shared.appearance import FEATURE_NAMES, AppearanceReference, appearance_features
 from shared.preprocessing import preprocess
 from shared.vocabulary import CELL_LABELS
@@ -86,16 +86,3 @@ def test_unclassified_and_smudge_shares_warn_at_their_thresholds():
 def test_a_model_without_appearance_reference_reports_none():
     quality, warnings = assess(counts(lymphocyte=10), [None] * 10, None)
     assert quality.appearance_distance is None and quality.looks_out_of_domain is False and warnings == []
-
-
-def test_many_sharpened_images_warn_to_check_the_focus_without_asking_for_review_alone():
-    n = 100
-    at = round(SHARPENED_WARNING * n)
-    quality, warnings = assess(counts(lymphocyte=n), [1.0] * n, APPEARANCE, [True] * at + [False] * (n - at))
-    assert quality.sharpened_fraction == pytest.approx(SHARPENED_WARNING)
-    assert len(warnings) == 1 and "out of focus" in warnings[0] and "focus" in warnings[0]
-    assert not quality.review_every_cell  # the appearance check decides that
-    quality, warnings = assess(counts(lymphocyte=n), [1.0] * n, APPEARANCE, [True] * (at - 1) + [False] * (n - at + 1))
-    assert warnings == [] and quality.sharpened_fraction == pytest.approx((at - 1) / n)
-    quality, _ = assess(counts(lymphocyte=n), [1.0] * n, APPEARANCE)
-    assert quality.sharpened_fraction == 0.0
