@@ -44,7 +44,7 @@ import numpy as np
 from PIL import Image
 
 from bench.common import PeakRss, closed_loop, multipart_body
-from services.cell_classifier.decoding import decode_image, decode_prepared
+from services.cell_classifier.decoding import decode_image
 from services.cell_classifier.inference import CellModel, model_variants
 from services.cell_classifier.settings import CellServiceSettings
 from shared.hashing import file_sha256
@@ -118,9 +118,8 @@ def preprocessing_alone(images, opts: Options, model: CellModel, min_seconds: fl
             def decode(d, decoder=decoder):
                 return decode_image(d, limit, decoder, model.input_size)
 
-            def decode_and_appearance(d, decoder=decoder):  # the service's worker job: appearance before focus
-                prepared = decode_prepared(d, limit, decoder, model.input_size)
-                return prepared.network_input, model.appearance_distance(prepared.before_focus)
+            def decode_and_appearance(d, decoder=decoder):
+                return model.appearance_distance(decode_image(d, limit, decoder, model.input_size))
 
             out[decoder] = {"decode": timed_rounds(lambda: list(pool.map(decode, data)), len(data), min_seconds),
                             "worker": timed_rounds(lambda: list(pool.map(decode_and_appearance, data)), len(data),
@@ -144,8 +143,8 @@ def ceiling(images, model: CellModel, decoder: str, opts: Options, min_seconds: 
     data = [d for _, d in images]
 
     def work(d):
-        prepared = decode_prepared(d, limit, decoder, model.input_size)
-        return prepared.network_input, model.appearance_distance(prepared.before_focus)
+        array = decode_image(d, limit, decoder, model.input_size)
+        return array, model.appearance_distance(array)
 
     results = {}
     with ThreadPoolExecutor(opts.decode_workers) as pool:

@@ -1,8 +1,7 @@
 """How far an image's appearance (stain, background, magnification, focus) is from the training data.
 
-A few cheap colour, density and sharpness statistics of the preprocessed image (the ``uint8``
-array the network sees, but before the focus normalisation: ``shared.preprocessing.Prepared.before_focus``,
-so a soft-focus image still looks soft here) are compared, by Mahalanobis distance, with their
+A few cheap colour, density and sharpness statistics of the preprocessed network input (the
+same ``uint8`` array the network sees) are compared, by Mahalanobis distance, with their
 distribution over the training images of each source (e.g. PBC and DeepAPL); an image's
 distance is the one to its nearest source. The training run fits the reference and the
 thresholds and stores them in the model card; the cell service reports each image's
@@ -58,17 +57,16 @@ def appearance_features(image: np.ndarray) -> np.ndarray:
     return np.concatenate([mean / 255.0, std / 255.0, low / 255.0, high / 255.0, [dark, sharpness(image)]])
 
 
-def sharpness(image: np.ndarray, whole: bool = False) -> float:
+def sharpness(image: np.ndarray) -> float:
     """Focus of ``(H, W, 3)`` uint8 RGB: log of the mean absolute Laplacian of the luminance over its mean
-    absolute gradient, in the image's central half (the cell; a quarter of the pixels, about 40 us; ``whole``:
-    over the whole image, the red cells' edges around the cell included, which ``shared.focus`` reads), both
+    absolute gradient, in the image's central half (the cell; a quarter of the pixels, about 40 us), both
     in integer luminance units, +1 each, so a flat image gives 0. Blur takes the fine detail (the
     Laplacian) faster than the edges (the gradient), so the ratio falls with defocus whatever the contrast
     or stain: on DeepAPL test cells about 0.04 +- 0.08 as stored, -0.38 after a 1 px Gaussian blur of the
     stored copy, -0.70 after 1.5 px (PBC: -0.01, -0.22, -0.42). The 64 full-size PBC originals through the
     served decoding and their 224 px training copies agree to 0.004 on average: the copies are as sharp."""
     h, w = image.shape[:2]
-    wide = (image if whole else image[h // 4: h - h // 4, w // 4: w - w // 4]).astype(np.int32)  # centre: the cell
+    wide = image[h // 4: h - h // 4, w // 4: w - w // 4].astype(np.int32)  # the centre, where the cell is
     luminance = wide[:, :, 0] * _LUMA[0] + wide[:, :, 1] * _LUMA[1] + wide[:, :, 2] * _LUMA[2]
     inner = luminance[1:-1, 1:-1]
     laplacian = np.abs(4 * inner - luminance[:-2, 1:-1] - luminance[2:, 1:-1]

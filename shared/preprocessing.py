@@ -13,10 +13,7 @@ becomes an ``IMAGE_SIZE`` x ``IMAGE_SIZE`` x 3 ``uint8`` RGB array:
    scanners give it. Both are CellaVision systems whose backgrounds agree to a few grey levels,
    so their images barely change, while another scanner's white balance or a bluer/redder stain
    reaches the network in familiar colours (docs/cell_robustness.md: a bluer cast cost 2.0.0
-   20 points of accuracy on leukaemic blood, 1 with the white balance);
-4. focus normalisation (``shared.focus``): an image softer than 99 % of the training images is
-   sharpened back into their range; every other image is left as it is. ``prepare`` returns the
-   image before this step too: the appearance check reads that one, so soft focus still warns.
+   20 points of accuracy on leukaemic blood, 1 with the white balance).
 
 Files are read at the scale the network needs (``preprocess_file``, or ``request_scale``
 between opening and loading): a JPEG large enough is decoded by libjpeg at 1/2, 1/4 or 1/8 scale
@@ -37,19 +34,17 @@ from __future__ import annotations
 
 import math
 import os
-from typing import BinaryIO, NamedTuple
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image
-
-from shared.focus import normalise_focus
 
 IMAGE_SIZE = 112
 # Bump when the arrays ``preprocess_file`` gives change (training caches are keyed by it).
 # 1: full decode + resize; 2: JPEG DCT-domain downscaling down to the input size (2.0.0's calibration
 # and card metrics used it); 3: the same, but never below DRAFT_MIN_FACTOR x the input size;
-# 4: white balance after the resize; 5: focus normalisation of images below the training focus range.
-PREPROCESSING_VERSION = 5
+# 4: white balance after the resize.
+PREPROCESSING_VERSION = 4
 DRAFT_MIN_FACTOR = 1.5
 DECODERS = ("draft", "full")  # "draft": the current version (the default), "full": version 1
 DEFAULT_DECODER = "draft"
@@ -105,29 +100,12 @@ def white_balance(rgb: Image.Image) -> Image.Image:
     return rgb.point(table.ravel().tolist())
 
 
-class Prepared(NamedTuple):
-    """One decoded image made ready: ``network_input`` is what the network reads; ``before_focus`` the
-    same array before the focus normalisation (what the appearance check reads); ``sharpened``
-    whether the focus normalisation changed it. Both arrays ``(size, size, 3)`` uint8 RGB."""
-    network_input: np.ndarray
-    before_focus: np.ndarray
-    sharpened: bool
-
-
-def prepare(image: Image.Image, size: int = IMAGE_SIZE) -> Prepared:
-    """Steps 1-4 above for one decoded image."""
+def preprocess(image: Image.Image, size: int = IMAGE_SIZE) -> np.ndarray:
+    """Return the network input for one decoded image: ``(size, size, 3)`` uint8 RGB."""
     rgb = _to_rgb8(image)
     if rgb.size != (size, size):
         rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
-    balanced = white_balance(rgb)
-    focused, sharpened = normalise_focus(balanced)
-    before = np.asarray(balanced, dtype=np.uint8)
-    return Prepared(np.asarray(focused, dtype=np.uint8) if sharpened else before, before, sharpened)
-
-
-def preprocess(image: Image.Image, size: int = IMAGE_SIZE) -> np.ndarray:
-    """Return the network input for one decoded image: ``(size, size, 3)`` uint8 RGB."""
-    return prepare(image, size).network_input
+    return np.asarray(white_balance(rgb), dtype=np.uint8)
 
 
 def request_scale(image: Image.Image, size: int = IMAGE_SIZE, decoder: str = DEFAULT_DECODER) -> bool:

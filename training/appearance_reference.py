@@ -8,11 +8,6 @@ its own split, with no change to the network, its files or its other metrics::
     python -m training.appearance_reference   # rewrites model_card.json and MODEL_CARD.md
 
 The service refuses a card whose reference was fitted on other features (``feature_names``).
-
-The service reads each image before the focus normalisation (``shared.preprocessing.Prepared.before_focus``);
-the reference is fitted on the cached network inputs, which differ from that only for the images the focus
-normalisation sharpens (as stored: 18 PBC and 11 DeepAPL of the 20,291 training cells, 3 of the 6,293
-validation and test cells), so the thresholds are the same to the precision that matters.
 """
 
 from __future__ import annotations

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 
 from gateway.quality import SMUDGE_WARNING, UNCLASSIFIED_WARNING
-from shared.focus import FOCUS_FLOOR, FOCUS_RADIUS, FOCUS_TARGET, WHOLE_IMAGE_FLOOR
 from shared.preprocessing import (DRAFT_MIN_FACTOR, IMAGE_SIZE, PREPROCESSING_VERSION, WHITE_GAIN_LIMITS,
                                   WHITE_REFERENCE, WHITE_TOP_FRACTION)
 from shared.vocabulary import CELL_TYPES, UNCLASSIFIED, VOCABULARY_VERSION
@@ -52,22 +51,6 @@ LIMITATIONS = (
 )
 
 
-
-def preprocessing_description() -> str:
-    """What ``shared.preprocessing`` does today, for the card's ``input.preprocessing``."""
-    return (f"shared.preprocessing (version {PREPROCESSING_VERSION}): a JPEG is decoded at 1/2, "
-            "1/4 or 1/8 scale in the DCT domain where that leaves at least "
-            f"{DRAFT_MIN_FACTOR:g}x {IMAGE_SIZE} px on both sides; convert to 8-bit RGB (alpha on white, 16-bit "
-            f"scaled), resize the whole image to {IMAGE_SIZE}x{IMAGE_SIZE} with PIL's "
-            "antialiased bilinear filter; no crop; white balance: each channel scaled so that the "
-            f"value at its brightest {WHITE_TOP_FRACTION:.0%} of pixels (the background between the red "
-            f"cells) becomes {'/'.join(f'{v:g}' for v in WHITE_REFERENCE)} (the training images' "
-            f"median), gains within {WHITE_GAIN_LIMITS[0]:g}-{WHITE_GAIN_LIMITS[1]:g}; focus "
-            f"normalisation (shared.focus): an image whose cell sharpness is below {FOCUS_FLOOR:g} and "
-            f"whole-image sharpness below {WHOLE_IMAGE_FLOOR:g} gets an unsharp mask (radius "
-            f"{FOCUS_RADIUS:g} px, the smallest amount that brings it to {FOCUS_TARGET:g}); every other "
-            "image is left as it is")
-
 def build_card(*, version, onnx_path: Path, output_name, temperature, threshold, max_unclassified_fraction,
                test_time_views: list[str], metrics, training, appearance=None, sources=("pbc",),
                class_minimum=None, max_normal_called_blast=None, calibration_taken_from: str | None = None) -> dict:
@@ -85,7 +68,14 @@ def build_card(*, version, onnx_path: Path, output_name, temperature, threshold,
             "shape": ["batch", IMAGE_SIZE, IMAGE_SIZE, 3],
             "dtype": "uint8",
             "layout": "NHWC, RGB",
-            "preprocessing": preprocessing_description(),
+            "preprocessing": f"shared.preprocessing (version {PREPROCESSING_VERSION}): a JPEG is decoded at 1/2, "
+                             "1/4 or 1/8 scale in the DCT domain where that leaves at least "
+                             f"{DRAFT_MIN_FACTOR:g}x {IMAGE_SIZE} px on both sides; convert to 8-bit RGB (alpha on white, 16-bit "
+                             f"scaled), resize the whole image to {IMAGE_SIZE}x{IMAGE_SIZE} with PIL's "
+                             "antialiased bilinear filter; no crop; white balance: each channel scaled so that the "
+                             f"value at its brightest {WHITE_TOP_FRACTION:.0%} of pixels (the background between the red "
+                             f"cells) becomes {'/'.join(f'{v:g}' for v in WHITE_REFERENCE)} (the training images' "
+                             f"median), gains within {WHITE_GAIN_LIMITS[0]:g}-{WHITE_GAIN_LIMITS[1]:g}",
             "normalisation": "inside the network: x / 127.5 - 1",
         },
         "output": {"name": output_name, "meaning": "calibrated probabilities softmax(logits / temperature)"

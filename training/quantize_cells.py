@@ -350,8 +350,7 @@ def main(argv: list[str] | None = None) -> dict:
                                                                   for k, v in c["validation"].items()}}
                                           for t, c in candidates.items()}}},
         "preprocessing": {"today": "full: every file decoded at full size, then resized (version 1's decoding; "
-                                   "since version 4 both paths end with the white balance, since version 5 with the "
-                                   "focus normalisation)",
+                                   "since version 4 both paths end with the white balance)",
                           "new": "draft: JPEG DCT-domain downscaling where it leaves at least 1.5x the input "
                                  f"size, then resized (version {PREPROCESSING_VERSION}, shared.preprocessing)"},
         "accuracy": accuracy,
@@ -359,7 +358,6 @@ def main(argv: list[str] | None = None) -> dict:
         "measured": {"onnxruntime": ort.__version__, "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
                      "seconds": round(time.perf_counter() - started, 1)},
     }
-    card["input"]["preprocessing"] = model_card.preprocessing_description()  # what every metric above used
     model_card.write_card_text(card, args.model_dir)
     print(json.dumps({k: card["serving_variants"][k] for k in ("default", "criterion_met",
                                                                "accuracy_change_int8_new_vs_float_today")}), flush=True)

@@ -22,7 +22,7 @@ from PIL import Image, ImageFilter
 
 from services.cell_classifier.inference import CellModel
 from services.cell_classifier.settings import DEFAULT_MODEL_DIR
-from shared.preprocessing import prepare
+from shared.preprocessing import preprocess
 from shared.vocabulary import CELL_TYPES
 from training import deepapl_dataset, pbc_dataset
 from training.metrics import apply_unclassified_rule, classification_report, leukaemia_summary
@@ -96,16 +96,16 @@ def evaluate(model: CellModel, paths: list[str], labels: np.ndarray) -> dict[str
     appearance = model.card.get("appearance") or {}
     results = {}
     for name, transform in VARIANTS.items():
-        prepared = []
+        arrays = []
         for path in paths:
             with Image.open(path) as image:
-                prepared.append(prepare(transform(image.convert("RGB"))))
-        probabilities = model.predict(np.stack([p.network_input for p in prepared]))
+                arrays.append(preprocess(transform(image.convert("RGB"))))
+        probabilities = model.predict(np.stack(arrays))
         predicted = apply_unclassified_rule(probabilities, threshold, len(CELL_TYPES), model.class_minimum)
         results[name] = classification_report(labels, predicted, list(CELL_TYPES)) | {
             "leukaemia": leukaemia_summary(labels, predicted)}
         if appearance:
-            distances = np.array([model.appearance_distance(p.before_focus) for p in prepared])  # as the service
+            distances = np.array([model.appearance_distance(a) for a in arrays])
             results[name]["appearance"] = {
                 "median_distance": float(np.median(distances)),
                 "out_of_domain_fraction": float(np.mean(distances > appearance["image_threshold"])),

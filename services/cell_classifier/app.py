@@ -16,7 +16,7 @@ from PIL import Image
 from starlette.routing import request_response
 
 from services.cell_classifier.batcher import BatcherStopped, DynamicBatcher, QueueFull
-from services.cell_classifier.decoding import ImageRejected, decode_prepared
+from services.cell_classifier.decoding import ImageRejected, decode_image
 from services.cell_classifier.inference import CellModel
 from services.cell_classifier.metrics import CONTENT_TYPE_LATEST, CellMetrics
 from services.cell_classifier.responses import classify_response_json, model_info_json
@@ -56,12 +56,11 @@ ERRORS = {status: {"model": Problem, "content": {"application/problem+json": {}}
 
 
 def _decode_upload(data: bytes, settings: CellServiceSettings, model: CellModel) -> tuple[np.ndarray, float | None]:
-    """Bytes -> (network input, appearance distance), in a decode worker. The appearance is the image's
-    before the focus normalisation: a soft-focus image is sharpened for the network, not hidden from the check."""
+    """Bytes -> (network input, appearance distance), in a decode worker."""
     if len(data) > settings.max_image_bytes:
         raise ImageRejected(f"file larger than {settings.max_image_bytes} bytes")
-    prepared = decode_prepared(data, settings.max_pixels, size=model.input_size)
-    return prepared.network_input, model.appearance_distance(prepared.before_focus)
+    image = decode_image(data, settings.max_pixels, size=model.input_size)
+    return image, model.appearance_distance(image)
 
 
 def create_app(settings: CellServiceSettings | None = None, model: CellModel | None = None) -> FastAPI:

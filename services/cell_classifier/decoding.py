@@ -7,7 +7,7 @@ import io
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from shared.preprocessing import DECODERS, DEFAULT_DECODER, IMAGE_SIZE, Prepared, prepare, request_scale
+from shared.preprocessing import DECODERS, DEFAULT_DECODER, IMAGE_SIZE, preprocess, request_scale
 
 SUPPORTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "TIFF", "BMP"})
 
@@ -17,15 +17,8 @@ class ImageRejected(ValueError):
 
 
 def decode_image(data: bytes, max_pixels: int, decoder: str = DEFAULT_DECODER, size: int = IMAGE_SIZE) -> np.ndarray:
-    """Bytes of a JPEG/PNG/TIFF/BMP file -> the network input, a ``(size, size, 3)`` uint8 array (``size``:
-    the model's input side, from its card), or ``ImageRejected`` (``decode_prepared``)."""
-    return decode_prepared(data, max_pixels, decoder, size).network_input
-
-
-def decode_prepared(data: bytes, max_pixels: int, decoder: str = DEFAULT_DECODER,
-                    size: int = IMAGE_SIZE) -> Prepared:
-    """Bytes of a JPEG/PNG/TIFF/BMP file -> ``shared.preprocessing.Prepared`` (the network input and the
-    image before the focus normalisation), or ``ImageRejected``.
+    """Bytes of a JPEG/PNG/TIFF/BMP file -> preprocessed ``(size, size, 3)`` uint8 array (``size``: the
+    model's input side, from its card), or ``ImageRejected``.
 
     The file is decoded at the scale the network needs (``shared.preprocessing.request_scale``;
     ``decoder="full"``: at full size, the earlier path, kept for the benchmark)."""
@@ -52,6 +45,6 @@ def decode_prepared(data: bytes, max_pixels: int, decoder: str = DEFAULT_DECODER
         try:
             request_scale(image, size, decoder)  # after the pixel check: it sees the file's own size
             image.load()
-            return prepare(image, size)
+            return preprocess(image, size)
         except Exception as exc:  # noqa: BLE001 - truncated or corrupt data
             raise ImageRejected(f"corrupt or truncated image data ({type(exc).__name__})") from None
