@@ -48,16 +48,25 @@ class CellAugmentation(layers.Layer):
       the finest detail that another microscope's softer optics remove: after a 1 px blur of the stored images,
       2.2.0 called 18 % of the DeepAPL test blasts lymphocytes, README "How good is it");
     - sensor noise.
-    Input is uint8 in [0, 255] at ``IMAGE_SIZE``; output is float32 in [0, 255] at the current
-    ``output_size`` (progressive resizing: the early epochs train on smaller images, which is
-    cheaper, and the last ones at full size). Outside training the input passes unchanged.
+    Input is uint8 in [0, 255] at ``IMAGE_SIZE`` (``source_scale`` 2: at twice that side); output is float32 in
+    [0, 255] at the current ``output_size`` (progressive resizing: the early epochs train on smaller images, which
+    is cheaper, and the last ones at full size). Outside training the input passes unchanged.
+
+    ``source_scale``: with 1 the geometry samples the ``IMAGE_SIZE`` arrays, so an enlarged cell is an enlarged
+    112 px picture, soft, and the network never sees an enlarged cell sharp as a microscope at higher
+    magnification gives it (2.2.0: PBC cells enlarged 2x from their 224 px copies, 0.75 right; the same
+    enlarged from the 112 px input, 0.94). With 2 the training images come at twice the side, the geometry
+    runs at twice the output size and an antialiased bilinear resize (as ``shared.preprocessing``'s) brings
+    it to the output: enlarged cells keep the detail their source has.
     """
 
     def __init__(self, zoom_range: tuple[float, float] = (0.8, 1.25),
                  wide_zoom_range: tuple[float, float] | None = None, wide_zoom_probability: float = 0.0,
                  stain_probability: float = 0.0, stain_scale: float = 0.0, colour_strength: float = 1.0,
-                 blur_probability: float = 0.25, blur_sigma_range: tuple[float, float] | None = None, **kwargs):
+                 blur_probability: float = 0.25, blur_sigma_range: tuple[float, float] | None = None,
+                 source_scale: int = 1, **kwargs):
         super().__init__(**kwargs)
+        self.source_scale = int(source_scale)
         self.blur_probability = float(blur_probability)
         self.blur_sigma_range = tuple(float(b) for b in blur_sigma_range) if blur_sigma_range else None
         self.zoom_range = (float(zoom_range[0]), float(zoom_range[1]))
@@ -73,7 +82,8 @@ class CellAugmentation(layers.Layer):
 
     def _geometry(self, images, batch):
         size = tf.cast(tf.shape(images)[1], tf.float32)
-        out_size = tf.cast(self.output_size, tf.float32)
+        sampled = self.output_size * self.source_scale  # the transform's output side, before the final resize
+        out_size = tf.cast(sampled, tf.float32)
         centre, out_centre = (size - 1.0) / 2.0, (out_size - 1.0) / 2.0
         angle = tf.random.uniform([batch], 0.0, 2.0 * math.pi)
         home = tf.random.uniform([batch], math.log(self.zoom_range[0]), math.log(self.zoom_range[1]))
@@ -90,10 +100,13 @@ class CellAugmentation(layers.Layer):
         b2 = centre - b0 * out_centre - b1 * out_centre + shift[:, 1]
         zeros = tf.zeros([batch])
         transforms = tf.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
-        return tf.raw_ops.ImageProjectiveTransformV3(
-            images=images, transforms=transforms, output_shape=tf.stack([self.output_size, self.output_size]),
+        x = tf.raw_ops.ImageProjectiveTransformV3(
+            images=images, transforms=transforms, output_shape=tf.stack([sampled, sampled]),
             fill_value=0.0, interpolation="BILINEAR", fill_mode="REFLECT",
         )
+        if self.source_scale == 1:
+            return x
+        return tf.image.resize(x, tf.stack([self.output_size, self.output_size]), method="bilinear", antialias=True)
 
     def _colour(self, images, batch):
         """One random 3x3 colour matrix per image: stain gain, saturation, hue rotation (in YIQ)."""
@@ -296,8 +309,10 @@ def recalibrate_batch_norm(network: keras.Model, images: np.ndarray, batch_size:
 
 def build_training_model(network: keras.Model, zoom_range: tuple[float, float], **augmentation_options
                          ) -> tuple[keras.Model, CellAugmentation]:
-    """The network behind the augmentation layer; the layer is returned too, to set its size."""
-    inputs = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3), dtype="uint8", name="image")
+    """The network behind the augmentation layer; the layer is returned too, to set its size. With
+    ``source_scale`` above 1 the training images are larger than the validation images: any side is taken."""
+    side = IMAGE_SIZE if augmentation_options.get("source_scale", 1) == 1 else None
+    inputs = keras.Input((side, side, 3), dtype="uint8", name="image")
     augmentation = CellAugmentation(zoom_range, **augmentation_options)
     return keras.Model(inputs, network(augmentation(inputs)), name="cell_resnet_train"), augmentation
 

@@ -235,6 +235,9 @@ def _markdown(card: dict) -> str:
            " or, for {:.0%} of images, {:g}-{:g}x (other scanners' tighter crops)".format(
                augmentation["wide_zoom_probability"], *augmentation["wide_zoom_range"]))
         + ", translation up to 6%"
+        + ("" if augmentation.get("source_scale", 1) == 1 else
+           f" (sampled from the images decoded at {augmentation['source_scale']}x the input side, then resized: "
+           "enlarged cells as sharp as their source)")
         + ("" if not augmentation.get("stain_probability") else
            f", stain jitter in optical-density (HED) space on {augmentation['stain_probability']:.0%} of images "
            f"(concentrations x 1 +- {augmentation['stain_scale']:g})")

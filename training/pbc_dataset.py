@@ -73,26 +73,28 @@ def list_images(root: Path, per_class_limit: int | None = None) -> tuple[list[Pa
     return paths, np.asarray(folders, dtype=np.int64), np.asarray(labels, dtype=np.int64)
 
 
-def _load(path: Path, decoder: str = DEFAULT_DECODER) -> np.ndarray:
-    """The network input of one file, by the service's own path (``shared.preprocessing.preprocess_file``)."""
-    return preprocess_file(path, IMAGE_SIZE, decoder)
+def _load(path: Path, decoder: str = DEFAULT_DECODER, size: int = IMAGE_SIZE) -> np.ndarray:
+    """The network input of one file, by the service's own path (``shared.preprocessing.preprocess_file``);
+    ``size`` other than the input side: the same steps at another side (training's ``--source-scale``)."""
+    return preprocess_file(path, size, decoder)
 
 
-def cache_key(paths: list[Path], decoder: str = DEFAULT_DECODER) -> str:
-    """Cache name part: the file list, the input size and the preprocessing (its version and decoder path)."""
+def cache_key(paths: list[Path], decoder: str = DEFAULT_DECODER, size: int = IMAGE_SIZE) -> str:
+    """Cache name part: the file list, the size and the preprocessing (its version and decoder path)."""
     version = PREPROCESSING_VERSION if decoder == DEFAULT_DECODER else f"{PREPROCESSING_VERSION}-{decoder}"
-    text = "\n".join(map(str, paths)) + f"|{IMAGE_SIZE}|preprocessing {version}"
+    text = "\n".join(map(str, paths)) + f"|{size}|preprocessing {version}"
     return f"p{version}_" + hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def load_arrays(paths: list[Path], cache_dir: Path | None, name: str = "pbc",
-                decoder: str = DEFAULT_DECODER) -> np.ndarray:
-    """Decode and preprocess every image (cached as .npy keyed by the file list and the preprocessing)."""
-    cache = cache_dir / f"{name}_{IMAGE_SIZE}_{cache_key(paths, decoder)}.npy" if cache_dir else None
+                decoder: str = DEFAULT_DECODER, size: int = IMAGE_SIZE) -> np.ndarray:
+    """Decode and preprocess every image to ``size`` x ``size`` (cached as .npy keyed by the file list, the size
+    and the preprocessing)."""
+    cache = cache_dir / f"{name}_{size}_{cache_key(paths, decoder, size)}.npy" if cache_dir else None
     if cache is not None and cache.exists():
         return np.load(cache)
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        images = np.stack(list(pool.map(lambda p: _load(p, decoder), paths)))
+        images = np.stack(list(pool.map(lambda p: _load(p, decoder, size), paths)))
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         np.save(cache, images)

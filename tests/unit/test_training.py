@@ -59,9 +59,11 @@ def test_smoke_training_run_exports_a_servable_model(tmp_path):
     out = tmp_path / "model"
     _train_cells("--epochs", "2", "--full-size-epochs", "1", "--per-class-limit", "20",
                  "--init-network", str(DEFAULT_MODEL_DIR / "cell_cnn.keras"), "--cache-dir", "", "--out", str(out),
-                 "--verbose", "2", "--version", "smoke", "--deepapl-weight", "2")
+                 "--verbose", "2", "--version", "smoke", "--deepapl-weight", "2", "--source-scale", "2")
     card = json.loads((out / "model_card.json").read_text())
     assert card["version"] == "smoke"
+    assert card["training"]["augmentation"]["source_scale"] == 2  # trained on images decoded at 224 px
+    assert "decoded at 2x the input side" in (out / "MODEL_CARD.md").read_text()
     assert card["training"]["source_weight"] == {"deepapl": 2.0}  # the fit ran with per-image weights
     # a tiny slice of both sources, split by patient, evaluated per source
     assert card["training"]["n_train"]["pbc"] > 0 and card["training"]["n_train"]["deepapl"] > 0
@@ -329,3 +331,37 @@ def test_true_gaussian_blur_removes_the_fine_detail_a_blend_keeps():
     assert blurred < 0.7 * sharp and blurred < blends < sharp
     none = CellAugmentation(blur_probability=0.0, blur_sigma_range=(0.5, 1.5))._blur(images, 8).numpy()
     assert np.array_equal(none, images.numpy())
+
+
+def test_source_scale_two_enlarges_cells_from_their_full_detail_and_keeps_the_home_scale_look():
+    """--source-scale 2: training images at twice the input side, geometry on them, then an antialiased resize.
+    A cell enlarged 2x keeps the detail of its source (sharper than enlarging the 112 px array); at the home
+    scale the result is the 112 px array's, as the service sees it, to a grey level on average."""
+    require_training_stack()
+    import tensorflow as tf
+
+    from shared.appearance import sharpness
+    from shared.preprocessing import IMAGE_SIZE, preprocess_file
+
+    from training.cnn import CellAugmentation
+
+    paths = [path for _, path in fullsize_images()][::4]
+    input_size = np.stack([preprocess_file(p) for p in paths])
+    twice = np.stack([preprocess_file(p, 2 * IMAGE_SIZE) for p in paths])
+
+    def augmented(zoom: float, scale: int, images: np.ndarray) -> np.ndarray:
+        layer = CellAugmentation((zoom, zoom), blur_probability=0.0, colour_strength=0.0, source_scale=scale)
+        tf.random.set_seed(7)  # the same rotations, flips and shifts for both
+        out = layer(tf.constant(images), training=True).numpy()
+        assert out.shape == (len(images), IMAGE_SIZE, IMAGE_SIZE, 3)
+        return out
+
+    def mean_sharpness(images: np.ndarray) -> float:
+        return float(np.mean([sharpness(np.clip(x, 0, 255).astype(np.uint8)) for x in images]))
+
+    home_small, home_twice = augmented(1.0, 1, input_size), augmented(1.0, 2, twice)
+    assert np.abs(home_small - home_twice).mean() < 1.5
+    enlarged_small, enlarged_twice = augmented(2.0, 1, input_size), augmented(2.0, 2, twice)
+    assert mean_sharpness(enlarged_twice) > mean_sharpness(enlarged_small) + 0.1
+    served = CellAugmentation(source_scale=2)(tf.constant(input_size), training=False).numpy()
+    assert np.array_equal(served, input_size.astype(np.float32))  # outside training nothing changes
