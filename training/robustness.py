@@ -22,7 +22,7 @@ from PIL import Image, ImageFilter
 
 from services.cell_classifier.inference import CellModel
 from services.cell_classifier.settings import DEFAULT_MODEL_DIR
-from shared.preprocessing import preprocess
+from shared.preprocessing import IMAGE_SIZE, preprocess
 from shared.vocabulary import CELL_TYPES
 from training import deepapl_dataset, pbc_dataset
 from training.metrics import apply_unclassified_rule, classification_report, leukaemia_summary
@@ -48,6 +48,13 @@ def pad_with_border(fraction: float) -> Callable[[Image.Image], Image.Image]:
         pad_w = round(array.shape[1] * (1 / fraction - 1) / 2)
         return Image.fromarray(np.pad(array, ((pad_h, pad_h), (pad_w, pad_w), (0, 0)), mode="reflect"))
     return transform
+
+
+def enlarged_from_input_size(fraction: float) -> Callable[[Image.Image], Image.Image]:
+    """``centre_crop`` of the image first resized to the network's input side: the cell enlarged as the
+    training's scale jitter enlarges it (a 112 px picture, soft), not with the detail its source has."""
+    crop = centre_crop(fraction)
+    return lambda image: crop(image.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR))
 
 
 def resized(side: int) -> Callable[[Image.Image], Image.Image]:
@@ -79,6 +86,7 @@ VARIANTS: dict[str, Callable[[Image.Image], Image.Image]] = {
     "cell 1.25x larger (centre 80 %)": centre_crop(0.8),
     "cell 1.56x larger (centre 64 %)": centre_crop(0.64),
     "cell 2x larger (centre 50 %)": centre_crop(0.5),
+    "cell 2x larger, enlarged from 112 px (as in training)": enlarged_from_input_size(0.5),
     "cell 0.8x smaller (mirrored border)": pad_with_border(0.8),
     "downscaled to 112x112": resized(112),
     "JPEG quality 40": jpeg(40),
@@ -161,7 +169,13 @@ def markdown(card: dict, split: str, sections: dict[str, tuple[int, dict[str, di
         "",
         f"Training drew the scale from as wide a range as {zoom[0]:g}x to {zoom[1]:g}x; cells magnified beyond that "
         "(another scanner's tighter crops) are the weakest case, so such images should be measured before use. "
-        "Blur costs the most accuracy for the least change of colour; the appearance check sees it through its "
+        + ("" if augmentation.get("source_scale", 1) > 1 else
+           "The training enlarged the input-size arrays, so the network knows enlarged cells only as soft "
+           "pictures: 'cell 2x larger' crops the stored copy, as sharp as its source (PBC's 224 px copies: sharp; "
+           "DeepAPL's 144 px: nearly as soft as the training's), while 'enlarged from 112 px' is the training's "
+           "kind of enlargement; the difference between the two rows is what a microscope at a higher "
+           "magnification, whose enlarged cells keep their detail, would cost (`train_cells --source-scale 2`). ")
+        + "Blur costs the most accuracy for the least change of colour; the appearance check sees it through its "
         "sharpness statistic (`shared.appearance.sharpness`, added 2026-11-29: before it, a blurred patient got no "
         "warning)."
         + "".join(f" In the {source} table, blur costs mostly blasts, which the network then calls lymphocytes "

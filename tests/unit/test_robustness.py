@@ -24,6 +24,7 @@ def test_variants_change_the_field_of_view_as_named():
     assert robustness.pad_with_border(0.8)(image).size == (250, 276)  # 25 and 28 (27.5 rounded) pixels each side
     assert robustness.resized(144)(image).size == (144, 144)
     assert robustness.jpeg(40)(image).size == (200, 220)
+    assert robustness.enlarged_from_input_size(0.5)(image).size == (56, 56)  # half of the 112 px input
 
 
 def test_report_scores_every_variant_on_real_cells():
