@@ -170,11 +170,14 @@ def markdown(card: dict, split: str, sections: dict[str, tuple[int, dict[str, di
         f"Training drew the scale from as wide a range as {zoom[0]:g}x to {zoom[1]:g}x; cells magnified beyond that "
         "(another scanner's tighter crops) are the weakest case, so such images should be measured before use. "
         + ("" if augmentation.get("source_scale", 1) > 1 else
-           "The training enlarged the input-size arrays, so the network knows enlarged cells only as soft "
-           "pictures: 'cell 2x larger' crops the stored copy, as sharp as its source (PBC's 224 px copies: sharp; "
-           "DeepAPL's 144 px: nearly as soft as the training's), while 'enlarged from 112 px' is the training's "
-           "kind of enlargement; the difference between the two rows is what a microscope at a higher "
-           "magnification, whose enlarged cells keep their detail, would cost (`train_cells --source-scale 2`). ")
+           "'cell 2x larger' crops the stored copy, so the enlarged cell keeps the detail of its source (PBC's "
+           "224 px copies: the crop is the input's own size, no resize; DeepAPL's 144 px: enlarged 1.56x by "
+           "interpolation), while 'enlarged from 112 px' crops the input-size array, as the training's scale "
+           "jitter enlarges. On PBC the network reads the training's kind far better: it knows enlarged cells "
+           "only as enlarged 112 px pictures, and a microscope at a higher magnification, whose enlarged cells "
+           "keep their detail, may cost what the difference between the two rows shows (`train_cells "
+           "--source-scale 2` trains on such cells, README). On DeepAPL, whose copies hold less detail, the "
+           "interpolated enlargement from 112 px is the worse of the two. ")
         + "Blur costs the most accuracy for the least change of colour; the appearance check sees it through its "
         "sharpness statistic (`shared.appearance.sharpness`, added 2026-11-29: before it, a blurred patient got no "
         "warning)."
