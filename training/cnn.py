@@ -311,9 +311,9 @@ def build_training_model(network: keras.Model, zoom_range: tuple[float, float], 
                          ) -> tuple[keras.Model, CellAugmentation]:
     """The network behind the augmentation layer; the layer is returned too, to set its size. With
     ``source_scale`` above 1 the training images are larger than the validation images: any side is taken."""
-    side = IMAGE_SIZE if augmentation_options.get("source_scale", 1) == 1 else None
-    inputs = keras.Input((side, side, 3), dtype="uint8", name="image")
     augmentation = CellAugmentation(zoom_range, **augmentation_options)
+    side = IMAGE_SIZE if augmentation.source_scale == 1 else None
+    inputs = keras.Input((side, side, 3), dtype="uint8", name="image")
     return keras.Model(inputs, network(augmentation(inputs)), name="cell_resnet_train"), augmentation
 
 
