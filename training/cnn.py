@@ -57,16 +57,20 @@ class CellAugmentation(layers.Layer):
     magnification gives it (2.2.0: PBC cells enlarged 2x from their 224 px copies, 0.75 right; the same
     enlarged from the 112 px input, 0.94). With 2 the training images come at twice the side, the geometry
     runs at twice the output size and an antialiased bilinear resize (as ``shared.preprocessing``'s) brings
-    it to the output: enlarged cells keep the detail their source has.
+    it to the output: enlarged cells keep the detail their source has. ``sharp_fraction`` (source scale above 1)
+    is the share of images that take that path; the others are first resized to ``IMAGE_SIZE`` and enlarged from
+    there, soft, as with source scale 1 (at the home scale the two look alike; enlarged, one is a sharp
+    microscope's picture and the other an enlarged copy's, and another hospital may send either).
     """
 
     def __init__(self, zoom_range: tuple[float, float] = (0.8, 1.25),
                  wide_zoom_range: tuple[float, float] | None = None, wide_zoom_probability: float = 0.0,
                  stain_probability: float = 0.0, stain_scale: float = 0.0, colour_strength: float = 1.0,
                  blur_probability: float = 0.25, blur_sigma_range: tuple[float, float] | None = None,
-                 source_scale: int = 1, **kwargs):
+                 source_scale: int = 1, sharp_fraction: float = 1.0, **kwargs):
         super().__init__(**kwargs)
         self.source_scale = int(source_scale)
+        self.sharp_fraction = float(sharp_fraction)
         self.blur_probability = float(blur_probability)
         self.blur_sigma_range = tuple(float(b) for b in blur_sigma_range) if blur_sigma_range else None
         self.zoom_range = (float(zoom_range[0]), float(zoom_range[1]))
@@ -81,16 +85,33 @@ class CellAugmentation(layers.Layer):
         self._blur_kernels = [gaussian_kernel(float(sigma)) for sigma in sigmas]
 
     def _geometry(self, images, batch):
-        size = tf.cast(tf.shape(images)[1], tf.float32)
-        sampled = self.output_size * self.source_scale  # the transform's output side, before the final resize
-        out_size = tf.cast(sampled, tf.float32)
-        centre, out_centre = (size - 1.0) / 2.0, (out_size - 1.0) / 2.0
         angle = tf.random.uniform([batch], 0.0, 2.0 * math.pi)
         home = tf.random.uniform([batch], math.log(self.zoom_range[0]), math.log(self.zoom_range[1]))
         wide = tf.random.uniform([batch], math.log(self.wide_zoom_range[0]), math.log(self.wide_zoom_range[1]))
         zoom = tf.exp(tf.where(tf.random.uniform([batch]) < self.wide_zoom_probability, wide, home))
         flip = tf.where(tf.random.uniform([batch]) < 0.5, -1.0, 1.0)
-        shift = tf.random.uniform([batch, 2], -0.06, 0.06) * size
+        shift = tf.random.uniform([batch, 2], -0.06, 0.06)  # a fraction of the image side
+        draw = (angle, zoom, flip, shift, batch)
+        take_sharp = tf.random.uniform([batch, 1, 1, 1]) < self.sharp_fraction  # drawn always: same later draws
+        if self.source_scale == 1:
+            return self._warp(images, self.output_size, draw)
+        sharp = tf.image.resize(self._warp(images, self.output_size * self.source_scale, draw),
+                                tf.stack([self.output_size, self.output_size]), method="bilinear", antialias=True)
+        if self.sharp_fraction >= 1.0:
+            return sharp
+        home_side = tf.shape(images)[1] // self.source_scale
+        at_input_size = tf.image.resize(images, tf.stack([home_side, home_side]), method="bilinear", antialias=True)
+        soft = self._warp(at_input_size, self.output_size, draw)
+        return tf.where(take_sharp, sharp, soft)
+
+    @staticmethod
+    def _warp(images, sampled, draw):
+        """Rotate, flip, zoom and shift ``images`` into ``sampled`` x ``sampled`` (reflected borders)."""
+        angle, zoom, flip, shift_fraction, batch = draw
+        size = tf.cast(tf.shape(images)[1], tf.float32)
+        out_size = tf.cast(sampled, tf.float32)
+        centre, out_centre = (size - 1.0) / 2.0, (out_size - 1.0) / 2.0
+        shift = shift_fraction * size
         cos, sin = tf.cos(angle) / zoom * (size / out_size), tf.sin(angle) / zoom * (size / out_size)
         # output pixel -> input pixel: M (p - c_out) + c + t, with M = R(angle) diag(flip, 1) / zoom,
         # scaled by size / out_size when the output is smaller than the input
@@ -100,13 +121,10 @@ class CellAugmentation(layers.Layer):
         b2 = centre - b0 * out_centre - b1 * out_centre + shift[:, 1]
         zeros = tf.zeros([batch])
         transforms = tf.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
-        x = tf.raw_ops.ImageProjectiveTransformV3(
+        return tf.raw_ops.ImageProjectiveTransformV3(
             images=images, transforms=transforms, output_shape=tf.stack([sampled, sampled]),
             fill_value=0.0, interpolation="BILINEAR", fill_mode="REFLECT",
         )
-        if self.source_scale == 1:
-            return x
-        return tf.image.resize(x, tf.stack([self.output_size, self.output_size]), method="bilinear", antialias=True)
 
     def _colour(self, images, batch):
         """One random 3x3 colour matrix per image: stain gain, saturation, hue rotation (in YIQ)."""

@@ -237,7 +237,11 @@ def _markdown(card: dict) -> str:
         + ", translation up to 6%"
         + ("" if augmentation.get("source_scale", 1) == 1 else
            f" (sampled from the images decoded at {augmentation['source_scale']}x the input side, then resized: "
-           "enlarged cells as sharp as their source)")
+           "enlarged cells as sharp as their source"
+           + ("" if augmentation.get("sharp_fraction", 1.0) >= 1.0 else
+              f", for {augmentation['sharp_fraction']:.0%} of images; the others resized to the input side first, "
+              "so enlarged soft")
+           + ")")
         + ("" if not augmentation.get("stain_probability") else
            f", stain jitter in optical-density (HED) space on {augmentation['stain_probability']:.0%} of images "
            f"(concentrations x 1 +- {augmentation['stain_scale']:g})")

@@ -74,6 +74,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="2: the training images are decoded at twice the input side and the augmentation's "
                              "geometry samples them before an antialiased resize, so an enlarged cell stays as sharp "
                              "as its source (1: enlarged from the input-size array, soft); about 3 GB more memory")
+    parser.add_argument("--sharp-fraction", type=float, default=1.0,
+                        help="with --source-scale 2, the share of training images enlarged sharp from the larger "
+                             "decode; the others are resized to the input side first and enlarged from there (soft)")
     parser.add_argument("--small-size", type=int, default=96, help="image side in the early epochs")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
@@ -120,7 +123,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "soup; each fine-tuned from a common network, with its model_card.json beside it)")
     parser.add_argument("--time-budget-min", type=float, default=88.0,
                         help="stop after the epoch that would leave too little time to finish within this")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not 0.0 <= args.sharp_fraction <= 1.0:
+        parser.error("--sharp-fraction is a share of the images, between 0 and 1")
+    return args
 
 
 FIT_RECORD_KEYS = ("fit_preprocessing_version", "epochs", "epoch_image_sizes", "augmentation", "zoom_range",
@@ -236,7 +242,7 @@ def fit(args: argparse.Namespace, train, val, started: float, train_sources: np.
         "stain_probability": args.stain_probability, "stain_scale": args.stain_scale,
         "colour_strength": args.colour_strength, "blur_probability": args.blur_probability,
         "blur_sigma_range": tuple(args.blur_sigma_range) if args.blur_sigma_range else None,
-        "source_scale": args.source_scale}
+        "source_scale": args.source_scale, "sharp_fraction": args.sharp_fraction}
     training_model, augmentation = cnn.build_training_model(network, tuple(args.zoom_range), **augmentation_options)
     sizes = [args.small_size if epoch < args.epochs - args.full_size_epochs else IMAGE_SIZE
              for epoch in range(args.epochs)]

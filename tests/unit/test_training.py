@@ -349,8 +349,9 @@ def test_source_scale_two_enlarges_cells_from_their_full_detail_and_keeps_the_ho
     input_size = np.stack([preprocess_file(p) for p in paths])
     twice = np.stack([preprocess_file(p, 2 * IMAGE_SIZE) for p in paths])
 
-    def augmented(zoom: float, scale: int, images: np.ndarray) -> np.ndarray:
-        layer = CellAugmentation((zoom, zoom), blur_probability=0.0, colour_strength=0.0, source_scale=scale)
+    def augmented(zoom: float, scale: int, images: np.ndarray, sharp_fraction: float = 1.0) -> np.ndarray:
+        layer = CellAugmentation((zoom, zoom), blur_probability=0.0, colour_strength=0.0, source_scale=scale,
+                                 sharp_fraction=sharp_fraction)
         tf.random.set_seed(7)  # the same rotations, flips and shifts for both
         out = layer(tf.constant(images), training=True).numpy()
         assert out.shape == (len(images), IMAGE_SIZE, IMAGE_SIZE, 3)
@@ -363,5 +364,15 @@ def test_source_scale_two_enlarges_cells_from_their_full_detail_and_keeps_the_ho
     assert np.abs(home_small - home_twice).mean() < 1.5
     enlarged_small, enlarged_twice = augmented(2.0, 1, input_size), augmented(2.0, 2, twice)
     assert mean_sharpness(enlarged_twice) > mean_sharpness(enlarged_small) + 0.1
+    # --sharp-fraction 0: every image resized to the input side first, then enlarged as from the 112 px array
+    enlarged_soft = augmented(2.0, 2, twice, sharp_fraction=0.0)
+    assert np.abs(enlarged_soft - enlarged_small).mean() < 3.0
+    assert abs(mean_sharpness(enlarged_soft) - mean_sharpness(enlarged_small)) < 0.05
+    assert mean_sharpness(enlarged_twice) > mean_sharpness(enlarged_soft) + 0.1
+    # a share: each image is one of the two, and both kinds occur
+    mixed = augmented(2.0, 2, twice, sharp_fraction=0.5)
+    is_sharp = [np.allclose(m, s, atol=1e-3) for m, s in zip(mixed, enlarged_twice)]
+    is_soft = [np.allclose(m, s, atol=1e-3) for m, s in zip(mixed, enlarged_soft)]
+    assert all(a != b for a, b in zip(is_sharp, is_soft)) and any(is_sharp) and any(is_soft)
     served = CellAugmentation(source_scale=2)(tf.constant(input_size), training=False).numpy()
     assert np.array_equal(served, input_size.astype(np.float32))  # outside training nothing changes
