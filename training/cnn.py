@@ -46,7 +46,7 @@ class CellAugmentation(layers.Layer):
       of the images; with ``blur_sigma_range``, a true Gaussian blur instead, on ``blur_probability`` of the
       images, its sigma drawn from ``BLUR_LEVELS`` evenly spaced values across the range (a blend keeps part of
       the finest detail that another microscope's softer optics remove: after a 1 px blur of the stored images,
-      2.2.0 called 18 % of the DeepAPL test blasts lymphocytes, README "How good is it");
+      2.2.0 called 18 % of the DeepAPL test blasts lymphocytes, docs/cell_model_experiments.md);
     - sensor noise.
     Input is uint8 in [0, 255] at ``IMAGE_SIZE`` (``source_scale`` 2: at twice that side); output is float32 in
     [0, 255] at the current ``output_size`` (progressive resizing: the early epochs train on smaller images, which
