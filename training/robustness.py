@@ -176,8 +176,8 @@ def markdown(card: dict, split: str, sections: dict[str, tuple[int, dict[str, di
            "jitter enlarges. On PBC the network reads the training's kind far better: it knows enlarged cells "
            "only as enlarged 112 px pictures, and a microscope at a higher magnification, whose enlarged cells "
            "keep their detail, may cost what the difference between the two rows shows (`train_cells "
-           "--source-scale 2` trains on such cells, docs/cell_model_experiments.md). On DeepAPL, whose copies hold less detail, the "
-           "interpolated enlargement from 112 px is the worse of the two. ")
+           "--source-scale 2` trains on such cells, docs/cell_model_experiments.md). On DeepAPL, whose copies "
+           "hold less detail, the interpolated enlargement from 112 px is the worse of the two. ")
         + "Blur costs the most accuracy for the least change of colour; the appearance check sees it through its "
         "sharpness statistic (`shared.appearance.sharpness`, added 2026-11-29: before it, a blurred patient got no "
         "warning)."

@@ -126,6 +126,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not 0.0 <= args.sharp_fraction <= 1.0:
         parser.error("--sharp-fraction is a share of the images, between 0 and 1")
+    if args.sharp_fraction < 1.0 and args.source_scale == 1:
+        parser.error("--sharp-fraction needs --source-scale 2 (with 1 every enlarged cell is soft)")
     return args
 
 

@@ -376,3 +376,16 @@ def test_source_scale_two_enlarges_cells_from_their_full_detail_and_keeps_the_ho
     assert all(a != b for a, b in zip(is_sharp, is_soft)) and any(is_sharp) and any(is_soft)
     served = CellAugmentation(source_scale=2)(tf.constant(input_size), training=False).numpy()
     assert np.array_equal(served, input_size.astype(np.float32))  # outside training nothing changes
+
+
+def test_sharp_fraction_is_a_share_and_needs_the_larger_decode():
+    """--sharp-fraction: a share in [0, 1], and only with --source-scale 2 (with 1 there is no sharp path)."""
+    from training.train_cells import parse_args
+
+    assert parse_args(["--source-scale", "2", "--sharp-fraction", "0.5"]).sharp_fraction == 0.5
+    assert parse_args([]).sharp_fraction == 1.0  # every image sharp where the decode is larger, as before
+    for arguments in (["--source-scale", "2", "--sharp-fraction", "1.5"],
+                      ["--source-scale", "2", "--sharp-fraction", "-0.1"],
+                      ["--sharp-fraction", "0.5"]):
+        with pytest.raises(SystemExit):
+            parse_args(arguments)
