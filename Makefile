@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 PYTHON  := $(BIN)/python
 DATA    ?= ../shared/data
 
-.PHONY: help setup setup-train test test-fast run cell-service subtype-service train-cells train-apl quantize-cells train-subtype bench bench-cells bench-gpu bench-subtype bench-gateway load load-cells gateway clean
+.PHONY: help setup setup-train test test-fast run cell-service subtype-service train-cells adopt-cells train-apl quantize-cells train-subtype bench bench-cells bench-gpu bench-subtype bench-gateway load load-cells gateway clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -47,6 +47,10 @@ train-cells: ## fine-tune the committed cell CNN on PBC + DeepAPL and average it
 		--init-network services/cell_classifier/model/cell_cnn.keras \
 		--soup-with services/cell_classifier/model/cell_cnn.keras \
 		--deepapl-weight 2 --learning-rate 5e-4 --epochs 12 --full-size-epochs 12 --seed 23
+
+adopt-cells: ## serve a candidate the rule adopted (CANDIDATE=the --out folder of train-cells): check, copy, int8, APL alert, robustness report (~1 h)
+	@test -n "$(CANDIDATE)" || { echo "usage: make adopt-cells CANDIDATE=DIR"; exit 2; }
+	PBC_DIR=$(DATA)/pbc DEEPAPL_DIR=$(DATA)/deepapl_discovery $(PYTHON) -m training.adopt_cells $(CANDIDATE)
 
 train-apl: ## APL alert: repeated patient-level CV on the DeepAPL patients, per-cell head + patient model to ONNX, docs/apl_model.md (~20 min)
 	DEEPAPL_DIR=$(DATA)/deepapl_discovery $(PYTHON) -m training.train_apl

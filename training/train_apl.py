@@ -59,6 +59,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "target; 0.65 leaves a margin)")
     parser.add_argument("--seed", type=int, default=20261128)
     parser.add_argument("--patients", type=int, default=None, help="use only N patients (smoke runs)")
+    parser.add_argument("--version", default=VERSION,
+                        help=f"version of the alert and its cell head (default {VERSION}); a new cell network "
+                             "needs a new one (training.adopt_cells raises the minor version)")
     return parser.parse_args(argv)
 
 
@@ -223,7 +226,7 @@ def _train(args) -> dict:
     cell_card = json.loads(cell_card_path.read_text())
     head_sha = file_sha256(args.cell_model_dir / HEAD_FILE)
     cell_card["apl_cell_head"] = {
-        "name": "aml-apl-cell-head", "version": VERSION, "file": HEAD_FILE, "sha256": head_sha,
+        "name": "aml-apl-cell-head", "version": args.version, "file": HEAD_FILE, "sha256": head_sha,
         "input": "embedding", "output": "apl_logit", "cell_model_sha256": cell_card["sha256"],
         "meaning": "per-cell log-odds of APL (PML::RARA) from the CNN embedding: a standardised L2 logistic "
                    "regression trained with every cell labelled by its patient's diagnosis (multiple-instance "
@@ -240,7 +243,7 @@ def _train(args) -> dict:
     (args.subtype_model_dir / PATIENT_FILE).write_bytes(patient_bytes)
     fitted = patient.steps[1][1]
     card = {
-        "name": "aml-apl-alert", "version": VERSION, "file": PATIENT_FILE,
+        "name": "aml-apl-alert", "version": args.version, "file": PATIENT_FILE,
         "sha256": file_sha256(args.subtype_model_dir / PATIENT_FILE),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "input": {"name": "features", "features_from": "shared.apl.feature_row"},
