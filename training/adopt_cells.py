@@ -27,14 +27,13 @@ import shutil
 import time
 from pathlib import Path
 
-from services.cell_classifier.inference import check_model
+from services.cell_classifier.inference import CARD_FILE, check_model, model_variants
 from services.cell_classifier.settings import DEFAULT_MODEL_DIR
+from services.subtype.apl import APL_CARD_FILE
+from services.subtype.settings import DEFAULT_MODEL_DIR as SUBTYPE_MODEL_DIR
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SUBTYPE_MODEL_DIR = REPO_ROOT / "services" / "subtype" / "model"
 STEPS = ("check", "copy", "quantize", "apl", "robustness")
-CANDIDATE_FILES = ("cell_cnn.onnx", "cell_cnn.keras", "model_card.json", "MODEL_CARD.md", "confusion_matrix.png")
-MADE_FROM_THE_OLD_NETWORK = ("cell_cnn.int8.onnx", "apl_cell_head.onnx")
+CANDIDATE_FILES = ("cell_cnn.onnx", "cell_cnn.keras", CARD_FILE, "MODEL_CARD.md", "confusion_matrix.png")
 LEFT_BY_HAND = (
     "make bench-cells, and docs/benchmarks.md from its output",
     "python -m training.subtype_stage1_oof, and the README's stage-1 figures on the new counts",
@@ -60,6 +59,13 @@ def next_minor(version: str) -> str:
     return f"{major}.{minor + 1}.0"
 
 
+def made_from_network(card: dict) -> list[str]:
+    """The files a cell card lists beside its float network that were made from it: the other serving
+    variants (int8) and the APL cell head, which reads its embedding."""
+    files = [entry["file"] for name, entry in model_variants(card).items() if name != "float"]
+    return files + ([card["apl_cell_head"]["file"]] if card.get("apl_cell_head") else [])
+
+
 def check_candidate(candidate: Path, served: Path) -> dict:
     """The candidate's card, once it passes the service's own check and is newer than the served model."""
     if candidate.resolve() == served.resolve():
@@ -73,7 +79,7 @@ def check_candidate(candidate: Path, served: Path) -> dict:
     except Exception as error:  # the service's check says why it would refuse the file
         raise AdoptionError(f"the cell service would refuse {candidate}: {error}") from error
     card = checked.card
-    served_card = json.loads((served / "model_card.json").read_text())
+    served_card = json.loads((served / CARD_FILE).read_text())
     if card["name"] != served_card["name"]:
         raise AdoptionError(f"the candidate is {card['name']}, the served model {served_card['name']}")
     if version_tuple(card["version"]) <= version_tuple(served_card["version"]):
@@ -83,10 +89,12 @@ def check_candidate(candidate: Path, served: Path) -> dict:
 
 
 def copy_candidate(candidate: Path, served: Path) -> list[str]:
-    """Copy the candidate's files over the served ones; remove what was made from the old network."""
+    """Copy the candidate's files over the served ones; remove what the served card says was made from the old
+    network."""
+    removed = [name for name in made_from_network(json.loads((served / CARD_FILE).read_text()))
+               if (served / name).exists()]
     for name in CANDIDATE_FILES:
         shutil.copy2(candidate / name, served / name)
-    removed = [name for name in MADE_FROM_THE_OLD_NETWORK if (served / name).exists()]
     for name in removed:
         (served / name).unlink()
     return removed
@@ -97,6 +105,8 @@ def run(candidate: Path, steps: tuple[str, ...], served: Path = DEFAULT_MODEL_DI
     unknown = [s for s in steps if s not in STEPS]
     if unknown:
         raise AdoptionError(f"unknown steps {unknown}; the steps are {list(STEPS)}")
+    if "copy" in steps:
+        steps = (*steps, "check")  # never copy an unchecked candidate, even when resuming at the copy
     for step in STEPS:
         if step not in steps:
             continue
@@ -107,7 +117,6 @@ def run(candidate: Path, steps: tuple[str, ...], served: Path = DEFAULT_MODEL_DI
             print(f"[check] {card['name']} {card['version']} (sha256 {card['sha256'][:12]}...) can be served",
                   flush=True)
         elif step == "copy":
-            check_candidate(candidate, served)  # never copy an unchecked candidate, even when resuming here
             removed = copy_candidate(candidate, served)
             print(f"[copy] {len(CANDIDATE_FILES)} files into {served}; removed {removed or 'nothing'}", flush=True)
         elif step == "quantize":
@@ -115,7 +124,7 @@ def run(candidate: Path, steps: tuple[str, ...], served: Path = DEFAULT_MODEL_DI
             quantize_cells.main(["--model-dir", str(served)])
         elif step == "apl":
             from training import train_apl  # noqa: PLC0415
-            version = next_minor(json.loads((subtype_dir / "apl_card.json").read_text())["version"])
+            version = next_minor(json.loads((subtype_dir / APL_CARD_FILE).read_text())["version"])
             print(f"[apl] APL alert {version} on the new embedding", flush=True)
             train_apl.main(["--cell-model-dir", str(served), "--subtype-model-dir", str(subtype_dir),
                             "--version", version])
