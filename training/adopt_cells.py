@@ -7,9 +7,12 @@ For a candidate (the ``--out`` folder of ``make train-cells``) that the rule fix
 
 1. ``check``: the candidate's card and float file pass the service's own check (vocabulary, input shape, sha256)
    and its version is above the served one's;
-2. ``copy``: its network, card, card text and confusion matrix into the served folder; the served int8 file and
-   APL cell head, which were made from the old network (the service would refuse them), are removed;
+2. ``copy``: its network, card, card text and confusion matrix into the served folder, with its int8 file when
+   it was quantized already (``python -m training.quantize_cells --model-dir DIR``, as an adoption rule may
+   require before it decides); the served int8 file and APL cell head, which were made from the old network
+   (the service would refuse them), are removed;
 3. ``quantize``: ``training.quantize_cells`` (the int8 file, and whether it meets its criterion, into the card);
+   skipped when the copied card already lists an int8 file made from its float network;
 4. ``apl``: ``training.train_apl`` with the alert's minor version raised (its cell head reads this network's
    embedding, so the old one no longer fits);
 5. ``robustness``: ``training.robustness`` (docs/cell_robustness.md).
@@ -59,11 +62,15 @@ def next_minor(version: str) -> str:
     return f"{major}.{minor + 1}.0"
 
 
+def variant_files(card: dict) -> list[str]:
+    """The serving variants' files a cell card lists beside its float network (int8)."""
+    return [entry["file"] for name, entry in model_variants(card).items() if name != "float"]
+
+
 def made_from_network(card: dict) -> list[str]:
     """The files a cell card lists beside its float network that were made from it: the other serving
     variants (int8) and the APL cell head, which reads its embedding."""
-    files = [entry["file"] for name, entry in model_variants(card).items() if name != "float"]
-    return files + ([card["apl_cell_head"]["file"]] if card.get("apl_cell_head") else [])
+    return variant_files(card) + ([card["apl_cell_head"]["file"]] if card.get("apl_cell_head") else [])
 
 
 def check_candidate(candidate: Path, served: Path) -> dict:
@@ -75,10 +82,15 @@ def check_candidate(candidate: Path, served: Path) -> dict:
     if missing:
         raise AdoptionError(f"{candidate} lacks {', '.join(missing)}: is it the --out folder of make train-cells?")
     try:
-        checked = check_model(candidate, "cpu", "float")
-    except Exception as error:  # the service's check says why it would refuse the file
-        raise AdoptionError(f"the cell service would refuse {candidate}: {error}") from error
-    card = checked.card
+        card = json.loads((candidate / CARD_FILE).read_text())
+        variants = model_variants(card)
+    except (ValueError, KeyError, TypeError) as error:
+        raise AdoptionError(f"{candidate / CARD_FILE} is not a cell model card: {error!r}") from error
+    for variant in variants:  # float, and int8 when the candidate was quantized already
+        try:
+            check_model(candidate, "cpu", variant)
+        except Exception as error:  # the service's check says why it would refuse the file
+            raise AdoptionError(f"the cell service would refuse {candidate} ({variant}): {error}") from error
     served_card = json.loads((served / CARD_FILE).read_text())
     if card["name"] != served_card["name"]:
         raise AdoptionError(f"the candidate is {card['name']}, the served model {served_card['name']}")
@@ -91,13 +103,21 @@ def check_candidate(candidate: Path, served: Path) -> dict:
 def copy_candidate(candidate: Path, served: Path) -> list[str]:
     """Copy the candidate's files over the served ones; remove what the served card says was made from the old
     network."""
+    copied = (*CANDIDATE_FILES, *variant_files(json.loads((candidate / CARD_FILE).read_text())))
     removed = [name for name in made_from_network(json.loads((served / CARD_FILE).read_text()))
-               if (served / name).exists()]
-    for name in CANDIDATE_FILES:
+               if (served / name).exists() and name not in copied]
+    for name in copied:
         shutil.copy2(candidate / name, served / name)
     for name in removed:
         (served / name).unlink()
     return removed
+
+
+def quantized_already(model_dir: Path) -> bool:
+    """Whether the card in ``model_dir`` lists an int8 file made from its own float network."""
+    card = json.loads((model_dir / CARD_FILE).read_text())
+    return any(entry.get("float_sha256") == card["sha256"]
+               for name, entry in model_variants(card).items() if name != "float")
 
 
 def run(candidate: Path, steps: tuple[str, ...], served: Path = DEFAULT_MODEL_DIR,
@@ -119,6 +139,9 @@ def run(candidate: Path, steps: tuple[str, ...], served: Path = DEFAULT_MODEL_DI
         elif step == "copy":
             removed = copy_candidate(candidate, served)
             print(f"[copy] {len(CANDIDATE_FILES)} files into {served}; removed {removed or 'nothing'}", flush=True)
+        elif step == "quantize" and quantized_already(served):
+            print("[quantize] skipped: the card lists an int8 file made from this network (copied with it)",
+                  flush=True)
         elif step == "quantize":
             from training import quantize_cells  # noqa: PLC0415 (TensorFlow-free, but heavy imports)
             quantize_cells.main(["--model-dir", str(served)])

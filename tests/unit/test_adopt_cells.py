@@ -126,3 +126,44 @@ def test_the_chain_runs_each_training_step_on_the_served_folder_in_order(candida
     apl = calls[1][1]
     assert (apl.cell_model_dir, apl.subtype_model_dir, apl.version) == (served, subtype, "1.3.0")
     assert calls[2][1] == ["--model-dir", str(served)]
+
+
+@pytest.fixture()
+def quantized_candidate(candidate):
+    """The candidate after ``quantize_cells --model-dir``: its card lists an int8 file made from its float network
+    (the served int8 file fits, as the candidate's float network is the served one)."""
+    served_card = json.loads((DEFAULT_MODEL_DIR / "model_card.json").read_text())
+    card = json.loads((candidate / "model_card.json").read_text())
+    card["serving_variants"] = served_card["serving_variants"]
+    (candidate / "model_card.json").write_text(json.dumps(card))
+    int8 = served_card["serving_variants"]["files"]["int8"]["file"]
+    shutil.copy2(DEFAULT_MODEL_DIR / int8, candidate / int8)
+    return candidate, int8
+
+
+def test_a_candidate_quantized_already_brings_its_int8_file_and_the_quantize_step_is_skipped(
+        quantized_candidate, served, capsys):
+    candidate, int8 = quantized_candidate
+    run(candidate, ("check", "copy", "quantize"), served=served)
+    assert file_sha256(served / int8) == file_sha256(candidate / int8)
+    assert not (served / "apl_cell_head.onnx").exists()
+    checked = check_model(served, "cpu", "auto")
+    assert (checked.card["version"], checked.variant) == ("99.0.0", "int8")
+    assert "[quantize] skipped" in capsys.readouterr().out
+
+
+def test_a_candidate_whose_int8_file_does_not_match_its_card_is_refused(quantized_candidate, served):
+    candidate, int8 = quantized_candidate
+    data = bytearray((candidate / int8).read_bytes())
+    data[-1] ^= 0xFF
+    (candidate / int8).write_bytes(bytes(data))
+    before = _snapshot(served)
+    with pytest.raises(AdoptionError, match=r"\(int8\).*sha256"):
+        run(candidate, ("check", "copy"), served=served)
+    assert _snapshot(served) == before
+
+
+def test_a_card_that_is_not_a_cell_model_card_is_refused(candidate, served):
+    (candidate / "model_card.json").write_text("{}")
+    with pytest.raises(AdoptionError, match="not a cell model card"):
+        run(candidate, ("check",), served=served)
