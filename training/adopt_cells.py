@@ -100,9 +100,9 @@ def check_candidate(candidate: Path, served: Path) -> dict:
     return card
 
 
-def copy_candidate(candidate: Path, served: Path) -> list[str]:
+def copy_candidate(candidate: Path, served: Path) -> tuple[list[str], list[str]]:
     """Copy the candidate's files over the served ones; remove what the served card says was made from the old
-    network."""
+    network and the candidate does not replace. Returns (copied, removed)."""
     copied = (*CANDIDATE_FILES, *variant_files(json.loads((candidate / CARD_FILE).read_text())))
     removed = [name for name in made_from_network(json.loads((served / CARD_FILE).read_text()))
                if (served / name).exists() and name not in copied]
@@ -110,7 +110,7 @@ def copy_candidate(candidate: Path, served: Path) -> list[str]:
         shutil.copy2(candidate / name, served / name)
     for name in removed:
         (served / name).unlink()
-    return removed
+    return list(copied), removed
 
 
 def quantized_already(model_dir: Path) -> bool:
@@ -137,8 +137,8 @@ def run(candidate: Path, steps: tuple[str, ...], served: Path = DEFAULT_MODEL_DI
             print(f"[check] {card['name']} {card['version']} (sha256 {card['sha256'][:12]}...) can be served",
                   flush=True)
         elif step == "copy":
-            removed = copy_candidate(candidate, served)
-            print(f"[copy] {len(CANDIDATE_FILES)} files into {served}; removed {removed or 'nothing'}", flush=True)
+            copied, removed = copy_candidate(candidate, served)
+            print(f"[copy] {', '.join(copied)} into {served}; removed {removed or 'nothing'}", flush=True)
         elif step == "quantize" and quantized_already(served):
             print("[quantize] skipped: the card lists an int8 file made from this network (copied with it)",
                   flush=True)

@@ -149,7 +149,9 @@ def test_a_candidate_quantized_already_brings_its_int8_file_and_the_quantize_ste
     assert not (served / "apl_cell_head.onnx").exists()
     checked = check_model(served, "cpu", "auto")
     assert (checked.card["version"], checked.variant) == ("99.0.0", "int8")
-    assert "[quantize] skipped" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "[quantize] skipped" in out
+    assert f"{int8} into" in out and "removed ['apl_cell_head.onnx']" in out  # int8 replaced, not removed
 
 
 def test_a_candidate_whose_int8_file_does_not_match_its_card_is_refused(quantized_candidate, served):
