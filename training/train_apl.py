@@ -37,7 +37,7 @@ CONFIGURATIONS = {
     "cells + promyelocyte fraction": ["mean_cell_logit", "promyelocyte_log_fraction"],
     "counts only: promyelocyte + blast fractions": ["promyelocyte_log_fraction", "blast_log_fraction"],
 }
-VERSION = "1.2.0"  # 1.1.0 on cell model 2.1.0, 1.2.0 on 2.2.0 (same recipe, the new embedding)
+VERSION = "1.3.0"  # 1.1.0 on cell model 2.1.0, 1.2.0 on 2.2.0, 1.3.0 on 2.3.0 (same recipe, the new embedding)
 MIN_CELLS = 30
 
 

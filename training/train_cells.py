@@ -86,12 +86,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--class-weights-per-source", action="store_true",
                         help="square-root class weights computed within each source (a DeepAPL class is weighted by "
                              "DeepAPL's counts, not outweighed by PBC's many cells of that class), each capped at "
-                             "--max-class-weight; default: one set of weights over both sources, as for 2.2.0")
+                             "--max-class-weight; default: one set of weights over both sources, as for 2.2.0 and 2.3.0")
     parser.add_argument("--max-class-weight", type=float, default=3.0,
                         help="cap on a per-source class weight (relative to the source's average image)")
     parser.add_argument("--label-smoothing", type=float, default=0.0,
                         help="cross-entropy against targets that keep 1 - e on the labelled class and spread e "
-                             "over all classes (e.g. 0.1; for noisy expert labels); 0: off, as for 2.2.0")
+                             "over all classes (e.g. 0.1; for noisy expert labels); 0: off, as for 2.2.0 and 2.3.0")
     parser.add_argument("--ema-momentum", type=float, default=0.0,
                         help="exponential moving average of the weights (e.g. 0.998; the fitted network is the "
                              "average); 0: off, as for the committed 2.0.0. A fine-tune of 2.0.0 with 0.998 (6 "
@@ -110,7 +110,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "model_card.json instead of fitting them on the validation split")
     parser.add_argument("--per-class-limit", type=int, default=None, help="use only N images per class (smoke runs)")
     parser.add_argument("--cache-dir", default=str(REPO_ROOT / ".cache"), help="decoded-array cache; '' for none")
-    parser.add_argument("--version", default="2.2.0")
+    parser.add_argument("--version", default="2.3.0")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--verbose", type=int, default=1, help="Keras progress: 1 bar, 2 line per epoch")
     parser.add_argument("--test-time-views", type=int, default=1,
