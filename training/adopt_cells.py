@@ -5,14 +5,14 @@
 For a candidate (the ``--out`` folder of ``make train-cells``) that the rule fixed before its run has adopted
 (docs/cell_model_experiments.md); on 2 cores the whole chain takes about an hour. The steps, in order:
 
-1. ``check``: the candidate's card and float file pass the service's own check (vocabulary, input shape, sha256)
-   and its version is above the served one's;
+1. ``check``: the candidate's card and files (float, and int8 if it was quantized already) pass the service's own
+   check (vocabulary, input shape, sha256) and its version is above the served one's;
 2. ``copy``: its network, card, card text and confusion matrix into the served folder, with its int8 file when
    it was quantized already (``python -m training.quantize_cells --model-dir DIR``, as an adoption rule may
    require before it decides); the served int8 file and APL cell head, which were made from the old network
    (the service would refuse them), are removed;
 3. ``quantize``: ``training.quantize_cells`` (the int8 file, and whether it meets its criterion, into the card);
-   skipped when the copied card already lists an int8 file made from its float network;
+   skipped when the served folder already holds an int8 file the service accepts for the new network;
 4. ``apl``: ``training.train_apl`` with the alert's minor version raised (its cell head reads this network's
    embedding, so the old one no longer fits);
 5. ``robustness``: ``training.robustness`` (docs/cell_robustness.md).
@@ -30,7 +30,7 @@ import shutil
 import time
 from pathlib import Path
 
-from services.cell_classifier.inference import CARD_FILE, check_model, model_variants
+from services.cell_classifier.inference import CARD_FILE, ModelIntegrityError, check_model, model_variants
 from services.cell_classifier.settings import DEFAULT_MODEL_DIR
 from services.subtype.apl import APL_CARD_FILE
 from services.subtype.settings import DEFAULT_MODEL_DIR as SUBTYPE_MODEL_DIR
@@ -114,10 +114,17 @@ def copy_candidate(candidate: Path, served: Path) -> tuple[list[str], list[str]]
 
 
 def quantized_already(model_dir: Path) -> bool:
-    """Whether the card in ``model_dir`` lists an int8 file made from its own float network."""
-    card = json.loads((model_dir / CARD_FILE).read_text())
-    return any(entry.get("float_sha256") == card["sha256"]
-               for name, entry in model_variants(card).items() if name != "float")
+    """Whether ``model_dir`` holds an int8 file the service accepts for its float network (``check_model``: made
+    from that network, and matching its sha256)."""
+    for variant in model_variants(json.loads((model_dir / CARD_FILE).read_text())):
+        if variant == "float":
+            continue
+        try:
+            check_model(model_dir, "cpu", variant)
+            return True
+        except ModelIntegrityError:
+            continue
+    return False
 
 
 def run(candidate: Path, steps: tuple[str, ...], served: Path = DEFAULT_MODEL_DIR,
