@@ -43,6 +43,9 @@ def test_report_scores_every_variant_on_real_cells():
     assert results["grayscale"]["appearance"]["warns"] is True
     table = robustness.markdown(model.card, "test", {"PBC": (16, results)})
     assert table.count("\n| ") == len(robustness.VARIANTS) + 1  # header + one row per variant
+    assert "the cell service's choice on CPU" in table
+    pinned = robustness.markdown(model.card, "validation", {"PBC": (16, results)}, "float", pinned=True)
+    assert "(float model, pinned with --variant) on our validation splits" in pinned
 
     # a source with blasts: the text says how many of them blur turns into lymphocytes
     import copy
