@@ -91,6 +91,7 @@ VARIANTS: dict[str, Callable[[Image.Image], Image.Image]] = {
     "downscaled to 112x112": resized(112),
     "JPEG quality 40": jpeg(40),
     "Gaussian blur, radius 0.8 px": blurred(0.8),
+    "Gaussian blur, radius 1 px": blurred(1.0),
     "Gaussian blur, radius 1.5 px": blurred(1.5),
     "bluer stain (R x0.8, B x1.3)": recoloured((0.8, 1.0, 1.3)),
     "yellow white balance (B x0.7)": recoloured((1.1, 1.05, 0.7)),
