@@ -3,7 +3,7 @@ compression, focus and stain, applied to our own test splits of both sources (th
 are not available), and whether the appearance check notices.
 
     python -m training.robustness [--model-dir services/cell_classifier/model] [--split test]
-                                  [--out docs/cell_robustness.md]
+                                  [--variant auto] [--out docs/cell_robustness.md]
 
 Each variant is made from the stored copy (PBC 224x224, DeepAPL 144x144) with PIL, then goes
 through the same ``shared.preprocessing.preprocess`` and ONNX model as the service uses, with the

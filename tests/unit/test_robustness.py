@@ -61,4 +61,5 @@ def test_report_scores_every_variant_on_real_cells():
     assert robustness._share_called(with_blasts["as given"], "blast", "lymphocyte") == 0.05
     text = robustness.markdown(model.card, "test", {"PBC": (16, results), "DeepAPL": (16, with_blasts)})
     assert "In the DeepAPL table, blur costs mostly blasts" in text and "In the PBC table" not in text
-    assert "lymphocyte: 5% as given, 25% after a blur of radius 0.8 px, 5% after a blur of radius 1 px, 5% after a blur of radius 1.5 px." in text
+    assert ("lymphocyte: 5% as given, 25% after a blur of radius 0.8 px, 5% after a blur of radius 1 px, "
+            "5% after a blur of radius 1.5 px.") in text
