@@ -26,7 +26,7 @@ test: ## the whole test suite (tests needing TensorFlow skip unless make setup-t
 test-fast: ## unit tests only
 	$(PYTHON) -m pytest tests/unit
 
-run: ## run the system on localhost: every service, ready-checked (Ctrl-C stops all)
+run: ## run the system on localhost: every service, ready-checked (Ctrl-C or kill stops all)
 	$(PYTHON) -m launcher
 
 cell-service: ## the cell classifier alone on CELL_HOST:CELL_PORT (127.0.0.1:8001)

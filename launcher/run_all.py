@@ -1,6 +1,7 @@
 """`make run` (`python -m launcher`): the whole system on localhost. Starts the cell service, the subtype service, a
 redis-server of its own when one is installed (else the gateway's in-process cache) and the
-gateway; waits until all are ready, prints the URL, stops everything on Ctrl-C.
+gateway; waits until all are ready, prints the URL, stops everything on Ctrl-C, on SIGTERM (``kill``, a
+process supervisor) and on SIGHUP (the terminal closed), so that no service is left holding its port.
 
 Addresses come from the usual variables (CELL_PORT, SUBTYPE_PORT, GATEWAY_PORT, ...).
 """
@@ -48,7 +49,17 @@ def _wait_ready(name: str, process: subprocess.Popen, url: str, deadline: float)
     return False
 
 
+class _StopRequested(Exception):
+    """SIGTERM or SIGHUP arrived: stop the services as Ctrl-C does."""
+
+
+def _stop_requested(signum: int, _frame: object) -> None:
+    raise _StopRequested(signal.Signals(signum).name)
+
+
 def main(timeout_s: float = 180.0) -> int:
+    for stop_signal in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(stop_signal, _stop_requested)
     env = dict(os.environ)
     processes: list[tuple[str, subprocess.Popen]] = []
     try:
@@ -89,9 +100,12 @@ def main(timeout_s: float = 180.0) -> int:
             time.sleep(0.5)
         print("a process stopped; stopping the rest", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, _StopRequested) as stop:
+        print(f"stopping ({stop or 'Ctrl-C'})", flush=True)
         return 0
     finally:
+        for stop_signal in (signal.SIGTERM, signal.SIGHUP):  # a second one must not cut the shutdown short
+            signal.signal(stop_signal, signal.SIG_IGN)
         for _, process in reversed(processes):
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
