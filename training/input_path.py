@@ -45,10 +45,17 @@ def network_input(copy: Image.Image, blur_radius: float = 0.0) -> np.ndarray:
     return preprocess(copy.filter(ImageFilter.GaussianBlur(blur_radius)) if blur_radius > 0 else copy)
 
 
-def compare_chains(originals: Sequence[Path], side: int, radii: Sequence[float]) -> dict:
-    """The service's path against the copies' chain (as made and blurred by each radius) on the same originals:
-    median sharpness of each and the mean absolute grey-level difference from the service's arrays."""
-    served = np.stack([preprocess_file(path) for path in originals])
+def service_arrays(originals: Sequence[Path]) -> np.ndarray:
+    """The arrays the service makes of the originals (its decoding and preprocessing)."""
+    return np.stack([preprocess_file(path) for path in originals])
+
+
+def compare_chains(originals: Sequence[Path], side: int, radii: Sequence[float],
+                   served: np.ndarray | None = None) -> dict:
+    """The service's path (``served``: ``service_arrays(originals)``, made here when not given) against the copies'
+    chain (as made and blurred by each radius) on the same originals: median sharpness of each and the mean
+    absolute grey-level difference from the service's arrays."""
+    served = service_arrays(originals) if served is None else served
     copies = [stored_copy(path, side) for path in originals]
     rows = {}
     for radius in (0.0, *radii):
@@ -74,28 +81,20 @@ def originals(directory: Path) -> list[Path]:
 
 def read_deepapl(model_dir: Path, radii: Sequence[float], cache_dir: Path | None) -> None:
     """The served network's leukaemia summary on the DeepAPL validation and test patients' copies, as stored
-    and blurred by each radius."""
+    and blurred by each radius (``training.robustness.evaluate`` with these variants)."""
     from services.cell_classifier.inference import CellModel
-    from shared.vocabulary import CELL_TYPES
-    from training import deepapl_dataset
-    from training.metrics import apply_unclassified_rule, leukaemia_summary
+    from training import deepapl_dataset, robustness
 
     model = CellModel(model_dir, "cpu")
-    threshold = model.card["unclassified_rule"]["threshold"]
+    variants = {"blur 0 px": lambda image: image, **{f"blur {radius:g} px": robustness.blurred(radius)
+                                                     for radius in radii}}
     splits = deepapl_dataset.split_dataset(deepapl_dataset.data_dir(), cache_dir)
     print(f"{model.card['name']} {model.card['version']} ({model.variant}): right / blasts flagged / "
           "normal called blast, in cells", flush=True)
     for name, split in (("validation", splits[1]), ("test", splits[2])):
-        stored = []
-        for path in split.paths:
-            with Image.open(path) as image:
-                stored.append(image.convert("RGB"))
-        for radius in (0.0, *radii):
-            arrays = np.stack([network_input(copy, radius) for copy in stored])
-            predicted = apply_unclassified_rule(model.predict(arrays), threshold, len(CELL_TYPES),
-                                                model.class_minimum)
-            summary = leukaemia_summary(split.labels, predicted)
-            print(f"  {name}, blur {radius:g} px: {round(summary['accuracy_9'] * summary['n_counted'])} of "
+        for variant, result in robustness.evaluate(model, split.paths, split.labels, variants).items():
+            summary = result["leukaemia"]
+            print(f"  {name}, {variant}: {round(summary['accuracy_9'] * summary['n_counted'])} of "
                   f"{summary['n_counted']}, {round(summary['blast_flagged'] * summary['n_blasts'])} of "
                   f"{summary['n_blasts']}, {round(summary['normal_called_blast'] * summary['n_normal'])} of "
                   f"{summary['n_normal']}", flush=True)
@@ -114,8 +113,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     paths = originals(args.originals or fullsize_dir())
+    served = service_arrays(paths)
     for source, side in COPY_SIDES.items():
-        result = compare_chains(paths, side, args.radii)
+        result = compare_chains(paths, side, args.radii, served)
         print(f"{source} copies ({side} px) of the {len(paths)} originals; the service's path: sharpness "
               f"{result['service_sharpness']:.3f}", flush=True)
         for radius, row in result["copies"].items():

@@ -99,12 +99,13 @@ VARIANTS: dict[str, Callable[[Image.Image], Image.Image]] = {
 }
 
 
-def evaluate(model: CellModel, paths: list[str], labels: np.ndarray) -> dict[str, dict]:
-    """Per variant: the classification report plus the appearance check's view of it."""
+def evaluate(model: CellModel, paths: list[str], labels: np.ndarray,
+             variants: dict[str, Callable[[Image.Image], Image.Image]] | None = None) -> dict[str, dict]:
+    """Per variant (``VARIANTS`` unless given): the classification report plus the appearance check's view of it."""
     threshold = model.card["unclassified_rule"]["threshold"]
     appearance = model.card.get("appearance") or {}
     results = {}
-    for name, transform in VARIANTS.items():
+    for name, transform in (VARIANTS if variants is None else variants).items():
         arrays = []
         for path in paths:
             with Image.open(path) as image:

@@ -86,7 +86,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--class-weights-per-source", action="store_true",
                         help="square-root class weights computed within each source (a DeepAPL class is weighted by "
                              "DeepAPL's counts, not outweighed by PBC's many cells of that class), each capped at "
-                             "--max-class-weight; default: one set of weights over both sources, as for 2.2.0 and 2.3.0")
+                             "--max-class-weight; default: one set of weights over both sources, as for 2.2.0 "
+                             "and 2.3.0")
     parser.add_argument("--max-class-weight", type=float, default=3.0,
                         help="cap on a per-source class weight (relative to the source's average image)")
     parser.add_argument("--label-smoothing", type=float, default=0.0,
