@@ -225,6 +225,10 @@ def _markdown(card: dict) -> str:
         + (", and each source's cells weighted against the other's of the same class: "
            + ", ".join(f"{k} x{v:g}" for k, v in t["source_weight"].items()) if t.get("source_weight") else "")
         + (f"; cross-entropy with label smoothing {t['label_smoothing']:g}" if t.get("label_smoothing") else "")
+        + (f"; targets distilled from {t['distillation']['name']} {t['distillation']['version']}: "
+           f"{1 - t['distillation']['weight']:g} x the label + {t['distillation']['weight']:g} x its calibrated "
+           f"probabilities (mean of {t['distillation']['views']} flips) on the clean image"
+           if t.get("distillation") else "")
         + (f"; {t['excluded_training_cells']['cells']} listed training cells left out "
            f"({t['excluded_training_cells']['list']}, sha256 {t['excluded_training_cells']['sha256'][:12]}...: "
            + ", ".join(f"{k} {v}" for k, v in t["excluded_training_cells"]["by_source"].items()) + ")"

@@ -93,6 +93,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--label-smoothing", type=float, default=0.0,
                         help="cross-entropy against targets that keep 1 - e on the labelled class and spread e "
                              "over all classes (e.g. 0.1; for noisy expert labels); 0: off, as for 2.2.0 and 2.3.0")
+    parser.add_argument("--distil-from", type=Path, default=None, metavar="KERAS",
+                        help="self-distillation: each training target becomes (1 - w) x its label + w x this "
+                             "network's calibrated probabilities on the clean image (training.distillation)")
+    parser.add_argument("--distil-weight", type=float, default=0.5, help="w for --distil-from")
+    parser.add_argument("--distil-views", type=int, default=4,
+                        help="the teacher's probabilities averaged over this many flips (1-8)")
     parser.add_argument("--ema-momentum", type=float, default=0.0,
                         help="exponential moving average of the weights (e.g. 0.998; the fitted network is the "
                              "average); 0: off, as for the committed 2.0.0. A fine-tune of 2.0.0 with 0.998 (6 "
@@ -127,6 +133,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not 0.0 <= args.sharp_fraction <= 1.0:
         parser.error("--sharp-fraction is a share of the images, between 0 and 1")
+    if args.distil_from is not None and not 0.0 < args.distil_weight <= 1.0:
+        parser.error("--distil-weight is a share of the target, in (0, 1]")
     if args.sharp_fraction < 1.0 and args.source_scale == 1:
         parser.error("--sharp-fraction needs --source-scale 2 (with 1 every enlarged cell is soft)")
     return args
@@ -135,7 +143,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 FIT_RECORD_KEYS = ("fit_preprocessing_version", "epochs", "epoch_image_sizes", "augmentation", "zoom_range",
                    "batch_size", "peak_learning_rate", "label_smoothing", "seed", "class_weight",
                    "class_weight_scope", "source_weight", "excluded_training_cells",
-                   "initial_network", "fit_seconds", "epoch_seconds", "epochs_run", "stopped_by_time_budget", "history")
+                   "initial_network", "distillation", "fit_seconds", "epoch_seconds", "epochs_run", "stopped_by_time_budget", "history")
 
 
 def square_root_class_weights(labels: np.ndarray, n_classes: int) -> dict[int, float]:
@@ -201,11 +209,12 @@ def sample_weights(labels: np.ndarray, sources: np.ndarray, class_weight_by_sour
     return weights * (len(weights) / weights.sum())
 
 
-def fit_loss(label_smoothing: float):
-    """Cross-entropy on logits; with smoothing, against one-hot targets (Keras's sparse loss takes none)."""
+def fit_loss(label_smoothing: float, soft_targets: bool = False):
+    """Cross-entropy on logits; with smoothing or soft (distilled) targets, against rows of probabilities
+    (Keras's sparse loss takes neither)."""
     import keras
 
-    if label_smoothing <= 0.0:
+    if label_smoothing <= 0.0 and not soft_targets:
         return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     return keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=label_smoothing)
 
@@ -260,9 +269,13 @@ def fit(args: argparse.Namespace, train, val, started: float, train_sources: np.
                                        ema_momentum=args.ema_momentum or 0.99)
     train_targets, val_targets = (fit_targets(split.labels, len(CELL_TYPES), args.label_smoothing)
                                   for split in (train, val))
+    distillation = None
+    if args.distil_from:
+        train_targets, val_targets, distillation = distil_targets(args, train, val)
     if args.source_scale > 1:
         train = training_images_at(train, IMAGE_SIZE * args.source_scale, args)
-    training_model.compile(optimizer=optimizer, loss=fit_loss(args.label_smoothing), metrics=["accuracy"])
+    training_model.compile(optimizer=optimizer, loss=fit_loss(args.label_smoothing, distillation is not None),
+                           metrics=["accuracy"])
     print(f"network: {network.count_params():,} parameters, input {IMAGE_SIZE}x{IMAGE_SIZE} uint8", flush=True)
     fit_started = time.perf_counter()
     budget = cnn.EpochClock(started, args.time_budget_min * 60.0)
@@ -302,12 +315,35 @@ def fit(args: argparse.Namespace, train, val, started: float, train_sources: np.
                                else "pooled over all sources"),
         "source_weight": source_weight if "sample_weight" in weighting else None,
         "initial_network": init_record,
+        "distillation": distillation,
         "fit_seconds": round(fit_seconds, 1),
         "epoch_seconds": [round(t, 1) for t in budget.epoch_seconds],
         "epochs_run": len(budget.epoch_seconds),
         "stopped_by_time_budget": budget.stopped,
         "history": {k: [round(float(v), 4) for v in vals] for k, vals in history.history.items()},
     }
+
+
+def distil_targets(args: argparse.Namespace, train, val):
+    """Training targets mixed with ``--distil-from``'s probabilities on the clean 112 px images, one-hot
+    validation targets, and the record of the teacher for the card."""
+    from shared.vocabulary import CELL_TYPES
+    from training import distillation
+
+    teacher, card, record = saved_network(args.distil_from)
+    if card["class_order"] != list(CELL_TYPES):
+        raise SystemExit(f"{args.distil_from}: its classes {card['class_order']} are not the vocabulary's")
+    temperature = distillation.teacher_temperature(args.distil_from)
+    print(f"teacher {record['file']}: probabilities on {len(train)} training images over {args.distil_views} "
+          f"views ...", flush=True)
+    soft = distillation.teacher_probabilities(teacher, temperature, train.images, args.distil_views)
+    seen = distillation.agreement(train.labels, soft)
+    print(f"teacher agrees with {seen['top_class_is_label']:.3f} of the training labels "
+          f"(mean probability of the label {seen['mean_probability_of_label']:.3f})", flush=True)
+    targets = distillation.distilled_targets(train.labels, soft, args.distil_weight)
+    return targets, np.eye(len(CELL_TYPES), dtype=np.float32)[val.labels], record | {
+        "weight": args.distil_weight, "views": args.distil_views, "temperature": temperature,
+        "teacher_on_training_labels": seen}
 
 
 def training_images_at(train, size: int, args: argparse.Namespace):
