@@ -97,8 +97,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="self-distillation: each training target becomes (1 - w) x its label + w x this "
                              "network's calibrated probabilities on the clean image (training.distillation)")
     parser.add_argument("--distil-weight", type=float, default=0.5, help="w for --distil-from")
-    parser.add_argument("--distil-views", type=int, default=4,
-                        help="the teacher's probabilities averaged over this many flips (1-8)")
+    parser.add_argument("--distil-views", type=int, default=4, choices=range(1, 9), metavar="1-8",
+                        help="the teacher's probabilities averaged over this many flips")
     parser.add_argument("--ema-momentum", type=float, default=0.0,
                         help="exponential moving average of the weights (e.g. 0.998; the fitted network is the "
                              "average); 0: off, as for the committed 2.0.0. A fine-tune of 2.0.0 with 0.998 (6 "
@@ -143,7 +143,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 FIT_RECORD_KEYS = ("fit_preprocessing_version", "epochs", "epoch_image_sizes", "augmentation", "zoom_range",
                    "batch_size", "peak_learning_rate", "label_smoothing", "seed", "class_weight",
                    "class_weight_scope", "source_weight", "excluded_training_cells",
-                   "initial_network", "distillation", "fit_seconds", "epoch_seconds", "epochs_run", "stopped_by_time_budget", "history")
+                   "initial_network", "distillation", "fit_seconds", "epoch_seconds", "epochs_run",
+                   "stopped_by_time_budget", "history")
 
 
 def square_root_class_weights(labels: np.ndarray, n_classes: int) -> dict[int, float]:

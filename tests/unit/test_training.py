@@ -278,6 +278,15 @@ def test_distilled_targets_mix_the_label_with_the_teachers_row():
     assert agreement(labels, teacher) == {"top_class_is_label": 0.0, "mean_probability_of_label": 0.3}
 
 
+def test_distillation_options_are_checked_before_any_data_is_loaded():
+    from training.train_cells import parse_args
+
+    assert parse_args(["--distil-from", "teacher.keras"]).distil_views == 4
+    for wrong in (["--distil-views", "9"], ["--distil-views", "0"], ["--distil-weight", "0"]):
+        with pytest.raises(SystemExit):
+            parse_args(["--distil-from", "teacher.keras", *wrong])
+
+
 def test_source_weight_scales_a_sources_cells_against_the_class_weights_and_keeps_the_mean():
     from training.train_cells import sample_weights, square_root_class_weights
 
