@@ -42,12 +42,12 @@ train-subtype: ## cross-validate, train and export the subtype ensemble (stage 1
 	AML_PATIENTS_CSV=$(DATA)/aml_patients/expert_differentials.csv DEEPAPL_DIR=$(DATA)/deepapl_discovery \
 		$(PYTHON) -m training.train_subtype
 
-train-cells: ## fine-tune the committed cell CNN on PBC + DeepAPL and average it with the committed one (2.3.0's recipe), calibrate, evaluate, export (~35-75 min on 2 cores)
+train-cells: ## fine-tune the committed cell CNN on PBC + DeepAPL and average it with the committed one (2.3.0's recipe; TRAIN_ARGS="--out DIR ..." adds or overrides options), calibrate, evaluate, export (~35-75 min on 2 cores)
 	PBC_DIR=$(DATA)/pbc DEEPAPL_DIR=$(DATA)/deepapl_discovery $(PYTHON) -m training.train_cells \
 		--init-network services/cell_classifier/model/cell_cnn.keras \
 		--soup-with services/cell_classifier/model/cell_cnn.keras \
 		--deepapl-weight 2 --learning-rate 5e-4 --epochs 12 --full-size-epochs 12 --seed 79 \
-		--source-scale 2 --sharp-fraction 0.5
+		--source-scale 2 --sharp-fraction 0.5 $(TRAIN_ARGS)
 
 adopt-cells: ## serve a candidate the rule adopted (CANDIDATE=the --out folder of train-cells): check, copy, int8, APL alert, robustness report (~1 h)
 	@test -n "$(CANDIDATE)" || { echo "usage: make adopt-cells CANDIDATE=DIR"; exit 2; }
