@@ -10,9 +10,6 @@ inference: the student has the teacher's shape.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 
 
@@ -32,14 +29,6 @@ def distilled_targets(labels: np.ndarray, teacher: np.ndarray, weight: float) ->
         raise ValueError(f"one teacher row per label: {teacher.shape} for {len(labels)} labels")
     one_hot = np.eye(teacher.shape[1], dtype=np.float32)[labels]
     return (1.0 - weight) * one_hot + weight * teacher
-
-
-def teacher_temperature(network_path: Path) -> float:
-    """The calibration temperature in the model card beside a saved network."""
-    from training import model_card
-
-    card = json.loads((network_path.parent / model_card.CARD_JSON).read_text())
-    return float(card["unclassified_rule"]["temperature"])
 
 
 def agreement(labels: np.ndarray, teacher: np.ndarray) -> dict:

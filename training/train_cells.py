@@ -176,17 +176,24 @@ def initial_network(path: Path):
     return cnn.network_from(earlier, card["class_order"]), record | {"class_order": card["class_order"]}
 
 
+def saved_vocabulary_network(path: Path):
+    """``saved_network``, refused (SystemExit) unless its outputs are the vocabulary's classes in order."""
+    from shared.vocabulary import CELL_TYPES
+
+    network, card, record = saved_network(path)
+    if card["class_order"] != list(CELL_TYPES):
+        raise SystemExit(f"{path}: its classes {card['class_order']} are not the vocabulary's")
+    return network, card, record
+
+
 def soup(network, paths: list[Path]):
     """``network`` averaged weight by weight with the networks in ``paths`` (``cnn.average_weights``),
     and a record of the ingredients for the card."""
-    from shared.vocabulary import CELL_TYPES
     from training import cnn
 
     ingredients, records = [network], []
     for path in paths:
-        other, card, record = saved_network(path)
-        if card["class_order"] != list(CELL_TYPES):
-            raise SystemExit(f"{path}: its classes {card['class_order']} are not the vocabulary's")
+        other, _, record = saved_vocabulary_network(path)
         ingredients.append(other)
         records.append(record)
     return cnn.average_weights(ingredients), {
@@ -220,9 +227,10 @@ def fit_loss(label_smoothing: float, soft_targets: bool = False):
     return keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=label_smoothing)
 
 
-def fit_targets(labels: np.ndarray, n_classes: int, label_smoothing: float) -> np.ndarray:
-    """What ``fit_loss`` compares with: the class indices, or one-hot rows when the labels are smoothed."""
-    return labels if label_smoothing <= 0.0 else np.eye(n_classes, dtype=np.float32)[labels]
+def fit_targets(labels: np.ndarray, n_classes: int, label_smoothing: float, one_hot: bool = False) -> np.ndarray:
+    """What ``fit_loss`` compares with: the class indices, or one-hot rows when the labels are smoothed or the
+    loss takes rows of probabilities (``one_hot``: its other targets are distilled)."""
+    return labels if label_smoothing <= 0.0 and not one_hot else np.eye(n_classes, dtype=np.float32)[labels]
 
 
 def fit(args: argparse.Namespace, train, val, started: float, train_sources: np.ndarray):
@@ -268,14 +276,15 @@ def fit(args: argparse.Namespace, train, val, started: float, train_sources: np.
     )
     optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=0.05, use_ema=args.ema_momentum > 0,
                                        ema_momentum=args.ema_momentum or 0.99)
-    train_targets, val_targets = (fit_targets(split.labels, len(CELL_TYPES), args.label_smoothing)
-                                  for split in (train, val))
-    distillation = None
-    if args.distil_from:
-        train_targets, val_targets, distillation = distil_targets(args, train, val)
+    soft_targets = args.distil_from is not None
+    val_targets = fit_targets(val.labels, len(CELL_TYPES), args.label_smoothing, one_hot=soft_targets)
+    if soft_targets:
+        train_targets, distillation = distil_targets(args, train)
+    else:
+        train_targets, distillation = fit_targets(train.labels, len(CELL_TYPES), args.label_smoothing), None
     if args.source_scale > 1:
         train = training_images_at(train, IMAGE_SIZE * args.source_scale, args)
-    training_model.compile(optimizer=optimizer, loss=fit_loss(args.label_smoothing, distillation is not None),
+    training_model.compile(optimizer=optimizer, loss=fit_loss(args.label_smoothing, soft_targets),
                            metrics=["accuracy"])
     print(f"network: {network.count_params():,} parameters, input {IMAGE_SIZE}x{IMAGE_SIZE} uint8", flush=True)
     fit_started = time.perf_counter()
@@ -325,16 +334,13 @@ def fit(args: argparse.Namespace, train, val, started: float, train_sources: np.
     }
 
 
-def distil_targets(args: argparse.Namespace, train, val):
-    """Training targets mixed with ``--distil-from``'s probabilities on the clean 112 px images, one-hot
-    validation targets, and the record of the teacher for the card."""
-    from shared.vocabulary import CELL_TYPES
+def distil_targets(args: argparse.Namespace, train):
+    """Training targets mixed with ``--distil-from``'s probabilities on the clean 112 px images, and the record
+    of the teacher for the card."""
     from training import distillation
 
-    teacher, card, record = saved_network(args.distil_from)
-    if card["class_order"] != list(CELL_TYPES):
-        raise SystemExit(f"{args.distil_from}: its classes {card['class_order']} are not the vocabulary's")
-    temperature = distillation.teacher_temperature(args.distil_from)
+    teacher, card, record = saved_vocabulary_network(args.distil_from)
+    temperature = float(card["unclassified_rule"]["temperature"])
     print(f"teacher {record['file']}: probabilities on {len(train)} training images over {args.distil_views} "
           f"views ...", flush=True)
     soft = distillation.teacher_probabilities(teacher, temperature, train.images, args.distil_views)
@@ -342,7 +348,7 @@ def distil_targets(args: argparse.Namespace, train, val):
     print(f"teacher agrees with {seen['top_class_is_label']:.3f} of the training labels "
           f"(mean probability of the label {seen['mean_probability_of_label']:.3f})", flush=True)
     targets = distillation.distilled_targets(train.labels, soft, args.distil_weight)
-    return targets, np.eye(len(CELL_TYPES), dtype=np.float32)[val.labels], record | {
+    return targets, record | {
         "weight": args.distil_weight, "views": args.distil_views, "temperature": temperature,
         "teacher_on_training_labels": seen}
 

@@ -334,6 +334,9 @@ def test_label_smoothing_fits_one_hot_targets_whose_loss_spreads_the_smoothing_o
     # against (0.1, 0.1, 0.8) smoothed: -(0.1 log 0.1 + 0.1 log 0.1 + 0.8 log 0.8)
     expected = -(0.1 * np.log(0.1) * 2 + 0.8 * np.log(0.8))
     assert float(loss(targets[:1], logits)) == pytest.approx(expected, rel=1e-5)
+    # beside distilled targets the loss takes rows, so the validation labels become one-hot without smoothing
+    assert fit_loss(0.0, soft_targets=True).name == "categorical_crossentropy"
+    assert np.array_equal(fit_targets(labels, 3, 0.0, one_hot=True), np.eye(3, dtype=np.float32)[labels])
 
 
 def test_a_soup_holds_the_mean_of_its_ingredients_weights():
