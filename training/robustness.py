@@ -25,7 +25,7 @@ from services.cell_classifier.settings import DEFAULT_MODEL_DIR
 from shared.preprocessing import IMAGE_SIZE, preprocess
 from shared.vocabulary import CELL_TYPES
 from training import deepapl_dataset, pbc_dataset
-from training.metrics import apply_unclassified_rule, classification_report, leukaemia_summary
+from training.metrics import apply_unclassified_rule, classification_report, leukaemia_counts, leukaemia_summary
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -120,7 +120,8 @@ def evaluate(model: CellModel, paths: list[str], labels: np.ndarray,
                 "median_distance": float(np.median(distances)),
                 "out_of_domain_fraction": float(np.mean(distances > appearance["image_threshold"])),
                 "warns": bool(np.median(distances) > appearance["patient_threshold"])}
-        print(f"{name}: accuracy {results[name]['accuracy']:.4f}", flush=True)
+        print(f"{name}: accuracy {results[name]['accuracy']:.4f} (11 types); 8 types + blast: "
+              f"{leukaemia_counts(results[name]['leukaemia'])}", flush=True)
     return results
 
 

@@ -54,7 +54,7 @@ def test_pbc_promyelocytes_get_their_own_label():
 
 def test_leukaemia_summary_known_answer():
     require_training_stack()
-    from training.metrics import leukaemia_summary
+    from training.metrics import leukaemia_counts, leukaemia_summary
 
     i = {name: k for k, name in enumerate(CELL_TYPES)}
     u = len(CELL_TYPES)
@@ -71,6 +71,9 @@ def test_leukaemia_summary_known_answer():
     assert summary["blast_recall"] == pytest.approx(0.5)
     assert summary["blast_flagged"] == pytest.approx(0.75)
     assert summary["normal_called_blast"] == pytest.approx(1 / 5)
+    assert leukaemia_counts(summary) == "8 of 11 right, 3 of 4 blasts flagged, 1 of 5 normal called blast"
+    no_blasts = leukaemia_summary(labels[4:8], predicted[4:8])  # as on PBC: the blast figure is left out
+    assert leukaemia_counts(no_blasts) == "3 of 4 right, 1 of 4 normal called blast"
     assert UNCLASSIFIED not in CELL_TYPES
 
 
