@@ -13,6 +13,7 @@ from shared.preprocessing import (DRAFT_MIN_FACTOR, IMAGE_SIZE, PREPROCESSING_VE
 from shared.vocabulary import CELL_TYPES, UNCLASSIFIED, VOCABULARY_VERSION
 from shared.hashing import file_sha256
 from training.export_onnx import ONNX_INPUT_NAME, ONNX_OPSET
+from training import second_reading
 
 MODEL_NAME = "aml-cell-resnet"
 ONNX_FILE = "cell_cnn.onnx"
@@ -232,7 +233,9 @@ def _markdown(card: dict) -> str:
         + (f"; {t['excluded_training_cells']['cells']} listed training cells left out "
            f"({t['excluded_training_cells']['list']}, sha256 {t['excluded_training_cells']['sha256'][:12]}...: "
            + ", ".join(f"{k} {v}" for k, v in t["excluded_training_cells"]["by_source"].items()) + ")"
-           if t.get("excluded_training_cells") else ""),
+           if t.get("excluded_training_cells") else "")
+        + ("; a second reading of training cells: " + second_reading.describe(t["second_reading"])
+           if t.get("second_reading") else ""),
         _sizes_line(t["epoch_image_sizes"]),
         "- Augmentation: any rotation, flips, scale jitter {:g}-{:g}x".format(*augmentation["zoom_range"])
         + ("" if not augmentation.get("wide_zoom_probability") else

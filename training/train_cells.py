@@ -46,6 +46,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--exclude-cells", type=Path, default=None, metavar="FILE",
                         help="leave out the training cells listed in FILE, one path below the data folder per line "
                              "(e.g. cells whose label is in doubt; training.excluded_cells)")
+    parser.add_argument("--second-reading", type=Path, default=None, metavar="CSV",
+                        help="a worklist of training.second_reading with its second_reading column filled: re-read "
+                             "training cells take the reader's label, cells read 'exclude' are left out")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--init-network", type=Path, default=None,
                         help="start the fit from this cell_cnn.keras (its model_card.json beside it)")
@@ -142,7 +145,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 FIT_RECORD_KEYS = ("fit_preprocessing_version", "epochs", "epoch_image_sizes", "augmentation", "zoom_range",
                    "batch_size", "peak_learning_rate", "label_smoothing", "seed", "class_weight",
-                   "class_weight_scope", "source_weight", "excluded_training_cells",
+                   "class_weight_scope", "source_weight", "excluded_training_cells", "second_reading",
                    "initial_network", "distillation", "fit_seconds", "epoch_seconds", "epochs_run",
                    "stopped_by_time_budget", "history")
 
@@ -366,7 +369,8 @@ def training_images_at(train, size: int, args: argparse.Namespace):
 
 def load_data(args: argparse.Namespace):
     """Train, validation and test splits per source (``{"pbc": (train, val, test), "deepapl": (...)}``) and the
-    record of the training cells left out by ``--exclude-cells`` (None without it)."""
+    records of what was changed in the training cells: ``{"excluded_training_cells": ..., "second_reading": ...}``
+    (each None without its option, ``--exclude-cells`` and ``--second-reading``)."""
     from training import deepapl_dataset, pbc_dataset
 
     cache_dir = Path(args.cache_dir) if args.cache_dir else None
@@ -382,17 +386,27 @@ def load_data(args: argparse.Namespace):
 
         print(f"loading extra labelled cells from {args.extra_labelled} ...", flush=True)
         sources["reviewed"] = reviewed_dataset.split_dataset(args.extra_labelled, cache_dir, args.per_class_limit)
+    edits = {"excluded_training_cells": None, "second_reading": None}
     if args.exclude_cells:
         from training import excluded_cells
 
         try:
-            sources, excluded = excluded_cells.exclude(sources, args.exclude_cells)
+            sources, edits["excluded_training_cells"] = excluded_cells.exclude(sources, args.exclude_cells)
         except ValueError as error:
             raise SystemExit(str(error)) from None
+        excluded = edits["excluded_training_cells"]
         print(f"left out {excluded['cells']} listed training cells {excluded['by_source']}", flush=True)
+    if args.second_reading:
+        from training import second_reading
+
+        try:
+            sources, edits["second_reading"] = second_reading.apply(sources, args.second_reading)
+        except (ValueError, OSError) as error:
+            raise SystemExit(str(error)) from None
+        print(second_reading.describe(edits["second_reading"]), flush=True)
     for name, (train, val, test) in sources.items():
         print(f"{name}: train {len(train)}, validation {len(val)}, test {len(test)} images", flush=True)
-    return sources, (excluded if args.exclude_cells else None)
+    return sources, edits
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -410,7 +424,7 @@ def main(argv: list[str] | None = None) -> dict:
                                   fit_temperature, leukaemia_summary, patient_bootstrap_intervals, softmax)
 
     keras.utils.set_random_seed(args.seed)
-    sources, excluded = load_data(args)
+    sources, training_cell_edits = load_data(args)
     train = pbc_dataset.concatenate([s[0] for s in sources.values()], "all")
     val = pbc_dataset.concatenate([s[1] for s in sources.values()], "all")
     train_sources = np.concatenate([[name] * len(s[0]) for name, s in sources.items()])
@@ -431,11 +445,10 @@ def main(argv: list[str] | None = None) -> dict:
             "fitted_in_earlier_run": {"network": args.from_network.name,
                                       "total_seconds": fit_record.get("total_seconds", fit_record.get("fit_seconds"))}}
         print(f"fit skipped: network from {args.from_network}", flush=True)
-        if excluded is not None:
-            fit_record["excluded_training_cells"] = excluded
+        fit_record |= {key: record for key, record in training_cell_edits.items() if record is not None}
     else:
         network, fit_record = fit(args, train, val, started, train_sources)
-        fit_record["excluded_training_cells"] = excluded
+        fit_record |= training_cell_edits
         fitted = args.out / FITTED_DIR
         fitted.mkdir(parents=True, exist_ok=True)
         network.save(fitted / model_card.KERAS_FILE)

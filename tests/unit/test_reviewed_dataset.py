@@ -60,6 +60,7 @@ def test_train_cells_takes_extra_labelled(tmp_path):
     export_like(tmp_path / "reviewed", n_per_label=2)
     args = parse_args(["--extra-labelled", str(tmp_path / "reviewed"), "--no-deepapl", "--per-class-limit", "12",
                        "--cache-dir", "", "--data-dir", str(DATA_DIR / "pbc")])
-    sources, excluded = load_data(args)
-    assert set(sources) == {"pbc", "reviewed"} and excluded is None
+    sources, edits = load_data(args)
+    assert set(sources) == {"pbc", "reviewed"}
+    assert edits == {"excluded_training_cells": None, "second_reading": None}
     assert sum(len(split) for split in sources["reviewed"]) == len(list_cells(tmp_path / "reviewed"))

@@ -90,13 +90,24 @@ def test_smoke_training_run_exports_a_servable_model(tmp_path):
     ends = {"pbc": 3, "deepapl": 4}  # pbc/<class>/<file>, deepapl_discovery/images/<patient>/<file>
     listed.write_text("# labels in doubt\n" + "".join(
         "/".join(before[source][0].paths[0].split("/")[-parts:]) + "\n" for source, parts in ends.items()))
+    # and a second reading (training.second_reading's worklist): one PBC training cell relabelled, one DeepAPL
+    # training cell confirmed
+    from training.second_reading import COLUMNS
+
+    reread = {"pbc": (before["pbc"][0].paths[1], before["pbc"][0].labels[1], "smudge"),
+              "deepapl": (before["deepapl"][0].paths[1], before["deepapl"][0].labels[1], None)}
+    worklist = tmp_path / "worklist.csv"
+    worklist.write_text(",".join(COLUMNS) + "\n" + "".join(
+        "/".join(path.split("/")[-ends[source]:]) + f",{source},,{CELL_TYPES[label]},,,,,"
+        + (reading or CELL_TYPES[label]) + "\n" for source, (path, label, reading) in reread.items()))
     finished = tmp_path / "finished"
     completed = _train_cells(*slice_arguments, "--from-network",
                              str(out / "fitted" / "cell_cnn.keras"), "--out", str(finished), "--version", "smoke-2",
                              "--test-time-views", "2", "--soup-with", str(DEFAULT_MODEL_DIR / "cell_cnn.keras"),
-                             "--exclude-cells", str(listed))
+                             "--exclude-cells", str(listed), "--second-reading", str(worklist))
     assert "fit skipped" in completed.stdout
     assert "left out 2 listed training cells" in completed.stdout
+    assert "2 cells re-read (worklist.csv" in completed.stdout and "1 confirmed, 1 relabelled" in completed.stdout
     second_card = json.loads((finished / "model_card.json").read_text())
     assert second_card["test_time_views"] == ["identity", "flip_left_right"]
     second = second_card["training"]
@@ -106,6 +117,8 @@ def test_smoke_training_run_exports_a_servable_model(tmp_path):
     assert {name: second["n_train"][name] + 1 for name in ("pbc", "deepapl")} == {
         name: len(before[name][0]) for name in ("pbc", "deepapl")}
     assert "2 listed training cells left out (doubtful.txt" in (finished / "MODEL_CARD.md").read_text()
+    assert second["second_reading"]["relabelled_as"] == {f"{CELL_TYPES[reread['pbc'][1]]} -> smudge": 1}
+    assert "a second reading of training cells: 2 cells re-read" in (finished / "MODEL_CARD.md").read_text()
     assert second["onnx_keras_max_abs_difference"] < 1e-4  # the two-view graph exports faithfully
     fit_record = json.loads((out / "fitted" / "fit_record.json").read_text())
     assert second["fitted_in_earlier_run"]["total_seconds"] == fit_record["total_seconds"]  # time to the saved fit

@@ -1,0 +1,283 @@
+"""A second technologist's reading of the training cells the served network and their label disagree on.
+
+The cell model's record (docs/cell_model_experiments.md) ends on this: no recipe change moved the home figure,
+and about a fifth of the network's wrong answers are confident ones, the first labels to doubt. This module
+turns that into a worklist a reader can work through, and takes the readings back into training:
+
+    python -m training.second_reading --out DIR [--model-dir services/cell_classifier/model]
+                                      [--min-confidence 0.9] [--sources deepapl pbc]
+
+scores every training cell (training patients only: the validation and test cells are what the model is
+measured on, and are never re-read here) with the served ONNX model, as the service would, and lists the cells
+whose stored label is not the network's answer although the network gives its answer at least
+``--min-confidence``, the least likely stored labels first. It writes
+
+- ``DIR/worklist.csv``: ``image`` (the path below the data folder), ``source``, ``patient``, ``stored_label``,
+  ``expert_class`` (DeepAPL's CellaVision class, PBC's file-name type), ``network_label``,
+  ``network_probability``, ``stored_label_probability`` and an empty ``second_reading`` column;
+- ``DIR/worklist.html``: the same rows with each cell's picture, one self-contained page to read from.
+
+The reader fills ``second_reading`` with the cell type they see (the vocabulary's names: ``lymphocyte``,
+``blast``, ...; the stored label again to confirm it) or ``exclude`` (cannot tell, or not a usable cell), and
+leaves it blank for a cell not read. Then
+
+    make train-cells TRAIN_ARGS="--second-reading DIR/worklist.csv ..."
+
+trains with those readings: confirmed cells keep their label, re-read cells take the reader's, excluded cells
+are left out, and the model card records the file's sha256 and the counts (``training.second_reading``). A
+reading of a cell that is not a training cell, a value outside the vocabulary, or a row whose stored label is
+no longer the cell's (a worklist made from other data) stops the run, so nothing is applied silently wrong.
+
+The pictures in the page are the data set's own images: the page, like the CSV, stays with the reader and is
+never committed (DeepAPL: research use only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import csv
+import html
+import mimetypes
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from shared.hashing import file_sha256
+from shared.vocabulary import CELL_TYPES
+from training.excluded_cells import SPLIT_NAMES, matches
+
+COLUMNS = ("image", "source", "patient", "stored_label", "expert_class", "network_label", "network_probability",
+           "stored_label_probability", "second_reading")
+EXCLUDE = "exclude"
+DEFAULT_MIN_CONFIDENCE = 0.9
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def discordant(probabilities: np.ndarray, labels: np.ndarray, min_confidence: float) -> np.ndarray:
+    """Indices of the cells whose network answer (its top class, given at least ``min_confidence``) is not their
+    label, the least likely labels first (ties: the more confident answer first)."""
+    top = probabilities.argmax(axis=1)
+    confidence = probabilities[np.arange(len(top)), top]
+    chosen = np.flatnonzero((top != labels) & (confidence >= min_confidence))
+    stored = probabilities[chosen, labels[chosen]]
+    return chosen[np.lexsort((-confidence[chosen], stored))]
+
+
+@dataclass(frozen=True)
+class Reading:
+    row: int  # line in the CSV (the header is line 1)
+    image: str
+    stored_label: str
+    reading: str
+
+
+def read_readings(path: Path) -> list[Reading]:
+    """The filled rows of a worklist (a blank ``second_reading``: not read). Raises ``ValueError`` for a value
+    outside the vocabulary, a file without the worklist's columns, or an image read twice."""
+    readings: list[Reading] = []
+    with open(path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        missing = {"image", "stored_label", "second_reading"} - set(reader.fieldnames or ())
+        if missing:
+            raise ValueError(f"{path}: not a worklist of training.second_reading (no {', '.join(sorted(missing))} "
+                             f"column)")
+        seen: dict[str, int] = {}
+        for line, row in enumerate(reader, start=2):
+            value = (row["second_reading"] or "").strip().lower()
+            if not value:
+                continue
+            if value not in CELL_TYPES and value != EXCLUDE:
+                raise ValueError(f"{path}, line {line}: second_reading {value!r} is neither a cell type "
+                                 f"({', '.join(CELL_TYPES)}) nor {EXCLUDE!r}")
+            image = PurePosixPath(row["image"].strip().replace("\\", "/")).as_posix().lstrip("/")
+            if image in seen:
+                raise ValueError(f"{path}, line {line}: {image} was read already on line {seen[image]}")
+            seen[image] = line
+            readings.append(Reading(line, image, row["stored_label"].strip(), value))
+    return readings
+
+
+def apply(sources: Mapping, path: Path):
+    """``sources`` (``{name: (train, validation, test)}`` of ``training.pbc_dataset.Split``) with the readings of
+    the worklist at ``path`` applied to the training cells, and the card's record of them.
+
+    Raises ``ValueError`` when a read image is a validation or test cell, is no image at all, or no longer has
+    the stored label the worklist shows."""
+    from training.pbc_dataset import Split
+
+    readings = read_readings(path)
+    by_image = {r.image: r for r in readings}
+    images = list(by_image)
+    found_anywhere: set[str] = set()
+    changed = {}
+    by_source: dict[str, dict[str, int]] = {}
+    relabelled_as: Counter[str] = Counter()
+    for source, splits in sources.items():
+        for split_name, split in zip(SPLIT_NAMES[1:], splits[1:]):
+            hits = sorted(image for image, rows in matches(split.paths, images).items() if rows)
+            if hits:
+                raise ValueError(f"{path}, line {by_image[hits[0]].row}: {hits[0]} is a {source} {split_name} "
+                                 f"cell; only training cells are re-read (the others are what the model is "
+                                 f"measured on)")
+        train = splits[0]
+        labels = train.labels.copy()
+        keep = np.ones(len(train), bool)
+        counts = Counter()
+        for image, rows in matches(train.paths, images).items():
+            if not rows:
+                continue
+            found_anywhere.add(image)
+            reading = by_image[image]
+            for index in rows:
+                stored = CELL_TYPES[int(train.labels[index])]
+                if reading.stored_label != stored:
+                    raise ValueError(f"{path}, line {reading.row}: {image} is labelled {stored} in the data, the "
+                                     f"worklist says {reading.stored_label!r} (a worklist of other data?)")
+                if reading.reading == EXCLUDE:
+                    keep[index] = False
+                    counts["left_out"] += 1
+                elif reading.reading == stored:
+                    counts["confirmed"] += 1
+                else:
+                    labels[index] = CELL_TYPES.index(reading.reading)
+                    counts["relabelled"] += 1
+                    relabelled_as[f"{stored} -> {reading.reading}"] += 1
+        by_source[source] = {k: counts[k] for k in ("confirmed", "relabelled", "left_out")}
+        changed[source] = (Split(train.images[keep], labels[keep], [p for p, k in zip(train.paths, keep) if k],
+                                 train.source),) + tuple(splits[1:])
+    unknown = [r for r in readings if r.image not in found_anywhere]
+    if unknown:
+        raise ValueError(f"{path}, line {unknown[0].row}: {unknown[0].image} is no image of any split "
+                         f"({len(unknown)} such rows)")
+    totals = {k: sum(s[k] for s in by_source.values()) for k in ("confirmed", "relabelled", "left_out")}
+    return changed, {"list": Path(path).name, "sha256": file_sha256(path), "read": len(readings), **totals,
+                     "by_source": by_source, "relabelled_as": dict(sorted(relabelled_as.items()))}
+
+
+def describe(record: dict) -> str:
+    """One line for the log and the model card."""
+    return (f"{record['read']} cells re-read ({record['list']}, sha256 {record['sha256'][:12]}...): "
+            f"{record['confirmed']} confirmed, {record['relabelled']} relabelled, {record['left_out']} left out")
+
+
+def expert_class_of(path: str, source: str, deepapl_classes: Mapping[str, str]) -> str:
+    """DeepAPL: the CellaVision class the technologist verified; PBC: the type in the file name (``SNE``)."""
+    if source == "deepapl":
+        return deepapl_classes.get(Path(path).as_posix(), "")
+    name = Path(path).name
+    return name.split("_", 1)[0] if "_" in name else ""
+
+
+def worklist_rows(paths: list[str], labels: np.ndarray, probabilities: np.ndarray, source: str, data_root: Path,
+                  min_confidence: float, deepapl_classes: Mapping[str, str]) -> list[dict]:
+    """The worklist's rows for one source's training cells (``probabilities``: the served model's)."""
+    rows = []
+    for index in discordant(probabilities, labels, min_confidence):
+        path = paths[index]
+        top = int(probabilities[index].argmax())
+        rows.append({
+            "image": PurePosixPath(Path(path).resolve().relative_to(data_root.resolve())).as_posix(),
+            "source": source,
+            "patient": Path(path).parent.name if source == "deepapl" else "",
+            "stored_label": CELL_TYPES[int(labels[index])],
+            "expert_class": expert_class_of(path, source, deepapl_classes),
+            "network_label": CELL_TYPES[top],
+            "network_probability": f"{probabilities[index, top]:.3f}",
+            "stored_label_probability": f"{probabilities[index, labels[index]]:.3f}",
+            "second_reading": ""})
+    return rows
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def write_html(rows: list[dict], data_root: Path, model: str, min_confidence: float, path: Path) -> None:
+    """One self-contained page: each listed cell's picture beside its stored label and the network's answer."""
+    cells = []
+    for number, row in enumerate(rows, start=1):
+        picture = base64.b64encode((data_root / row["image"]).read_bytes()).decode()
+        kind = mimetypes.guess_type(row["image"])[0] or "image/jpeg"
+        cells.append(
+            f"<tr><td>{number}</td><td><img alt=\"{html.escape(row['image'])}\" "
+            f"src=\"data:{kind};base64,{picture}\"></td><td><code>{html.escape(row['image'])}</code><br>"
+            f"{html.escape(row['source'])} {html.escape(row['patient'])}</td>"
+            f"<td><b>{html.escape(row['stored_label'])}</b><br>{html.escape(row['expert_class'])}</td>"
+            f"<td>{html.escape(row['network_label'])} {row['network_probability']}<br>"
+            f"(stored label {row['stored_label_probability']})</td></tr>")
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Second reading: {len(rows)} training cells</title>
+<style>body{{font-family:sans-serif;margin:1.5em}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:.3em .6em;vertical-align:top}}img{{width:144px;height:144px}}</style></head>
+<body><h1>Second reading: {len(rows)} training cells</h1>
+<p>The stored label of each cell below is not what {html.escape(model)} answers, although it gives its answer at
+least {min_confidence:g}; the least likely stored labels come first. Write what you see in the
+<code>second_reading</code> column of <code>worklist.csv</code>, on the row of the same image: a cell type
+({', '.join(CELL_TYPES)}), the stored label again to confirm it, or <code>{EXCLUDE}</code>; leave it blank for a
+cell you did not read. Research use only: these are the data sets' own images (see the model card).</p>
+<table><thead><tr><th>#</th><th>cell</th><th>image</th><th>stored label<br>(expert class)</th>
+<th>network</th></tr></thead><tbody>
+{chr(10).join(cells)}
+</tbody></table></body></html>
+"""
+    path.write_text(page)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from services.cell_classifier.inference import CellModel
+    from services.cell_classifier.settings import DEFAULT_MODEL_DIR
+    from training import deepapl_dataset, pbc_dataset
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True, help="folder for worklist.csv and worklist.html")
+    parser.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR)
+    parser.add_argument("--variant", choices=("auto", "float", "int8"), default="auto",
+                        help="the model file that scores the cells (auto: the service's choice on CPU)")
+    parser.add_argument("--min-confidence", type=float, default=DEFAULT_MIN_CONFIDENCE,
+                        help="list a cell when the network gives another class at least this probability")
+    parser.add_argument("--sources", nargs="+", choices=("deepapl", "pbc"), default=["deepapl", "pbc"])
+    parser.add_argument("--per-class-limit", type=int, default=None, help="a few cells per class (smoke runs)")
+    parser.add_argument("--cache-dir", default=str(REPO_ROOT / ".cache"))
+    args = parser.parse_args(argv)
+    if not 0.0 <= args.min_confidence <= 1.0:
+        parser.error("--min-confidence is a probability, between 0 and 1")
+
+    cache_dir = Path(args.cache_dir) if args.cache_dir else None
+    model = CellModel(args.model_dir, "cpu", variant=args.variant)
+    name = f"{model.card['name']} {model.card['version']} ({model.variant})"
+    deepapl_root, pbc_root = deepapl_dataset.data_dir(), pbc_dataset.data_dir()
+    roots = {"deepapl": deepapl_root, "pbc": pbc_root}
+    if len({root.resolve().parent for root in (roots[s] for s in args.sources)}) != 1:
+        raise SystemExit("the sources' folders must sit in one data folder (as ../shared/data/ holds them), so that "
+                         "each row names its image below it")
+    data_root = roots[args.sources[0]].resolve().parent
+    deepapl_classes = ({c.path.as_posix(): c.expert_class for c in deepapl_dataset.verified_cells(deepapl_root)}
+                       if "deepapl" in args.sources else {})
+    rows: list[dict] = []
+    for source in args.sources:
+        module = deepapl_dataset if source == "deepapl" else pbc_dataset
+        train = module.split_dataset(roots[source], cache_dir, args.per_class_limit)[0]
+        probabilities = np.concatenate([model.predict(train.images[i: i + 256]) for i in range(0, len(train), 256)])
+        listed = worklist_rows(train.paths, train.labels, probabilities, source, data_root, args.min_confidence,
+                               deepapl_classes)
+        agree = float(np.mean(probabilities.argmax(axis=1) == train.labels))
+        print(f"{source}: {len(train)} training cells, {agree:.3f} answered with their label by {name}; "
+              f"{len(listed)} listed", flush=True)
+        rows += listed
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_csv(rows, args.out / "worklist.csv")
+    write_html(rows, data_root, name, args.min_confidence, args.out / "worklist.html")
+    print(f"wrote {args.out / 'worklist.csv'} and worklist.html ({len(rows)} cells). Fill its second_reading "
+          f"column, then: make train-cells TRAIN_ARGS=\"--second-reading {args.out / 'worklist.csv'} ...\"",
+          flush=True)
+
+
+if __name__ == "__main__":
+    main()
