@@ -152,7 +152,7 @@ def apply(sources: Mapping, path: Path):
     unknown = [r for r in readings if r.image not in found_anywhere]
     if unknown:
         raise ValueError(f"{path}, line {unknown[0].row}: {unknown[0].image} is no image of any split "
-                         f"({len(unknown)} such rows)")
+                         f"({len(unknown)} such rows; a worklist of other data, or a cell --exclude-cells left out?)")
     totals = {k: sum(s[k] for s in by_source.values()) for k in ("confirmed", "relabelled", "left_out")}
     return changed, {"list": Path(path).name, "sha256": file_sha256(path), "read": len(readings), **totals,
                      "by_source": by_source, "relabelled_as": dict(sorted(relabelled_as.items()))}
