@@ -79,7 +79,7 @@ def read_readings(path: Path) -> list[Reading]:
     """The filled rows of a worklist (a blank ``second_reading``: not read). Raises ``ValueError`` for a value
     outside the vocabulary, a file without the worklist's columns, or an image read twice."""
     readings: list[Reading] = []
-    with open(path, newline="") as handle:
+    with open(path, newline="", encoding="utf-8-sig") as handle:  # a spreadsheet may save it with a BOM
         reader = csv.DictReader(handle)
         missing = {"image", "stored_label", "second_reading"} - set(reader.fieldnames or ())
         if missing:

@@ -89,6 +89,14 @@ def test_a_reading_that_cannot_be_applied_stops_with_its_line(tmp_path, sources,
         apply(sources, _worklist(tmp_path / "worklist.csv", rows))
 
 
+def test_a_worklist_saved_by_a_spreadsheet_with_a_byte_order_mark_is_read(tmp_path, sources):
+    worklist = _worklist(tmp_path / "worklist.csv", [
+        ("deepapl_discovery/images/Patient_00/0000.jpg", "lymphocyte", "blast")])
+    worklist.write_bytes(b"\xef\xbb\xbf" + worklist.read_bytes().replace(b"\r\n", b"\n"))
+    assert [(r.row, r.image, r.reading) for r in read_readings(worklist)] == [
+        (2, "deepapl_discovery/images/Patient_00/0000.jpg", "blast")]
+
+
 def test_a_file_that_is_not_a_worklist_is_refused(tmp_path, sources):
     listed = tmp_path / "doubtful.txt"
     listed.write_text("deepapl_discovery/images/Patient_00/0000.jpg\n")
