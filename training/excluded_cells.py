@@ -47,6 +47,27 @@ def matches(paths: list[str], entries: list[str]) -> dict[str, list[int]]:
     return found
 
 
+def held_out_hits(splits: tuple[Split, Split, Split], entries: list[str]) -> tuple[str, list[str]] | None:
+    """The first of one source's validation and test splits that ``entries`` name cells of, as (split name, the
+    entries naming its cells); None when they name training cells only. Those cells are what a model is measured
+    on, so no list may change them."""
+    for split_name, split in zip(SPLIT_NAMES[1:], splits[1:]):
+        hits = sorted(e for e, rows in matches(split.paths, entries).items() if rows)
+        if hits:
+            return split_name, hits
+    return None
+
+
+def with_training_cells(splits: tuple[Split, Split, Split], keep: np.ndarray,
+                        labels: np.ndarray | None = None) -> tuple[Split, Split, Split]:
+    """One source's splits with the training split cut to the cells ``keep`` marks, labelled ``labels`` (the
+    training split's own labels unless given); validation and test unchanged."""
+    train = splits[0]
+    labels = train.labels if labels is None else labels
+    return (Split(train.images[keep], labels[keep], [p for p, k in zip(train.paths, keep) if k], train.source),
+            *splits[1:])
+
+
 def exclude(sources: Mapping[str, tuple[Split, Split, Split]], list_file: Path):
     """``sources`` with the listed training cells removed, and the card's record of what was left out.
 
@@ -56,11 +77,11 @@ def exclude(sources: Mapping[str, tuple[Split, Split, Split]], list_file: Path):
     named: set[str] = set()
     removed: dict[str, int] = {}
     for source, splits in sources.items():
-        for split_name, split in zip(SPLIT_NAMES[1:], splits[1:]):
-            hits = sorted(e for e, rows in matches(split.paths, entries).items() if rows)
-            if hits:
-                raise ValueError(f"{list_file}: {len(hits)} listed image(s) are {source} {split_name} cells "
-                                 f"(e.g. {hits[0]}); only training cells may be left out")
+        held_out = held_out_hits(splits, entries)
+        if held_out:
+            split_name, hits = held_out
+            raise ValueError(f"{list_file}: {len(hits)} listed image(s) are {source} {split_name} cells "
+                             f"(e.g. {hits[0]}); only training cells may be left out")
         train = splits[0]
         found = matches(train.paths, entries)
         drop = np.zeros(len(train), bool)
@@ -69,9 +90,7 @@ def exclude(sources: Mapping[str, tuple[Split, Split, Split]], list_file: Path):
                 named.add(entry)
                 drop[rows] = True
         removed[source] = int(drop.sum())
-        keep = ~drop
-        kept[source] = (Split(train.images[keep], train.labels[keep],
-                              [p for p, k in zip(train.paths, keep) if k], train.source),) + tuple(splits[1:])
+        kept[source] = with_training_cells(splits, ~drop)
     unknown = [e for e in entries if e not in named]
     if unknown:
         raise ValueError(f"{list_file}: {len(unknown)} listed image(s) are no image of any split "

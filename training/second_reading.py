@@ -48,7 +48,7 @@ import numpy as np
 
 from shared.hashing import file_sha256
 from shared.vocabulary import CELL_TYPES
-from training.excluded_cells import SPLIT_NAMES, matches
+from training.excluded_cells import held_out_hits, matches, with_training_cells
 
 COLUMNS = ("image", "source", "patient", "stored_label", "expert_class", "network_label", "network_probability",
            "stored_label_probability", "second_reading")
@@ -107,8 +107,6 @@ def apply(sources: Mapping, path: Path):
 
     Raises ``ValueError`` when a read image is a validation or test cell, is no image at all, or no longer has
     the stored label the worklist shows."""
-    from training.pbc_dataset import Split
-
     readings = read_readings(path)
     by_image = {r.image: r for r in readings}
     images = list(by_image)
@@ -117,12 +115,12 @@ def apply(sources: Mapping, path: Path):
     by_source: dict[str, dict[str, int]] = {}
     relabelled_as: Counter[str] = Counter()
     for source, splits in sources.items():
-        for split_name, split in zip(SPLIT_NAMES[1:], splits[1:]):
-            hits = sorted(image for image, rows in matches(split.paths, images).items() if rows)
-            if hits:
-                raise ValueError(f"{path}, line {by_image[hits[0]].row}: {hits[0]} is a {source} {split_name} "
-                                 f"cell; only training cells are re-read (the others are what the model is "
-                                 f"measured on)")
+        held_out = held_out_hits(splits, images)
+        if held_out:
+            split_name, hits = held_out
+            raise ValueError(f"{path}, line {by_image[hits[0]].row}: {hits[0]} is a {source} {split_name} "
+                             f"cell; only training cells are re-read (the others are what the model is "
+                             f"measured on)")
         train = splits[0]
         labels = train.labels.copy()
         keep = np.ones(len(train), bool)
@@ -147,8 +145,7 @@ def apply(sources: Mapping, path: Path):
                     counts["relabelled"] += 1
                     relabelled_as[f"{stored} -> {reading.reading}"] += 1
         by_source[source] = {k: counts[k] for k in ("confirmed", "relabelled", "left_out")}
-        changed[source] = (Split(train.images[keep], labels[keep], [p for p, k in zip(train.paths, keep) if k],
-                                 train.source),) + tuple(splits[1:])
+        changed[source] = with_training_cells(splits, keep, labels)
     unknown = [r for r in readings if r.image not in found_anywhere]
     if unknown:
         raise ValueError(f"{path}, line {unknown[0].row}: {unknown[0].image} is no image of any split "
