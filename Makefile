@@ -4,8 +4,10 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 PYTHON  := $(BIN)/python
 DATA    ?= ../shared/data
+# every install takes the versions the test suite passed with (constraints.txt; `make lock` renews it)
+PIP_INSTALL := $(BIN)/pip install -q -c constraints.txt
 
-.PHONY: help setup setup-train test test-fast run cell-service subtype-service train-cells adopt-cells train-apl quantize-cells train-subtype bench bench-cells bench-gpu bench-subtype bench-gateway load load-cells gateway clean
+.PHONY: help setup setup-train lock test test-fast run cell-service subtype-service train-cells adopt-cells train-apl quantize-cells train-subtype bench bench-cells bench-gpu bench-subtype bench-gateway load load-cells gateway clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -15,10 +17,21 @@ $(PYTHON):
 	$(BIN)/pip install -q --upgrade pip
 
 setup: $(PYTHON) ## create .venv with everything to serve and test (no TensorFlow)
-	$(BIN)/pip install -q -e '.[test]'
+	$(PIP_INSTALL) -e '.[test]'
 
 setup-train: setup ## add the training stack (TensorFlow, tf2onnx, scikit-learn)
-	$(BIN)/pip install -q -e '.[test,train]'
+	$(PIP_INSTALL) -e '.[test,train]'
+
+lock: ## renew constraints.txt: the newest releases pyproject.toml allows, resolved in a scratch venv (then make setup-train test, commit)
+	rm -rf .lock-venv
+	$(PY) -m venv .lock-venv
+	.lock-venv/bin/pip install -q --upgrade pip
+	.lock-venv/bin/pip install -q '.[test,train]'
+	{ printf '%s\n' '# Exact versions of every package `make setup` / `make setup-train` and the images install,' \
+	    '# resolved by `make lock` on CPython 3.11, Linux x86_64, and passed by `make test` before commit.' \
+	    '# onnxruntime-gpu (the GPU image) is pinned in deploy/Dockerfile: it replaces onnxruntime there.'; \
+	  .lock-venv/bin/pip freeze --exclude aml-classifier; } > constraints.txt
+	rm -rf .lock-venv build
 
 test: ## the whole test suite (tests needing TensorFlow skip unless make setup-train ran)
 	$(PYTHON) -m pytest
