@@ -1,12 +1,20 @@
 """The compose file and Dockerfile hold what ops rely on (no Docker engine here to run them)."""
 
+import json
 import os
+import re
+import secrets
 import shutil
 import subprocess
 
 import pytest
 import yaml
+from dotenv import dotenv_values
 
+from gateway.security import KeyStore, new_key
+from gateway.settings import GatewaySettings
+from services.cell_classifier.settings import CellServiceSettings
+from services.subtype.settings import SubtypeServiceSettings
 from tests.helpers.processes import REPO_ROOT
 
 
@@ -44,13 +52,60 @@ def test_compose_services_and_exposure():
     assert cpu["build"]["target"] == "cell-cpu" and cpu["deploy"] is None
 
 
-def test_dockerfile_targets_are_slim_non_root_and_checked():
-    text = (REPO_ROOT / "deploy" / "Dockerfile").read_text()
-    for target in ("cell-gpu", "cell-cpu", "subtype", "gateway"):
-        assert f" AS {target}" in text
-    assert "nvidia/cuda:13" in text and "cudnn" in text and "onnxruntime-gpu" in text
-    assert text.count("USER app") >= 2
-    assert text.count("HEALTHCHECK") == 4
+REQUIRED = re.compile(r"\$\{(\w+):\?[^}]*\}")
+
+
+def _filled_env_file(tmp_path) -> dict[str, str]:
+    """deploy/env.example filled in as its comments tell an operator to, read as compose reads .env."""
+    key, entry = new_key("lab1", {"classify", "read"})
+    values = {"API_KEYS": "'" + json.dumps([entry]) + "'"}
+    lines = []
+    for line in (REPO_ROOT / "deploy" / "env.example").read_text().splitlines():
+        name = line.split("=", 1)[0]
+        if line and not line.startswith("#") and line.endswith("="):
+            line += values.get(name, secrets.token_hex(32))
+        lines.append(line)
+    env_file = tmp_path / ".env"
+    env_file.write_text("\n".join(lines) + "\n")
+    env = {name: value for name, value in dotenv_values(env_file).items() if value is not None}
+    env["_client_key"] = key
+    return env
+
+
+def _substitute(value, env: dict[str, str]):
+    """Compose's interpolation: ${NAME:?message} (required) and ${NAME:-default}."""
+    def one(match):
+        name, kind, rest = match.groups()
+        return env[name] if kind == "?" else env.get(name) or rest
+    return re.sub(r"\$\{(\w+):([?-])([^}]*)\}", one, str(value))
+
+
+def test_compose_requires_every_secret_and_the_services_read_them(tmp_path, monkeypatch):
+    text = (REPO_ROOT / "docker-compose.yml").read_text()
+    required = set(REQUIRED.findall(text))
+    assert required == {"REDIS_PASSWORD", "POSTGRES_PASSWORD", "INTERNAL_TOKEN", "API_KEYS", "AUDIT_HMAC_KEY"}
+    env = _filled_env_file(tmp_path)
+    assert required <= set(env), f"deploy/env.example lacks {sorted(required - set(env))}"
+
+    compose = load("docker-compose.yml")["services"]
+    settings_of = {"gateway": GatewaySettings, "cell-classifier": CellServiceSettings,
+                   "subtype": SubtypeServiceSettings}
+    read = {}
+    for service, settings_class in settings_of.items():
+        environment = compose[service]["environment"]
+        assert REQUIRED.fullmatch(environment["INTERNAL_TOKEN"]), f"{service}: INTERNAL_TOKEN must be required"
+        with monkeypatch.context() as patch:
+            for name, value in environment.items():
+                patch.setenv(name, _substitute(value, env))
+            read[service] = settings_class()
+        assert read[service].internal_token == env["INTERNAL_TOKEN"], service
+
+    gateway = read["gateway"]
+    assert gateway.audit_hmac_key == env["AUDIT_HMAC_KEY"]
+    assert gateway.database_url == f"postgresql://aml:{env['POSTGRES_PASSWORD']}@postgres:5432/aml"
+    keys = KeyStore.from_config(gateway.api_keys, gateway.api_keys_file)
+    assert len(keys) == 1 and keys.authenticate(env["_client_key"]).key_id == "lab1", "the key in .env admits its client"
+    assert keys.authenticate(env["_client_key"][:-1]) is None
 
 
 def _compose_available() -> bool:
@@ -64,5 +119,6 @@ def _compose_available() -> bool:
 def test_docker_compose_config_validates(files):
     args = ["docker", "compose"] + [a for f in files for a in ("-f", f)] + ["config", "--quiet"]
     result = subprocess.run(args, cwd=REPO_ROOT, capture_output=True, text=True,
-                            env={**os.environ, "REDIS_PASSWORD": "test-only", "POSTGRES_PASSWORD": "test-only"})
+                            env={**os.environ, **{name: "test-only" for name in ("REDIS_PASSWORD", "POSTGRES_PASSWORD",
+                                                                      "INTERNAL_TOKEN", "API_KEYS", "AUDIT_HMAC_KEY")}})
     assert result.returncode == 0, result.stderr
