@@ -24,8 +24,11 @@ def free_port() -> int:
 class ServiceProcess:
     """A service started with ``python -m module``; ``url`` is its base URL."""
 
-    def __init__(self, module: str, env: dict[str, str], port: int, log_path: Path):
+    def __init__(self, module: str, env: dict[str, str], port: int, log_path: Path, cwd: Path = REPO_ROOT,
+                 python: str = sys.executable):
         self.module = module
+        self.cwd = cwd
+        self.python = python
         self.env = env
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
@@ -34,7 +37,7 @@ class ServiceProcess:
 
     def start(self, ready_path: str = "/readyz", timeout: float = 90.0) -> "ServiceProcess":
         log = open(self.log_path, "ab")
-        self.process = subprocess.Popen([sys.executable, "-m", self.module], cwd=REPO_ROOT,
+        self.process = subprocess.Popen([self.python, "-m", self.module], cwd=self.cwd,
                                         env={**os.environ, **self.env}, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
