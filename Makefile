@@ -7,7 +7,7 @@ DATA    ?= ../shared/data
 # every install takes the versions the test suite passed with (constraints.txt; `make lock` renews it)
 PIP_INSTALL := $(BIN)/pip install -q -c constraints.txt
 
-.PHONY: help setup setup-train lock test test-fast run cell-service subtype-service train-cells adopt-cells train-apl quantize-cells train-subtype bench bench-cells bench-gpu bench-subtype bench-gateway load load-cells gateway clean
+.PHONY: help setup setup-train lock soup test test-fast run cell-service subtype-service train-cells adopt-cells train-apl quantize-cells train-subtype bench bench-cells bench-gpu bench-subtype bench-gateway load load-cells gateway clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -22,7 +22,7 @@ setup: $(PYTHON) ## create .venv with everything to serve and test (no TensorFlo
 setup-train: setup ## add the training stack (TensorFlow, tf2onnx, scikit-learn)
 	$(PIP_INSTALL) -e '.[test,train]'
 
-lock: ## renew constraints.txt: the newest releases pyproject.toml allows, resolved in a scratch venv (then make setup-train test, commit)
+lock: ## renew constraints.txt: the newest releases pyproject.toml allows, resolved in a scratch venv (then make setup-train soup test, commit)
 	rm -rf .lock-venv
 	$(PY) -m venv .lock-venv
 	.lock-venv/bin/pip install -q --upgrade pip
@@ -32,6 +32,9 @@ lock: ## renew constraints.txt: the newest releases pyproject.toml allows, resol
 	    '# onnxruntime-gpu (the GPU image) is pinned in deploy/Dockerfile: it replaces onnxruntime there.'; \
 	  .lock-venv/bin/pip freeze --exclude aml-classifier; } > constraints.txt
 	rm -rf .lock-venv build
+
+soup: ## rewrite docs/soup.md, the third-party packages and images the services ship with (from .venv, as pinned)
+	$(PYTHON) deploy/soup.py
 
 test: ## the whole test suite (tests needing TensorFlow skip unless make setup-train ran)
 	$(PYTHON) -m pytest
