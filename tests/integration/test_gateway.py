@@ -13,7 +13,7 @@ from shared.subtypes import PATIENT_CLASSES
 from shared.vocabulary import CELL_LABELS
 from tests.helpers.images import encode, fullsize_images, png_bomb
 from tests.helpers.keys import AUTH
-from tests.helpers.processes import free_port, start_gateway
+from tests.helpers.processes import refused_port, start_gateway
 
 pytestmark = pytest.mark.integration
 
@@ -149,7 +149,12 @@ def test_request_errors(gateway, originals):
 
 
 def test_services_down_give_503_and_cache_nothing(tmp_path, subtype_service, cell_service, originals):
-    dead = f"http://127.0.0.1:{free_port()}"
+    with refused_port() as port:
+        _services_down_give_503_and_cache_nothing(tmp_path, f"http://127.0.0.1:{port}", subtype_service,
+                                                  cell_service, originals)
+
+
+def _services_down_give_503_and_cache_nothing(tmp_path, dead, subtype_service, cell_service, originals):
     no_cells = start_gateway(tmp_path, dead, subtype_service.url, RETRY_BACKOFF_S="0.01")
     try:
         response = post_patient(no_cells.url, "P-down", originals[:4])

@@ -12,7 +12,7 @@ from gateway.store.database import current_revision, downgrade, make_engine, mig
 from gateway.store.repository import ReportStore, StaleVersion, StoreUnavailable, Thumbnail
 from gateway.thumbnails import MAX_BYTES, MAX_SIDE, make_thumbnail
 from tests.helpers.images import fullsize_images
-from tests.helpers.processes import free_port
+from tests.helpers.processes import refused_port
 from tests.helpers.reports import sample_report
 
 TABLES = {"reports", "report_images", "thumbnails", "reviews", "alembic_version"}
@@ -120,9 +120,12 @@ def test_erasure_keeps_what_other_patients_share(database):
 def test_unreachable_database_is_store_unavailable(database):
     if database.kind != "postgresql":
         pytest.skip("a file database cannot be unreachable")
-    dead = database.settings(database_url=f"postgresql://postgres@127.0.0.1:{free_port()}/test",
-                             database_timeout_s=1.0)
+    with refused_port() as port:
+        _unreachable_database_is_store_unavailable(database.settings(
+            database_url=f"postgresql://postgres@127.0.0.1:{port}/test", database_timeout_s=1.0))
 
+
+def _unreachable_database_is_store_unavailable(dead):
     async def main():
         store = ReportStore(make_engine(dead))
         try:
