@@ -15,11 +15,14 @@ whose stored label is not the network's answer although the network gives its an
 - ``DIR/worklist.csv``: ``image`` (the path below the data folder), ``source``, ``patient``, ``stored_label``,
   ``expert_class`` (DeepAPL's CellaVision class, PBC's file-name type), ``network_label``,
   ``network_probability``, ``stored_label_probability`` and an empty ``second_reading`` column;
-- ``DIR/worklist.html``: the same rows with each cell's picture, one self-contained page to read from.
+- ``DIR/worklist.html``: the same rows with each cell's picture, one self-contained page to read in: a reading
+  is chosen per cell, the stored label and the network's answer stay hidden until the reader asks for them (a
+  blind first pass), the readings are kept in the browser across reloads, and a button downloads the worklist
+  with its ``second_reading`` column filled (``worklist-readings.csv``).
 
-The reader fills ``second_reading`` with the cell type they see (the vocabulary's names: ``lymphocyte``,
-``blast``, ...; the stored label again to confirm it) or ``exclude`` (cannot tell, or not a usable cell), and
-leaves it blank for a cell not read. Then
+A reading is the cell type the reader sees (the vocabulary's names: ``lymphocyte``, ``blast``, ...; the stored
+label again to confirm it) or ``exclude`` (cannot tell, or not a usable cell); blank for a cell not read. The
+CSV may as well be filled in a spreadsheet. Then
 
     make train-cells TRAIN_ARGS="--second-reading DIR/worklist.csv ..."
 
@@ -37,7 +40,9 @@ from __future__ import annotations
 import argparse
 import base64
 import csv
+import hashlib
 import html
+import json
 import mimetypes
 from collections import Counter
 from collections.abc import Mapping
@@ -196,33 +201,95 @@ def write_csv(rows: list[dict], path: Path) -> None:
         writer.writerows(rows)
 
 
+def _script_json(value) -> str:
+    """JSON to embed in a <script> element: no "</" can end the element early."""
+    return json.dumps(value).replace("</", "<\\/")
+
+
 def write_html(rows: list[dict], data_root: Path, model: str, min_confidence: float, path: Path) -> None:
-    """One self-contained page: each listed cell's picture beside its stored label and the network's answer."""
+    """One self-contained page to read the cells in: a reading per cell chosen on the page, kept in the browser
+    until the reader downloads them as a filled worklist CSV (the file ``--second-reading`` takes).
+
+    The stored label and the network's answer are hidden until the reader chooses to see them, so that a first
+    pass can be blind; the page counts the cells read."""
+    worklist_id = hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()[:16]
+    options = "".join(f'<option value="{value}">{label}</option>' for value, label in
+                      [("", "not read"), *((t, t) for t in CELL_TYPES), (EXCLUDE, "exclude (cannot tell)")])
     cells = []
     for number, row in enumerate(rows, start=1):
         picture = base64.b64encode((data_root / row["image"]).read_bytes()).decode()
         kind = mimetypes.guess_type(row["image"])[0] or "image/jpeg"
         cells.append(
-            f"<tr><td>{number}</td><td><img alt=\"{html.escape(row['image'])}\" "
-            f"src=\"data:{kind};base64,{picture}\"></td><td><code>{html.escape(row['image'])}</code><br>"
-            f"{html.escape(row['source'])} {html.escape(row['patient'])}</td>"
-            f"<td><b>{html.escape(row['stored_label'])}</b><br>{html.escape(row['expert_class'])}</td>"
-            f"<td>{html.escape(row['network_label'])} {row['network_probability']}<br>"
-            f"(stored label {row['stored_label_probability']})</td></tr>")
+            f"<tr><td>{number}</td><td><img alt=\"cell {number}\" src=\"data:{kind};base64,{picture}\"></td>"
+            f"<td><select class=\"reading\" data-row=\"{number - 1}\" aria-label=\"reading of cell {number}\">"
+            f"{options}</select></td>"
+            f"<td class=\"labels\"><b>{html.escape(row['stored_label'])}</b><br>{html.escape(row['expert_class'])}</td>"
+            f"<td class=\"labels\">{html.escape(row['network_label'])} {row['network_probability']}<br>"
+            f"(stored label {row['stored_label_probability']})</td>"
+            f"<td><code>{html.escape(row['image'])}</code><br>{html.escape(row['source'])} "
+            f"{html.escape(row['patient'])}</td></tr>")
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Second reading: {len(rows)} training cells</title>
 <style>body{{font-family:sans-serif;margin:1.5em}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:.3em .6em;vertical-align:top}}img{{width:144px;height:144px}}</style></head>
-<body><h1>Second reading: {len(rows)} training cells</h1>
+td,th{{border:1px solid #ccc;padding:.3em .6em;vertical-align:top}}img{{width:216px;height:216px}}
+body.blind .labels{{visibility:hidden}}#bar{{position:sticky;top:0;background:#fff;padding:.5em 0}}</style></head>
+<body class="blind"><h1>Second reading: {len(rows)} training cells</h1>
 <p>The stored label of each cell below is not what {html.escape(model)} answers, although it gives its answer at
-least {min_confidence:g}; the least likely stored labels come first. Write what you see in the
-<code>second_reading</code> column of <code>worklist.csv</code>, on the row of the same image: a cell type
-({', '.join(CELL_TYPES)}), the stored label again to confirm it, or <code>{EXCLUDE}</code>; leave it blank for a
-cell you did not read. Research use only: these are the data sets' own images (see the model card).</p>
-<table><thead><tr><th>#</th><th>cell</th><th>image</th><th>stored label<br>(expert class)</th>
-<th>network</th></tr></thead><tbody>
+least {min_confidence:g}; the least likely stored labels come first. Choose what you see for each cell: a cell
+type, or <i>exclude</i> when it cannot be told or is not a usable cell; leave <i>not read</i> for a cell you skip.
+The labels are hidden so that you can read blind first. Your readings are kept in this browser until you download
+them; give the downloaded file to <code>train_cells --second-reading</code>. Research use only: these are the data
+sets' own images (see the model card); keep this page and the files with you.</p>
+<div id="bar"><span id="progress"></span>
+<label><input type="checkbox" id="show-labels"> show the stored label and the network's answer</label>
+<button id="download">Download the readings (CSV)</button></div>
+<table><thead><tr><th>#</th><th>cell</th><th>your reading</th><th class="labels">stored label<br>(expert class)</th>
+<th class="labels">network</th><th>image</th></tr></thead><tbody>
 {chr(10).join(cells)}
-</tbody></table></body></html>
+</tbody></table>
+<script id="rows" type="application/json">{_script_json(rows)}</script>
+<script>
+"use strict";
+const ROWS = JSON.parse(document.getElementById("rows").textContent);
+const COLUMNS = {_script_json(list(COLUMNS))};
+const KEY = "second-reading:{worklist_id}";
+const selects = Array.from(document.querySelectorAll("select.reading"));
+let saved = {{}};
+try {{ saved = JSON.parse(localStorage.getItem(KEY) || "{{}}"); }} catch (error) {{ saved = {{}}; }}
+function progress() {{
+  const read = selects.filter(s => s.value !== "").length;
+  document.getElementById("progress").textContent = read + " of " + selects.length + " cells read ";
+}}
+for (const select of selects) {{
+  const image = ROWS[select.dataset.row].image;
+  if (saved[image]) select.value = saved[image];
+  select.addEventListener("change", () => {{
+    if (select.value) saved[image] = select.value; else delete saved[image];
+    localStorage.setItem(KEY, JSON.stringify(saved));
+    progress();
+  }});
+}}
+progress();
+document.getElementById("show-labels").addEventListener("change", event => {{
+  document.body.classList.toggle("blind", !event.target.checked);
+}});
+function field(value) {{
+  const text = String(value ?? "");
+  return /[",\\r\\n]/.test(text) ? '"' + text.replace(/"/g, '""') + '"' : text;
+}}
+document.getElementById("download").addEventListener("click", () => {{
+  const lines = [COLUMNS.join(",")];
+  selects.forEach(select => {{
+    const row = {{...ROWS[select.dataset.row], second_reading: select.value}};
+    lines.push(COLUMNS.map(column => field(row[column])).join(","));
+  }});
+  const link = document.createElement("a");
+  link.href = URL.createObjectURL(new Blob([lines.join("\\r\\n") + "\\r\\n"], {{type: "text/csv"}}));
+  link.download = "worklist-readings.csv";
+  link.click();
+  URL.revokeObjectURL(link.href);
+}});
+</script></body></html>
 """
     path.write_text(page)
 
