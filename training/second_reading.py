@@ -226,7 +226,7 @@ def write_html(rows: list[dict], data_root: Path, model: str, min_confidence: fl
             f"<td class=\"labels\"><b>{html.escape(row['stored_label'])}</b><br>{html.escape(row['expert_class'])}</td>"
             f"<td class=\"labels\">{html.escape(row['network_label'])} {row['network_probability']}<br>"
             f"(stored label {row['stored_label_probability']})</td>"
-            f"<td><code>{html.escape(row['image'])}</code><br>{html.escape(row['source'])} "
+            f"<td class=\"labels\"><code>{html.escape(row['image'])}</code><br>{html.escape(row['source'])} "
             f"{html.escape(row['patient'])}</td></tr>")
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Second reading: {len(rows)} training cells</title>
@@ -237,14 +237,14 @@ body.blind .labels{{visibility:hidden}}#bar{{position:sticky;top:0;background:#f
 <p>The stored label of each cell below is not what {html.escape(model)} answers, although it gives its answer at
 least {min_confidence:g}; the least likely stored labels come first. Choose what you see for each cell: a cell
 type, or <i>exclude</i> when it cannot be told or is not a usable cell; leave <i>not read</i> for a cell you skip.
-The labels are hidden so that you can read blind first. Your readings are kept in this browser until you download
+The labels and the file names (PBC's name the type) are hidden so that you can read blind first. Your readings are kept in this browser until you download
 them; give the downloaded file to <code>train_cells --second-reading</code>. Research use only: these are the data
 sets' own images (see the model card); keep this page and the files with you.</p>
 <div id="bar"><span id="progress"></span>
-<label><input type="checkbox" id="show-labels"> show the stored label and the network's answer</label>
+<label><input type="checkbox" id="show-labels"> show the stored label, the network's answer and the file</label>
 <button id="download">Download the readings (CSV)</button></div>
 <table><thead><tr><th>#</th><th>cell</th><th>your reading</th><th class="labels">stored label<br>(expert class)</th>
-<th class="labels">network</th><th>image</th></tr></thead><tbody>
+<th class="labels">network</th><th class="labels">image</th></tr></thead><tbody>
 {chr(10).join(cells)}
 </tbody></table>
 <script id="rows" type="application/json">{_script_json(rows)}</script>

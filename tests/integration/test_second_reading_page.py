@@ -40,7 +40,10 @@ def test_read_blind_resume_after_reload_and_download_the_filled_worklist(browser
     page = context.new_page()
     page.goto(page_path.as_uri())
     assert page.inner_text("#progress").startswith("0 of 3 cells read")
-    assert not page.locator("td.labels").first.is_visible(), "the stored label is hidden: a blind first pass"
+    hidden = page.locator("td.labels")
+    assert hidden.count() == 3 * len(rows) and not any(hidden.nth(i).is_visible() for i in range(hidden.count())), \
+        "stored label, network's answer and file name (PBC's name the type) hidden: a blind first pass"
+    assert rows[0]["image"] in hidden.nth(2).text_content()
     options = page.locator("select.reading").first.locator("option").all_inner_texts()
     assert options[1:-1] == list(CELL_TYPES) and options[0] == "not read" and options[-1].startswith("exclude")
 
