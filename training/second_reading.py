@@ -232,7 +232,7 @@ def write_html(rows: list[dict], data_root: Path, model: str, min_confidence: fl
 <html lang="en"><head><meta charset="utf-8"><title>Second reading: {len(rows)} training cells</title>
 <style>body{{font-family:sans-serif;margin:1.5em}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:.3em .6em;vertical-align:top}}img{{width:216px;height:216px}}
-body.blind .labels{{visibility:hidden}}#bar{{position:sticky;top:0;background:#fff;padding:.5em 0}}</style></head>
+body.blind .labels{{display:none}}#bar{{position:sticky;top:0;background:#fff;padding:.5em 0}}</style></head>
 <body class="blind"><h1>Second reading: {len(rows)} training cells</h1>
 <p>The stored label of each cell below is not what {html.escape(model)} answers, although it gives its answer at
 least {min_confidence:g}; the least likely stored labels come first. Choose what you see for each cell: a cell
@@ -338,9 +338,9 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     write_csv(rows, args.out / "worklist.csv")
     write_html(rows, data_root, name, args.min_confidence, args.out / "worklist.html")
-    print(f"wrote {args.out / 'worklist.csv'} and worklist.html ({len(rows)} cells). Fill its second_reading "
-          f"column, then: make train-cells TRAIN_ARGS=\"--second-reading {args.out / 'worklist.csv'} ...\"",
-          flush=True)
+    print(f"wrote {args.out / 'worklist.csv'} and worklist.html ({len(rows)} cells). Read them on the page and "
+          f"download the readings (or fill the CSV's second_reading column), then: make train-cells "
+          f"TRAIN_ARGS=\"--second-reading FILE ...\"", flush=True)
 
 
 if __name__ == "__main__":
