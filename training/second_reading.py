@@ -16,15 +16,15 @@ whose stored label is not the network's answer although the network gives its an
   ``expert_class`` (DeepAPL's CellaVision class, PBC's file-name type), ``network_label``,
   ``network_probability``, ``stored_label_probability`` and an empty ``second_reading`` column;
 - ``DIR/worklist.html``: the same rows with each cell's picture, one self-contained page to read in: a reading
-  is chosen per cell, the stored label and the network's answer stay hidden until the reader asks for them (a
-  blind first pass), the readings are kept in the browser across reloads, and a button downloads the worklist
-  with its ``second_reading`` column filled (``worklist-readings.csv``).
+  is chosen per cell, the stored label, the network's answer and the file name stay hidden until the reader
+  asks for them (a blind first pass), the readings are kept in the browser across reloads, and a button
+  downloads the worklist with its ``second_reading`` column filled (``worklist-readings.csv``).
 
 A reading is the cell type the reader sees (the vocabulary's names: ``lymphocyte``, ``blast``, ...; the stored
 label again to confirm it) or ``exclude`` (cannot tell, or not a usable cell); blank for a cell not read. The
 CSV may as well be filled in a spreadsheet. Then
 
-    make train-cells TRAIN_ARGS="--second-reading DIR/worklist.csv ..."
+    make train-cells TRAIN_ARGS="--second-reading DIR/worklist-readings.csv ..."
 
 trains with those readings: confirmed cells keep their label, re-read cells take the reader's, excluded cells
 are left out, and the model card records the file's sha256 and the counts (``training.second_reading``). A
@@ -210,8 +210,8 @@ def write_html(rows: list[dict], data_root: Path, model: str, min_confidence: fl
     """One self-contained page to read the cells in: a reading per cell chosen on the page, kept in the browser
     until the reader downloads them as a filled worklist CSV (the file ``--second-reading`` takes).
 
-    The stored label and the network's answer are hidden until the reader chooses to see them, so that a first
-    pass can be blind; the page counts the cells read."""
+    The stored label, the network's answer and the file name (PBC's carry the type) are hidden until the reader
+    chooses to see them, so that a first pass can be blind; the page counts the cells read."""
     worklist_id = hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()[:16]
     options = "".join(f'<option value="{value}">{label}</option>' for value, label in
                       [("", "not read"), *((t, t) for t in CELL_TYPES), (EXCLUDE, "exclude (cannot tell)")])
