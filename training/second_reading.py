@@ -237,7 +237,8 @@ body.blind .labels{{display:none}}#bar{{position:sticky;top:0;background:#fff;pa
 <p>The stored label of each cell below is not what {html.escape(model)} answers, although it gives its answer at
 least {min_confidence:g}; the least likely stored labels come first. Choose what you see for each cell: a cell
 type, or <i>exclude</i> when it cannot be told or is not a usable cell; leave <i>not read</i> for a cell you skip.
-The labels and the file names (PBC's name the type) are hidden so that you can read blind first. Your readings are kept in this browser until you download
+The labels and the file names (PBC's name the type) are hidden so that you can read blind first. Your readings
+are kept in this browser until you download
 them; give the downloaded file to <code>train_cells --second-reading</code>. Research use only: these are the data
 sets' own images (see the model card); keep this page and the files with you.</p>
 <div id="bar"><span id="progress"></span>

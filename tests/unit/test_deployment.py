@@ -104,7 +104,8 @@ def test_compose_requires_every_secret_and_the_services_read_them(tmp_path, monk
     assert gateway.audit_hmac_key == env["AUDIT_HMAC_KEY"]
     assert gateway.database_url == f"postgresql://aml:{env['POSTGRES_PASSWORD']}@postgres:5432/aml"
     keys = KeyStore.from_config(gateway.api_keys, gateway.api_keys_file)
-    assert len(keys) == 1 and keys.authenticate(env["_client_key"]).key_id == "lab1", "the key in .env admits its client"
+    admitted = keys.authenticate(env["_client_key"])
+    assert len(keys) == 1 and admitted is not None and admitted.key_id == "lab1", "the key in .env admits its client"
     assert keys.authenticate(env["_client_key"][:-1]) is None
 
 
