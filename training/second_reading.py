@@ -17,8 +17,9 @@ whose stored label is not the network's answer although the network gives its an
   ``network_probability``, ``stored_label_probability`` and an empty ``second_reading`` column;
 - ``DIR/worklist.html``: the same rows with each cell's picture, one self-contained page to read in: a reading
   is chosen per cell, the stored label, the network's answer and the file name stay hidden until the reader
-  asks for them (a blind first pass), the readings are kept in the browser across reloads, and a button
-  downloads the worklist with its ``second_reading`` column filled (``worklist-readings.csv``).
+  asks for them (a blind first pass), the readings are kept in the browser across reloads, a button
+  downloads the worklist with its ``second_reading`` column filled (``worklist-readings.csv``), and such a
+  file loads back into the page (another machine, a browser that cleared its data).
 
 A reading is the cell type the reader sees (the vocabulary's names: ``lymphocyte``, ``blast``, ...; the stored
 label again to confirm it) or ``exclude`` (cannot tell, or not a usable cell); blank for a cell not read. The
@@ -201,6 +202,101 @@ def write_csv(rows: list[dict], path: Path) -> None:
         writer.writerows(rows)
 
 
+_PAGE_SCRIPT = r"""
+// The reading form of worklist.html (training.second_reading): readings kept in localStorage, downloaded as the
+// filled worklist CSV, and loaded back from such a file.
+"use strict";
+const ROWS = JSON.parse(document.getElementById("rows").textContent);
+const CONFIG = JSON.parse(document.getElementById("config").textContent);
+const selects = Array.from(document.querySelectorAll("select.reading"));
+const selectOf = new Map(selects.map(select => [ROWS[select.dataset.row].image, select]));
+let saved = {};
+try { saved = JSON.parse(localStorage.getItem(CONFIG.storage_key) || "{}"); } catch (error) { saved = {}; }
+
+function progress() {
+  const read = selects.filter(select => select.value !== "").length;
+  document.getElementById("progress").textContent = read + " of " + selects.length + " cells read ";
+}
+function record(image, value) {
+  if (value) saved[image] = value; else delete saved[image];
+  localStorage.setItem(CONFIG.storage_key, JSON.stringify(saved));
+}
+for (const [image, select] of selectOf) {
+  if (saved[image]) select.value = saved[image];
+  select.addEventListener("change", () => { record(image, select.value); progress(); });
+}
+progress();
+document.getElementById("show-labels").addEventListener("change", event => {
+  document.body.classList.toggle("blind", !event.target.checked);
+});
+
+function field(value) {
+  const text = String(value ?? "");
+  return /[",\r\n]/.test(text) ? '"' + text.replace(/"/g, '""') + '"' : text;
+}
+document.getElementById("download").addEventListener("click", () => {
+  const lines = [CONFIG.columns.join(",")];
+  for (const select of selects) {
+    const row = {...ROWS[select.dataset.row], second_reading: select.value};
+    lines.push(CONFIG.columns.map(column => field(row[column])).join(","));
+  }
+  const link = document.createElement("a");
+  link.href = URL.createObjectURL(new Blob([lines.join("\r\n") + "\r\n"], {type: "text/csv"}));
+  link.download = "worklist-readings.csv";
+  link.click();
+  URL.revokeObjectURL(link.href);
+});
+
+function parseCsv(text) {  // RFC 4180: quoted fields, doubled quotes, CRLF or LF
+  const records = [];
+  let record = [], value = "", quoted = false;
+  for (let i = 0; i < text.length; i++) {
+    const c = text[i];
+    if (quoted) {
+      if (c === '"' && text[i + 1] === '"') { value += '"'; i++; }
+      else if (c === '"') quoted = false;
+      else value += c;
+    } else if (c === '"') quoted = true;
+    else if (c === ",") { record.push(value); value = ""; }
+    else if (c === "\n" || c === "\r") {
+      if (c === "\r" && text[i + 1] === "\n") i++;
+      record.push(value); records.push(record); record = []; value = "";
+    } else value += c;
+  }
+  if (value !== "" || record.length) { record.push(value); records.push(record); }
+  return records;
+}
+document.getElementById("load").addEventListener("change", async event => {
+  const file = event.target.files[0];
+  const status = document.getElementById("loaded");
+  if (!file) return;
+  const records = parseCsv((await file.text()).replace(/^\uFEFF/, ""));
+  const header = records.length ? records[0].map(name => name.trim()) : [];
+  const imageAt = header.indexOf("image"), readingAt = header.indexOf("second_reading");
+  if (imageAt < 0 || readingAt < 0) {
+    status.textContent = file.name + " is not a worklist (no image or second_reading column): nothing loaded";
+    return;
+  }
+  let loaded = 0, elsewhere = 0, unknown = 0;
+  for (const fields of records.slice(1)) {
+    const reading = (fields[readingAt] || "").trim().toLowerCase();
+    if (!reading) continue;
+    const select = selectOf.get((fields[imageAt] || "").trim());
+    if (!select) { elsewhere++; continue; }
+    if (!Array.from(select.options).some(option => option.value === reading)) { unknown++; continue; }
+    select.value = reading;
+    record(ROWS[select.dataset.row].image, reading);
+    loaded++;
+  }
+  progress();
+  status.textContent = loaded + " readings loaded from " + file.name
+    + (elsewhere ? "; " + elsewhere + " of cells not in this worklist left out" : "")
+    + (unknown ? "; " + unknown + " not a cell type or exclude, left out" : "");
+  event.target.value = "";
+});
+"""
+
+
 def _script_json(value) -> str:
     """JSON to embed in a <script> element: no "</" can end the element early."""
     return json.dumps(value).replace("</", "<\\/")
@@ -213,6 +309,7 @@ def write_html(rows: list[dict], data_root: Path, model: str, min_confidence: fl
     The stored label, the network's answer and the file name (PBC's carry the type) are hidden until the reader
     chooses to see them, so that a first pass can be blind; the page counts the cells read."""
     worklist_id = hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()[:16]
+    config = {"columns": list(COLUMNS), "storage_key": f"second-reading:{worklist_id}"}
     options = "".join(f'<option value="{value}">{label}</option>' for value, label in
                       [("", "not read"), *((t, t) for t in CELL_TYPES), (EXCLUDE, "exclude (cannot tell)")])
     cells = []
@@ -238,59 +335,22 @@ body.blind .labels{{display:none}}#bar{{position:sticky;top:0;background:#fff;pa
 least {min_confidence:g}; the least likely stored labels come first. Choose what you see for each cell: a cell
 type, or <i>exclude</i> when it cannot be told or is not a usable cell; leave <i>not read</i> for a cell you skip.
 The labels and the file names (PBC's name the type) are hidden so that you can read blind first. Your readings
-are kept in this browser until you download
-them; give the downloaded file to <code>train_cells --second-reading</code>. Research use only: these are the data
-sets' own images (see the model card); keep this page and the files with you.</p>
+are kept in this browser; download them now and then (a browser that clears its data at log-off loses them), and
+continue from the downloaded file on any machine. Give the final file to <code>train_cells --second-reading</code>.
+Research use only: these are the data sets' own images (see the model card); keep this page and the files with
+you.</p>
 <div id="bar"><span id="progress"></span>
 <label><input type="checkbox" id="show-labels"> show the stored label, the network's answer and the file</label>
-<button id="download">Download the readings (CSV)</button></div>
+<button id="download">Download the readings (CSV)</button>
+<label>continue from a downloaded file: <input type="file" id="load" accept=".csv,text/csv"></label>
+<span id="loaded" role="status"></span></div>
 <table><thead><tr><th>#</th><th>cell</th><th>your reading</th><th class="labels">stored label<br>(expert class)</th>
 <th class="labels">network</th><th class="labels">image</th></tr></thead><tbody>
 {chr(10).join(cells)}
 </tbody></table>
 <script id="rows" type="application/json">{_script_json(rows)}</script>
-<script>
-"use strict";
-const ROWS = JSON.parse(document.getElementById("rows").textContent);
-const COLUMNS = {_script_json(list(COLUMNS))};
-const KEY = "second-reading:{worklist_id}";
-const selects = Array.from(document.querySelectorAll("select.reading"));
-let saved = {{}};
-try {{ saved = JSON.parse(localStorage.getItem(KEY) || "{{}}"); }} catch (error) {{ saved = {{}}; }}
-function progress() {{
-  const read = selects.filter(s => s.value !== "").length;
-  document.getElementById("progress").textContent = read + " of " + selects.length + " cells read ";
-}}
-for (const select of selects) {{
-  const image = ROWS[select.dataset.row].image;
-  if (saved[image]) select.value = saved[image];
-  select.addEventListener("change", () => {{
-    if (select.value) saved[image] = select.value; else delete saved[image];
-    localStorage.setItem(KEY, JSON.stringify(saved));
-    progress();
-  }});
-}}
-progress();
-document.getElementById("show-labels").addEventListener("change", event => {{
-  document.body.classList.toggle("blind", !event.target.checked);
-}});
-function field(value) {{
-  const text = String(value ?? "");
-  return /[",\\r\\n]/.test(text) ? '"' + text.replace(/"/g, '""') + '"' : text;
-}}
-document.getElementById("download").addEventListener("click", () => {{
-  const lines = [COLUMNS.join(",")];
-  selects.forEach(select => {{
-    const row = {{...ROWS[select.dataset.row], second_reading: select.value}};
-    lines.push(COLUMNS.map(column => field(row[column])).join(","));
-  }});
-  const link = document.createElement("a");
-  link.href = URL.createObjectURL(new Blob([lines.join("\\r\\n") + "\\r\\n"], {{type: "text/csv"}}));
-  link.download = "worklist-readings.csv";
-  link.click();
-  URL.revokeObjectURL(link.href);
-}});
-</script></body></html>
+<script id="config" type="application/json">{_script_json(config)}</script>
+<script>{_PAGE_SCRIPT}</script></body></html>
 """
     path.write_text(page)
 

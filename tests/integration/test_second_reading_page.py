@@ -1,5 +1,5 @@
 """The second reading's page in a real headless Chromium: read blind, nothing lost on a reload, the readings
-downloaded as the worklist CSV that train_cells --second-reading takes."""
+downloaded as the worklist CSV that train_cells --second-reading takes, and continued from that file elsewhere."""
 
 from __future__ import annotations
 
@@ -71,3 +71,33 @@ def test_read_blind_resume_after_reload_and_download_the_filled_worklist(browser
     assert [(r.image, r.stored_label, r.reading) for r in readings] == [
         (rows[0]["image"], "monocyte", "monocyte"), (rows[2]["image"], "blast", "exclude")]
     context.close()
+
+    # another machine, or a browser that cleared its data: continue from the downloaded file
+    elsewhere = browser.new_context()
+    page = elsewhere.new_page()
+    page.goto(page_path.as_uri())
+    assert page.inner_text("#progress").startswith("0 of 3 cells read")
+    with open(filled, "a", newline="") as handle:  # plus a row of another worklist and a reading not understood
+        handle.write("deepapl_discovery/images/Patient_99/0001.jpg,deepapl,Patient_99,blast,,,,,blast\r\n")
+    lines = filled.read_text().splitlines()
+    lines[2] = lines[2][:lines[2].rindex(",") + 1] + "Plasma cell"
+    filled.write_text("\ufeff" + "\r\n".join(lines) + "\r\n")  # as a spreadsheet saves it
+    page.set_input_files("#load", str(filled))
+    page.wait_for_function("document.getElementById('loaded').textContent !== ''")
+    status = page.inner_text("#loaded")
+    assert status.startswith("2 readings loaded from readings.csv"), status
+    assert "1 of cells not in this worklist left out" in status and "1 not a cell type or exclude" in status
+    assert page.input_value("select.reading[data-row='0']") == "monocyte"
+    assert page.input_value("select.reading[data-row='1']") == ""
+    assert page.input_value("select.reading[data-row='2']") == "exclude"
+    assert page.inner_text("#progress").startswith("2 of 3 cells read")
+    page.reload()
+    assert page.input_value("select.reading[data-row='2']") == "exclude", "loaded readings are kept like chosen ones"
+
+    not_a_worklist = tmp_path / "notes.csv"
+    not_a_worklist.write_text("cell,comment\n1,looks odd\n")
+    page.set_input_files("#load", str(not_a_worklist))
+    page.wait_for_function("document.getElementById('loaded').textContent.includes('notes.csv')")
+    assert "not a worklist" in page.inner_text("#loaded")
+    assert page.inner_text("#progress").startswith("2 of 3 cells read"), "nothing changed"
+    elsewhere.close()
