@@ -21,13 +21,18 @@ from training.pbc_dataset import Split
 SPLIT_NAMES = ("train", "validation", "test")
 
 
+def entry_path(text: str) -> str:
+    """An image named in a list or a worklist, in the form ``matches`` takes: posix, relative, either slash."""
+    return PurePosixPath(text.strip().replace("\\", "/")).as_posix().lstrip("/")
+
+
 def read_list(path: Path) -> list[str]:
     """The image paths listed in ``path`` (posix form, no blanks, no comments, each once)."""
     entries: list[str] = []
     for line in Path(path).read_text().splitlines():
         entry = line.split("#", 1)[0].strip()
         if entry:
-            entries.append(PurePosixPath(entry.replace("\\", "/")).as_posix().lstrip("/"))
+            entries.append(entry_path(entry))
     return list(dict.fromkeys(entries))
 
 

@@ -54,11 +54,12 @@ import numpy as np
 
 from shared.hashing import file_sha256
 from shared.vocabulary import CELL_TYPES
-from training.excluded_cells import held_out_hits, matches, with_training_cells
+from training.excluded_cells import entry_path, held_out_hits, matches, with_training_cells
 
 COLUMNS = ("image", "source", "patient", "stored_label", "expert_class", "network_label", "network_probability",
            "stored_label_probability", "second_reading")
 EXCLUDE = "exclude"
+OUTCOMES = ("confirmed", "relabelled", "left_out")  # what a reading does to its cell, as the card counts them
 DEFAULT_MIN_CONFIDENCE = 0.9
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -99,7 +100,7 @@ def read_readings(path: Path) -> list[Reading]:
             if value not in CELL_TYPES and value != EXCLUDE:
                 raise ValueError(f"{path}, line {line}: second_reading {value!r} is neither a cell type "
                                  f"({', '.join(CELL_TYPES)}) nor {EXCLUDE!r}")
-            image = PurePosixPath(row["image"].strip().replace("\\", "/")).as_posix().lstrip("/")
+            image = entry_path(row["image"])
             if image in seen:
                 raise ValueError(f"{path}, line {line}: {image} was read already on line {seen[image]}")
             seen[image] = line
@@ -150,13 +151,13 @@ def apply(sources: Mapping, path: Path):
                     labels[index] = CELL_TYPES.index(reading.reading)
                     counts["relabelled"] += 1
                     relabelled_as[f"{stored} -> {reading.reading}"] += 1
-        by_source[source] = {k: counts[k] for k in ("confirmed", "relabelled", "left_out")}
+        by_source[source] = {k: counts[k] for k in OUTCOMES}
         changed[source] = with_training_cells(splits, keep, labels)
     unknown = [r for r in readings if r.image not in found_anywhere]
     if unknown:
         raise ValueError(f"{path}, line {unknown[0].row}: {unknown[0].image} is no image of any split "
                          f"({len(unknown)} such rows; a worklist of other data, or a cell --exclude-cells left out?)")
-    totals = {k: sum(s[k] for s in by_source.values()) for k in ("confirmed", "relabelled", "left_out")}
+    totals = {k: sum(s[k] for s in by_source.values()) for k in OUTCOMES}
     return changed, {"list": Path(path).name, "sha256": file_sha256(path), "read": len(readings), **totals,
                      "by_source": by_source, "relabelled_as": dict(sorted(relabelled_as.items()))}
 
