@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.helpers.docker_context import build_context
 from tests.helpers.images import fullsize_images
 from tests.helpers.keys import API_KEYS_JSON, AUTH
 from tests.helpers.processes import REPO_ROOT, ServiceProcess, free_port
@@ -27,18 +28,16 @@ pytestmark = pytest.mark.integration
 
 def docker_build_context(target: Path) -> Path:
     """Copy what .dockerignore lets in (its `!` lines), without what it leaves out again."""
-    lines = [line.strip() for line in (REPO_ROOT / ".dockerignore").read_text().splitlines()
-             if line.strip() and not line.startswith("#")]
-    assert lines[0] == "*"
-    left_out_again = [line.rstrip("/") for line in lines[1:] if not line.startswith("!") and "*" not in line]
-    for entry in (line[1:].rstrip("/") for line in lines if line.startswith("!")):
+    context = build_context()
+    assert context.starts_with_everything_left_out
+    for entry in context.let_in:
         source, destination = REPO_ROOT / entry, target / entry
         destination.parent.mkdir(parents=True, exist_ok=True)
         if source.is_dir():
             shutil.copytree(source, destination, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         else:
             shutil.copy2(source, destination)
-    for entry in left_out_again:
+    for entry in context.left_out_again:
         shutil.rmtree(target / entry, ignore_errors=True)
     return target
 

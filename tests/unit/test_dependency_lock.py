@@ -12,6 +12,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
+from tests.helpers.docker_context import build_context
 from tests.helpers.processes import REPO_ROOT
 
 PROJECT = "aml-classifier"
@@ -83,10 +84,9 @@ def test_every_install_path_uses_the_constraints():
 
 
 def test_docker_build_context_lets_in_only_what_the_images_copy():
-    ignore = [line.strip() for line in (REPO_ROOT / ".dockerignore").read_text().splitlines()
-              if line.strip() and not line.startswith("#")]
-    assert ignore[0] == "*", "everything is left out unless let in"
-    let_in = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
+    context = build_context()
+    assert context.starts_with_everything_left_out, "everything is left out unless let in"
+    let_in = set(context.let_in)
     dockerfile = (REPO_ROOT / "deploy" / "Dockerfile").read_text()
     copied = set()
     for line in dockerfile.splitlines():

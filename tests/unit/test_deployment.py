@@ -55,8 +55,9 @@ def test_compose_services_and_exposure():
 REQUIRED = re.compile(r"\$\{(\w+):\?[^}]*\}")
 
 
-def _filled_env_file(tmp_path) -> dict[str, str]:
-    """deploy/env.example filled in as its comments tell an operator to, read as compose reads .env."""
+def _filled_env_file(tmp_path) -> tuple[dict[str, str], str]:
+    """deploy/env.example filled in as its comments tell an operator to, read as compose reads .env; and the API
+    key whose entry went into it (what the client is given)."""
     key, entry = new_key("lab1", {"classify", "read"})
     values = {"API_KEYS": "'" + json.dumps([entry]) + "'"}
     lines = []
@@ -67,9 +68,7 @@ def _filled_env_file(tmp_path) -> dict[str, str]:
         lines.append(line)
     env_file = tmp_path / ".env"
     env_file.write_text("\n".join(lines) + "\n")
-    env = {name: value for name, value in dotenv_values(env_file).items() if value is not None}
-    env["_client_key"] = key
-    return env
+    return {name: value for name, value in dotenv_values(env_file).items() if value is not None}, key
 
 
 def _substitute(value, env: dict[str, str]):
@@ -84,7 +83,7 @@ def test_compose_requires_every_secret_and_the_services_read_them(tmp_path, monk
     text = (REPO_ROOT / "docker-compose.yml").read_text()
     required = set(REQUIRED.findall(text))
     assert required == {"REDIS_PASSWORD", "POSTGRES_PASSWORD", "INTERNAL_TOKEN", "API_KEYS", "AUDIT_HMAC_KEY"}
-    env = _filled_env_file(tmp_path)
+    env, client_key = _filled_env_file(tmp_path)
     assert required <= set(env), f"deploy/env.example lacks {sorted(required - set(env))}"
 
     compose = load("docker-compose.yml")["services"]
@@ -104,9 +103,9 @@ def test_compose_requires_every_secret_and_the_services_read_them(tmp_path, monk
     assert gateway.audit_hmac_key == env["AUDIT_HMAC_KEY"]
     assert gateway.database_url == f"postgresql://aml:{env['POSTGRES_PASSWORD']}@postgres:5432/aml"
     keys = KeyStore.from_config(gateway.api_keys, gateway.api_keys_file)
-    admitted = keys.authenticate(env["_client_key"])
+    admitted = keys.authenticate(client_key)
     assert len(keys) == 1 and admitted is not None and admitted.key_id == "lab1", "the key in .env admits its client"
-    assert keys.authenticate(env["_client_key"][:-1]) is None
+    assert keys.authenticate(client_key[:-1]) is None
 
 
 def _compose_available() -> bool:

@@ -2,8 +2,6 @@
 
 import importlib.metadata
 import importlib.util
-import subprocess
-import sys
 
 from packaging.utils import canonicalize_name
 
@@ -14,10 +12,8 @@ soup = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(soup)
 
 
-def test_the_soup_list_matches_the_installed_packages():
-    result = subprocess.run([sys.executable, str(REPO_ROOT / "deploy" / "soup.py"), "--check"], capture_output=True,
-                            text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
+def test_the_soup_list_matches_the_installed_packages(capsys):
+    assert soup.main(["--check"]) == 0, capsys.readouterr().err
 
 
 def test_the_closure_is_what_the_services_import_and_not_the_tools():
