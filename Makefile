@@ -80,7 +80,7 @@ bench: bench-cells bench-subtype bench-gateway ## all benchmarks
 bench-cells: ## preprocessing and inference alone, ceilings (today's vs new path), service (2 processes, and 1) at 1 and 64 images/request vs 1.2.0 (~4 min)
 	$(PYTHON) -m bench.bench_cells
 
-bench-gpu: ## the bench-cells table on the CUDA provider, in its own environment (.venv-gpu: onnxruntime-gpu, no TensorFlow)
+bench-gpu: ## the bench-cells table on the CUDA provider, in its own environment (.venv-gpu: onnxruntime-gpu as the GPU image pins it, no TensorFlow)
 	PY=$$(bash bench/gpu_env.sh) && "$$PY" -m bench.bench_gpu
 
 bench-subtype: ## p50/p99 latency of one-patient subtype requests

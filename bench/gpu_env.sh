@@ -11,8 +11,22 @@
 # service's own dependencies from pip; without network, point pip at wheels: PIP_NO_INDEX=1
 # PIP_FIND_LINKS=DIR. The project itself is not installed: the benchmark runs from the checkout.
 # No TensorFlow is needed or installed.
+# onnxruntime-gpu is installed at the version the GPU image pins (ARG ONNXRUNTIME_GPU_VERSION in
+# deploy/Dockerfile), or at ONNXRUNTIME_GPU_VERSION when set; `bash bench/gpu_env.sh --requirement`
+# prints that requirement and does nothing else.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+ORT_GPU_VERSION=${ONNXRUNTIME_GPU_VERSION:-$(sed -n 's/^ARG ONNXRUNTIME_GPU_VERSION=//p' deploy/Dockerfile)}
+if [ -z "$ORT_GPU_VERSION" ]; then
+  echo "deploy/Dockerfile has no ARG ONNXRUNTIME_GPU_VERSION and ONNXRUNTIME_GPU_VERSION is not set" >&2
+  exit 1
+fi
+ORT_GPU_REQUIREMENT="onnxruntime-gpu==$ORT_GPU_VERSION"
+if [ "${1:-}" = "--requirement" ]; then
+  echo "$ORT_GPU_REQUIREMENT"
+  exit 0
+fi
 
 has_cuda() {
   "$1" -c "import onnxruntime as o, sys; sys.exit(0 if 'CUDAExecutionProvider' in o.get_available_providers() else 1)" \
@@ -34,7 +48,7 @@ PY="$VENV/bin/python"
 if ! has_cuda "$PY"; then
   # a CPU onnxruntime inside the venv would shadow the GPU build: remove it first
   "$PY" -m pip uninstall -y -q onnxruntime >&2 2>/dev/null || true
-  "$PY" -m pip install -q onnxruntime-gpu >&2
+  "$PY" -m pip install -q "$ORT_GPU_REQUIREMENT" >&2
 fi
 # what the cell service and the benchmark import (versions as in pyproject.toml), not onnxruntime:
 # the GPU build stays

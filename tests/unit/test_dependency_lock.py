@@ -5,7 +5,9 @@ images install the versions the test suite passed with, not whatever PyPI serves
 """
 
 import importlib.metadata
+import os
 import re
+import subprocess
 import tomllib
 
 from packaging.requirements import Requirement
@@ -81,6 +83,19 @@ def test_every_install_path_uses_the_constraints():
     # the runtime images install the wheels the constrained wheel stage built; the GPU image pins its build
     assert re.search(r"ARG ONNXRUNTIME_GPU_VERSION=\d+\.\d+\.\d+\n", dockerfile)
     assert '"onnxruntime-gpu==${ONNXRUNTIME_GPU_VERSION}"' in dockerfile
+
+
+def test_gpu_benchmark_environment_installs_the_gpu_images_onnxruntime():
+    version = re.search(r"^ARG ONNXRUNTIME_GPU_VERSION=(\S+)$", (REPO_ROOT / "deploy" / "Dockerfile").read_text(),
+                        re.MULTILINE).group(1)
+    script = REPO_ROOT / "bench" / "gpu_env.sh"
+    env = {k: v for k, v in os.environ.items() if k != "ONNXRUNTIME_GPU_VERSION"}
+    printed = subprocess.run(["bash", str(script), "--requirement"], capture_output=True, text=True, env=env, check=True)
+    assert printed.stdout.strip() == f"onnxruntime-gpu=={version}"
+    overridden = subprocess.run(["bash", str(script), "--requirement"], capture_output=True, text=True,
+                                env=env | {"ONNXRUNTIME_GPU_VERSION": "9.9.9"}, check=True)
+    assert overridden.stdout.strip() == "onnxruntime-gpu==9.9.9"
+    assert '"$ORT_GPU_REQUIREMENT"' in script.read_text(), "the install must use the pinned requirement"
 
 
 def test_docker_build_context_lets_in_only_what_the_images_copy():
