@@ -10,8 +10,14 @@ that do not speak FHIR.
 - OBX: one per leukocyte category (same LOINC codes as the FHIR Observations, % of leukocytes),
   nucleated RBC 58413-6, smudge cells, AML probability and the predicted subtype under local
   codes (coding system L), the APL probability (local code apl-probability, %, OBX-7 the alert
-  threshold, OBX-8 ``AA`` critical abnormal when the APL alert fires, else ``N``); OBX-11 carries
+  threshold, OBX-8 ``AA`` critical abnormal when the APL alert fires, else ``N``); the report's
+  quality, as the FHIR report's ``quality`` Observation carries it: ``image-set-quality`` (CWE,
+  HL7 table 0136 ``Y``/``N``: are the images fit for automated counts; ``N`` and OBX-8 ``A`` when
+  every cell is to be reviewed), ``unclassified-fraction`` and ``appearance-distance`` (OBX-7 the
+  patient threshold, OBX-8 ``A`` when the images look unlike the training data); OBX-11 carries
   the same status as OBR-25.
+- NTE: the APL alert and the review-every-cell instruction first, then the report's warnings, as
+  in the FHIR report's conclusion.
 """
 
 from __future__ import annotations
@@ -39,6 +45,24 @@ def _ts(iso: str | None) -> str:
     if not iso:
         return ""
     return datetime.fromisoformat(iso).strftime("%Y%m%d%H%M%S%z")
+
+
+def _quality_observations(report: PatientReport) -> list[tuple[str, ...]]:
+    """The report's quality as OBX rows (none for a report made without a quality object)."""
+    quality = report.quality
+    if quality is None:
+        return []
+    review = "A" if quality.review_every_cell else "N"
+    rows: list[tuple[str, ...]] = [
+        ("CWE", "image-set-quality^Image set fit for automated counts (N: review every cell)^L",
+         "N^No^HL70136" if quality.review_every_cell else "Y^Yes^HL70136", "", "", review),
+        ("NM", "unclassified-fraction^Share of cells the model could not place^L",
+         f"{quality.unclassified_fraction:.4f}", "1^ratio^UCUM")]
+    if quality.appearance_distance is not None:
+        limit = f"<{quality.appearance_threshold:.2f}" if quality.appearance_threshold is not None else ""
+        rows.append(("NM", "appearance-distance^Median distance of the images' appearance from the training images'^L",
+                     f"{quality.appearance_distance:.3f}", "", limit, "A" if quality.looks_out_of_domain else "N"))
+    return rows
 
 
 def to_oru_r01(report: PatientReport, sending_facility: str = "LAB", receiving_application: str = "LIS") -> str:
@@ -91,6 +115,7 @@ def to_oru_r01(report: PatientReport, sending_facility: str = "LAB", receiving_a
         observations.append(("NM", "apl-probability^Probability of acute promyelocytic leukaemia (PML::RARA)^L",
                              f"{100 * report.apl_probability:.1f}", "%^%^UCUM",
                              f"<{100 * report.apl_threshold:.1f}", "AA" if report.apl_alert else "N"))
+    observations += _quality_observations(report)
     for i, (kind, code, value, units, *flags) in enumerate(observations, start=1):
         obx = order.add_group("ORU_R01_OBSERVATION").obx
         obx.obx_1 = str(i)
@@ -100,12 +125,17 @@ def to_oru_r01(report: PatientReport, sending_facility: str = "LAB", receiving_a
         if units:
             obx.obx_6 = units
         if flags:
-            obx.obx_7 = flags[0]
+            if flags[0]:
+                obx.obx_7 = flags[0]
             obx.obx_8 = flags[1]
         obx.obx_11 = status
     note = ("SUSPECTED APL: urgent confirmation of PML::RARA. " if report.apl_alert else "")
+    if report.quality is not None and report.quality.review_every_cell:
+        note += "REVIEW EVERY CELL: the automated counts may be wrong. "
     note += (f"Automated pre-classification from {report.n_images} cell images; decision support only. "
             + (f"Reviewed by {_text(report.reviewed_by)}." if report.reviewed_by else "Not yet reviewed."))
+    if report.warnings:
+        note += " Warnings: " + "; ".join(report.warnings) + "."
     if report.review_comment:
         note += f" Comment: {_text(report.review_comment, 1000)}"
     nte = order.add_segment("NTE")

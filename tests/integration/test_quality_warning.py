@@ -56,6 +56,21 @@ def grayscale() -> list[tuple[str, bytes]]:
     return [(p.name, encode(Image.open(p).convert("L"), "PNG")) for _, p in fullsize_images()]
 
 
+def hl7_quality_rows(url: str, patient: str) -> dict[str, list[str]]:
+    """The stored report as the LIS gets it over HL7 v2: the quality OBX rows by code, and the NTE."""
+    response = httpx.get(f"{url}/patients/{patient}/classification",
+                         headers={**AUTH, "Accept": "application/hl7-v2"}, timeout=10)
+    assert response.status_code == 200, response.text
+    rows = {}
+    for segment in response.text.split("\r"):
+        fields = segment.split("|")
+        if fields[0] == "OBX":
+            rows[fields[3].split("^")[0]] = fields
+        elif fields[0] == "NTE":
+            rows["NTE"] = fields
+    return rows
+
+
 def test_quiet_on_images_like_the_training_data(gateway):
     for patient, files in (("Q-pbc", [(p.name, p.read_bytes()) for _, p in fullsize_images()]),
                            ("Q-jhh", held_out_patient_images())):
@@ -64,6 +79,8 @@ def test_quiet_on_images_like_the_training_data(gateway):
         assert quality["looks_out_of_domain"] is False, (patient, quality)
         assert quality["appearance_distance"] < quality["appearance_threshold"]
         assert not any("look unlike" in w for w in report["warnings"]), report["warnings"]
+        quality_rows = hl7_quality_rows(gateway.url, patient)
+        assert quality_rows["image-set-quality"][8] == "N" and quality_rows["appearance-distance"][8] == "N"
 
 
 @pytest.mark.parametrize("name,files", [("stain", lambda: recoloured((0.8, 1.0, 1.3))),
@@ -81,3 +98,9 @@ def test_warns_on_images_unlike_the_training_data(gateway, name, files):
     quality_observation = next(o for o in fhir["contained"] if o.get("id") == "quality")
     assert quality_observation["interpretation"][0]["coding"][0]["code"] == "A"
     assert "look unlike" in fhir["conclusion"]
+    quality_rows = hl7_quality_rows(gateway.url, f"Q-odd-{name}")
+    assert quality_rows["image-set-quality"][5].startswith("N^") and quality_rows["image-set-quality"][8] == "A"
+    assert quality_rows["appearance-distance"][8] == "A"
+    assert float(quality_rows["appearance-distance"][5]) == pytest.approx(quality["appearance_distance"], abs=1e-3)
+    opening, _, rest = quality_rows["NTE"][3].partition("Automated pre-classification")
+    assert "REVIEW EVERY CELL" in opening and "look unlike" in rest  # before the boilerplate (after an APL alert)

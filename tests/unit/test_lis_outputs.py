@@ -73,3 +73,45 @@ def test_fhir_status_and_results_interpreter(status):
     else:
         assert resource.resultsInterpreter[0].display == report.reviewed_by
         assert "signed off" in resource.conclusion
+
+
+def _quality(review: bool, unfamiliar: bool):
+    from shared.schemas import ReportQuality
+
+    return ReportQuality(n_cells=16, unclassified_fraction=0.125, smudge_fraction=0.0625,
+                         appearance_distance=7.5 if unfamiliar else 2.9, appearance_threshold=4.17,
+                         out_of_domain_fraction=0.9 if unfamiliar else 0.0, looks_out_of_domain=unfamiliar,
+                         review_every_cell=review)
+
+
+def _observations_by_code(report) -> dict:
+    order = parse(to_oru_r01(report)).ORU_R01_PATIENT_RESULT.ORU_R01_ORDER_OBSERVATION
+    return {g.OBX.obx_3.to_er7().split("^")[0]: g.OBX for g in order.ORU_R01_OBSERVATION}, order.NTE.nte_3.to_er7()
+
+
+@pytest.mark.parametrize("unfamiliar", [True, False])
+def test_hl7_carries_the_quality_and_the_review_every_cell_instruction(unfamiliar):
+    warning = "these images look unlike the images the cell model was trained on: review every cell"
+    report = report_with("preliminary").model_copy(update={
+        "quality": _quality(review=unfamiliar, unfamiliar=unfamiliar), "warnings": [warning] if unfamiliar else []})
+    codes, note = _observations_by_code(report)
+    fit = codes["image-set-quality"]
+    assert fit.obx_2.to_er7() == "CWE"
+    assert fit.obx_5.to_er7().split("^")[0] == ("N" if unfamiliar else "Y")
+    assert fit.obx_8.to_er7() == ("A" if unfamiliar else "N")
+    assert float(codes["unclassified-fraction"].obx_5.to_er7()) == pytest.approx(0.125)
+    distance = codes["appearance-distance"]
+    assert float(distance.obx_5.to_er7()) == pytest.approx(7.5 if unfamiliar else 2.9)
+    assert distance.obx_7.to_er7() == "<4.17"
+    assert distance.obx_8.to_er7() == ("A" if unfamiliar else "N")
+    assert all(o.obx_11.to_er7() == "P" for o in codes.values())
+    if unfamiliar:
+        assert note.startswith("REVIEW EVERY CELL") and "look unlike" in note
+    else:
+        assert "REVIEW EVERY CELL" not in note and "Warnings" not in note
+
+
+def test_hl7_without_a_quality_object_has_no_quality_rows():
+    codes, note = _observations_by_code(report_with("final"))
+    assert not {"image-set-quality", "unclassified-fraction", "appearance-distance"} & set(codes)
+    assert "REVIEW EVERY CELL" not in note
