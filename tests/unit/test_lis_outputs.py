@@ -84,7 +84,8 @@ def _quality(review: bool, unfamiliar: bool):
                          review_every_cell=review)
 
 
-def _observations_by_code(report) -> dict:
+def _observations_by_code(report) -> tuple[dict, str]:
+    """The HL7 message of ``report``: its OBX segments by code, and the NTE text."""
     order = parse(to_oru_r01(report)).ORU_R01_PATIENT_RESULT.ORU_R01_ORDER_OBSERVATION
     return {g.OBX.obx_3.to_er7().split("^")[0]: g.OBX for g in order.ORU_R01_OBSERVATION}, order.NTE.nte_3.to_er7()
 
