@@ -1,4 +1,4 @@
-"""One vocabulary everywhere: the services, the API schemas, FHIR, the CLI and the subtype features all
+"""One vocabulary everywhere: the services, the API schemas, FHIR, HL7, the CLI and the subtype features all
 speak ``shared/vocabulary.py`` (the page is walked in test_web_page.py), over real processes."""
 
 from __future__ import annotations
@@ -76,3 +76,15 @@ def test_report_and_fhir_carry_every_label(gateway):
         if label != UNCLASSIFIED:
             assert observation.code.coding[0].code == DIFFERENTIAL_LOINC[label][0]
     assert "smudge" in observations and "quality" in observations
+
+    hl7 = httpx.get(f"{gateway.url}/patients/P-vocab/classification",
+                    headers={**AUTH, "Accept": "application/hl7-v2"}, timeout=10)
+    assert hl7.status_code == 200, hl7.text
+    obx = {fields[3].split("^")[0]: fields[5] for fields in (s.split("|") for s in hl7.text.split("\r"))
+           if fields[0] == "OBX"}
+    for label in LEUKOCYTE_TYPES:
+        code = "unclassified-per-100-leukocytes" if label == UNCLASSIFIED else DIFFERENTIAL_LOINC[label][0]
+        assert float(obx[code]) == pytest.approx(report["leukocyte_differential"][label], abs=0.01), label
+    assert float(obx["smudge-cells-per-100-leukocytes"]) == pytest.approx(report["per_100_leukocytes"]["smudge"],
+                                                                          abs=0.01)
+    assert "image-set-quality" in obx
