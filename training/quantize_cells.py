@@ -51,7 +51,6 @@ CALIBRATION_BATCH = 32  # every batch the same size: onnxruntime's histogram cal
 METHODS = ("minmax", "percentile", "entropy")
 SPLITS = ("test_pbc", "test_deepapl")  # the criterion's
 FULLSIZE_SPLIT = "test_pbc_as_360px_jpeg"  # measured too: exercises the DCT-domain decoding
-FULLSIZE = (360, 363)
 
 
 def float_boundary_nodes(model, stem: bool = False) -> list[str]:
@@ -171,21 +170,15 @@ def calibration_sample(splits: dict, n: int, seed: int = CALIBRATION_SEED) -> np
 def fullsize_copies(test) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """``test`` (a PBC split) as the service receives originals: each file scaled to 360x363 (bicubic) and
     saved as JPEG quality 95, then decoded by each decoder path."""
-    import io
-
-    from PIL import Image
-
     from services.cell_classifier.decoding import decode_image
     from shared.preprocessing import DECODERS
+    from training.service_check import as_original_jpeg
 
     arrays: dict[str, list] = {decoder: [] for decoder in DECODERS}
     for path in test.paths:
-        with Image.open(path) as image:
-            large = image.convert("RGB").resize(FULLSIZE, Image.Resampling.BICUBIC)
-        buffer = io.BytesIO()
-        large.save(buffer, "JPEG", quality=95)
+        data = as_original_jpeg(path)
         for decoder in DECODERS:
-            arrays[decoder].append(decode_image(buffer.getvalue(), 10**8, decoder))
+            arrays[decoder].append(decode_image(data, 10**8, decoder))
     return {decoder: (np.stack(a), test.labels) for decoder, a in arrays.items()}
 
 
