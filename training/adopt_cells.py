@@ -38,6 +38,8 @@ from services.subtype.settings import DEFAULT_MODEL_DIR as SUBTYPE_MODEL_DIR
 STEPS = ("check", "copy", "quantize", "apl", "robustness")
 CANDIDATE_FILES = ("cell_cnn.onnx", "cell_cnn.keras", CARD_FILE, "MODEL_CARD.md", "confusion_matrix.png")
 LEFT_BY_HAND = (
+    "make cell-service, then python -m training.service_check --in-process (and --as-originals): no label may "
+    "differ from in process; the README's through-the-service figures from its tables",
     "make bench-cells, and docs/benchmarks.md from its output",
     "python -m training.subtype_stage1_oof, and the README's stage-1 figures on the new counts",
     "the README's figures (\"How good is it\") and docs/cell_model_experiments.md",
