@@ -3,6 +3,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
+const GROUP_PREVIEW = 60;  // cells shown per label before "Show all"
 let chosen = [];
 // the report on screen and the reviewer's unsaved corrections (sha256 -> label)
 let current = null;
@@ -202,11 +203,26 @@ function render(report, files) {
     const section = document.createElement("div");
     section.className = "group";
     section.dataset.label = label;
-    section.append(Object.assign(document.createElement("h4"), { textContent: `${label} (${cells.length})` }));
+    section.append(Object.assign(document.createElement("h4"), {
+      textContent: `${label} (${cells.length}${cells.length > 1 ? ", least confident first" : ""})` }));
     const strip = document.createElement("div");
     strip.className = "cells";
-    cells.slice(0, 60).forEach((c) => strip.append(cellBox(c, report, byName, `${(c.confidence * 100).toFixed(0)}%`)));
+    // the cells the model was least sure of first: where a reviewer's look changes most labels
+    const ordered = [...cells].sort((a, b) => a.confidence - b.confidence);
+    const box = (c) => cellBox(c, report, byName, `${(c.confidence * 100).toFixed(0)}%`);
+    ordered.slice(0, GROUP_PREVIEW).forEach((c) => strip.append(box(c)));
     section.append(strip);
+    if (ordered.length > GROUP_PREVIEW) {
+      // every cell can be reviewed ("review every cell"), the rest on demand so a 500-cell patient stays quick
+      const more = Object.assign(document.createElement("button"), {
+        type: "button", className: "show-all",
+        textContent: `Show all ${ordered.length} (${ordered.length - GROUP_PREVIEW} more)` });
+      more.addEventListener("click", () => {
+        ordered.slice(GROUP_PREVIEW).forEach((c) => { strip.append(box(c)); refreshCell(c.sha256); });
+        more.remove();
+      });
+      section.append(more);
+    }
     return section;
   });
   // the cells that drove the APL probability first: what the reviewer looks at first

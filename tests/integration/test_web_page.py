@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from shared.vocabulary import CELL_LABELS, LEUKOCYTE_TYPES, NON_LEUKOCYTE_TYPES
-from tests.helpers.images import fullsize_images
+from tests.helpers.images import DATA_DIR, fullsize_images
 from tests.helpers.keys import CLASSIFY_KEY, LAB_KEY
 from tests.helpers.processes import REPO_ROOT, start_gateway
 
@@ -57,6 +57,32 @@ def test_upload_images_and_see_the_result(browser, gateway):
     page.click("#submit")
     page.wait_for_selector("#error:not([hidden])")
     assert "401" in page.inner_text("#error")
+    page.close()
+
+
+def test_every_cell_of_a_large_group_can_be_reviewed_least_confident_first(browser, gateway):
+    neutrophils = sorted((DATA_DIR / "pbc" / "neutrophil").glob("SNE_*.jpg"))[:75]
+    assert len(neutrophils) == 75
+    page = browser.new_page(viewport={"width": 1200, "height": 1600})
+    page.goto(gateway.url + "/")
+    page.fill("#patient-id", "WEB-MANY")
+    page.fill("#api-key", CLASSIFY_KEY)
+    page.set_input_files("#images", [str(p) for p in neutrophils])
+    page.click("#submit")
+    page.wait_for_selector("#result:not([hidden])", timeout=120_000)
+    group = page.locator('#gallery .group[data-label="neutrophil"]')
+    total = int(group.locator("h4").inner_text().split("(")[1].split(",")[0])
+    assert total > 60, "most of 75 segmented neutrophils are labelled neutrophil"
+    assert group.locator(".cell").count() == 60, "the first 60 at once"
+    shown = [float(t.strip().rstrip("%")) for t in group.locator(".cell").evaluate_all(
+        "boxes => boxes.map(b => b.lastChild.textContent)")]
+    assert shown == sorted(shown), "least confident first"
+    group.locator("button.show-all").click()
+    assert group.locator(".cell").count() == total and group.locator("button.show-all").count() == 0
+    last = group.locator(".cell").last
+    assert last.locator(".label-badge").inner_text().startswith("neutrophil"), "labels filled in for the rest too"
+    last.click()
+    assert page.locator("#cell-editor").is_visible(), "a cell beyond the first 60 can be corrected"
     page.close()
 
 
