@@ -61,6 +61,25 @@ function showCounts() {
   $("r-corrections").textContent = n ? `${n} correction(s) not saved yet` : "";
 }
 
+// corrections live in this page until saved: never drop them without asking
+function unsavedCorrections() {
+  return current ? current.corrections.size : 0;
+}
+
+function keepUnsaved() {
+  // true when there are unsaved corrections and the reviewer chose to stay with them
+  const n = unsavedCorrections();
+  return n > 0 && !window.confirm(
+    `${n} correction(s) of patient ${current.report.patient_id} are not saved and will be lost. Continue?`);
+}
+
+window.addEventListener("beforeunload", (event) => {
+  if (unsavedCorrections()) {
+    event.preventDefault();
+    event.returnValue = "";  // the browser asks "Leave site? Changes you made may not be saved."
+  }
+});
+
 function showStatus(report) {
   const status = report.status || "preliminary";
   $("r-status").className = `status ${status}`;
@@ -255,6 +274,7 @@ $("upload-form").addEventListener("submit", (event) => {
   if (!chosen.length) return showError("Choose at least one image.");
   const key = $("api-key").value.trim();
   if (!key) return showError("Enter your API key.");
+  if (keepUnsaved()) return;
   sessionStorage.setItem("aml-api-key", key);
   const form = new FormData();
   chosen.forEach((f) => form.append("images", f, f.name));
@@ -289,6 +309,7 @@ $("open-latest").addEventListener("click", () => {
   if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(patient)) return showError("Invalid patient id.");
   const key = $("api-key").value.trim();
   if (!key) return showError("Enter your API key.");
+  if (keepUnsaved()) return;
   sessionStorage.setItem("aml-api-key", key);
   fetch(`/patients/${encodeURIComponent(patient)}/classification?include=cells`, { headers: { "X-API-Key": key } })
     .then(async (response) => {

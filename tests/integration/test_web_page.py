@@ -138,6 +138,42 @@ def test_review_a_cell_and_sign_off(browser, gateway):
     later.close()
 
 
+def test_unsaved_corrections_are_not_dropped_without_asking(browser, gateway):
+    from playwright.sync_api import Error as PlaywrightError
+
+    page = browser.new_page(viewport={"width": 1200, "height": 1600})
+    page.goto(gateway.url + "/")
+    page.fill("#patient-id", "WEB-UNSAVED")
+    page.fill("#api-key", LAB_KEY)
+    page.set_input_files("#images", [str(path) for _, path in fullsize_images()[2::8]])
+    page.click("#submit")
+    page.wait_for_selector("#result:not([hidden])", timeout=120_000)
+    page.locator("#gallery .cell").first.click()
+    page.select_option("#relabel", "blast" if page.input_value("#relabel") != "blast" else "lymphocyte")
+    assert "1 correction(s) not saved yet" in page.inner_text("#r-corrections")
+
+    asked = []
+    page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.dismiss()))
+    page.click("#open-latest")  # the stored report would replace the screen: the reviewer stays
+    assert asked and "1 correction(s) of patient WEB-UNSAVED are not saved" in asked[0]
+    assert "1 correction(s) not saved yet" in page.inner_text("#r-corrections")
+    page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.dismiss()))
+    page.click("#submit")  # nor does a new upload replace it unasked
+    assert len(asked) == 2 and "1 correction(s) not saved yet" in page.inner_text("#r-corrections")
+
+    leaving = []
+    page.once("dialog", lambda dialog: (leaving.append(dialog.type), dialog.dismiss()))
+    with pytest.raises(PlaywrightError):  # leaving the page (reload, another address, closing) asks too
+        page.reload(timeout=5_000)
+    assert leaving == ["beforeunload"]
+    assert "1 correction(s) not saved yet" in page.inner_text("#r-corrections"), "the reviewer stayed"
+
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("#open-latest")  # accepted: the stored report, no unsaved correction left
+    page.wait_for_function("document.querySelector('#r-corrections').textContent === ''", timeout=30_000)
+    page.close()
+
+
 @pytest.fixture(scope="module")
 def alerting_gateway(tmp_path_factory, apl_cell_service, apl_alert_subtype_service):
     """A gateway whose subtype service's APL threshold is 0: the APL alert fires for every patient."""
