@@ -57,6 +57,15 @@ def content_key(models: dict, hashes: list[str], images: list[tuple[str, bytes]]
         + sorted(f"{sha} {name}" for sha, (name, _) in zip(hashes, images))).encode()).hexdigest()
 
 
+
+def duplicates_warning(n_copies: int, n_images: int, copies: list[tuple[str, str]] | None = None) -> str:
+    """The report's warning about images uploaded more than once; ``copies``: (name, name of the first upload)."""
+    text = (f"{n_copies} of {n_images} images are exact copies of other images of this upload (the same content) "
+            "and were counted once")
+    if copies:
+        text += ": " + ", ".join(f"{name} = {first}" for name, first in copies[:5]) + (", ..." if len(copies) > 5 else "")
+    return text
+
 class PatientClassifier:
     def __init__(self, cache: Cache, cells: CellServiceClient, subtype: SubtypeServiceClient, *,
                  chunk_size: int, chunk_concurrency: int, store: ReportStore):
@@ -194,7 +203,13 @@ class PatientClassifier:
     async def _report(self, patient_id, request_id, images, hashes, per_hash) -> PatientReport:
         counts = {label: 0 for label in CELL_LABELS}
         cells, failed, distances = [], [], []
+        first_name: dict[str, str] = {}  # sha256 -> the name the image was first uploaded under
+        copies: list[tuple[str, str]] = []  # (name, name of the first upload of the same content)
         for sha, (name, _) in zip(hashes, images):
+            if sha in first_name:  # the same file again is the same cell: counted once
+                copies.append((name, first_name[sha]))
+                continue
+            first_name[sha] = name
             result = per_hash[sha]
             if "label" in result:
                 counts[result["label"]] += 1
@@ -221,6 +236,8 @@ class PatientClassifier:
                     + apl.missing_warnings(self._models) + quality_warnings + list(subtype.get("warnings", [])))
         if failed:
             warnings.append(f"{len(failed)} of {len(images)} images could not be classified (see failed)")
+        if copies:
+            warnings.append(duplicates_warning(len(copies), len(images), copies))
         if not self.cache.available:
             warnings.append("cache unavailable: this report was not cached")
         report = PatientReport(
@@ -231,6 +248,7 @@ class PatientClassifier:
             n_classified=sum(counts[t] for t in CELL_TYPES),
             n_unclassified=counts[UNCLASSIFIED],
             n_failed=len(failed),
+            n_duplicates=len(copies),
             failed=failed,
             cell_counts=counts,
             leukocyte_differential={t: round(100.0 * counts[t] / leukocytes, 2) for t in LEUKOCYTE_TYPES},
@@ -297,6 +315,8 @@ class PatientClassifier:
                     + quality_warnings + list(subtype.get("warnings", [])))
         if old.failed:
             warnings.append(f"{len(old.failed)} of {old.n_images} images could not be classified (see failed)")
+        if old.n_duplicates:
+            warnings.append(duplicates_warning(old.n_duplicates, old.n_images))
         changed = sum(1 for c in cells if c.model_label is not None)
         if changed:
             warnings.append(f"{changed} cell label(s) corrected by the reviewer")

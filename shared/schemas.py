@@ -225,6 +225,8 @@ class PatientReport(BaseModel):
     n_classified: int = Field(description=f"images labelled with one of the {len(CELL_TYPES)} cell types")
     n_unclassified: int
     n_failed: int
+    n_duplicates: int = Field(0, ge=0, description="images whose content repeats an earlier image of the upload "
+                                                   "(byte for byte): the same cell, counted once")
     failed: list[FailedImage]
     cell_counts: dict[str, int] = Field(description=f"one per label: {', '.join(CELL_LABELS)}")
     leukocyte_differential: dict[str, float] = Field(

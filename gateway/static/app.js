@@ -187,7 +187,9 @@ function render(report, files) {
   $("r-patient").textContent = report.patient_id;
   $("r-prediction").textContent = `${report.prediction} (P(AML) ${(report.aml_probability * 100).toFixed(1)}%)`;
   $("r-summary").textContent = `${report.n_images} images: ${report.n_classified} classified, ` +
-    `${report.n_unclassified} unclassified, ${report.n_failed} failed` + (report.cached ? " (from cache)" : "");
+    `${report.n_unclassified} unclassified, ${report.n_failed} failed` +
+    (report.n_duplicates ? `, ${report.n_duplicates} exact duplicate(s) counted once` : "") +
+    (report.cached ? " (from cache)" : "");
   showApl(report);
   $("r-warnings").replaceChildren(...report.warnings.map((w) => Object.assign(document.createElement("li"), { textContent: w })));
   const quality = report.quality;

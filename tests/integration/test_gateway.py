@@ -12,7 +12,7 @@ from PIL import Image
 from shared.subtypes import PATIENT_CLASSES
 from shared.vocabulary import CELL_LABELS
 from tests.helpers.images import encode, fullsize_images, png_bomb
-from tests.helpers.keys import AUTH
+from tests.helpers.keys import AUTH, REVIEW_AUTH
 from tests.helpers.processes import refused_port, start_gateway
 
 pytestmark = pytest.mark.integration
@@ -224,6 +224,28 @@ def test_timeout_wrong_upstream_and_body_limit(tmp_path, cell_service, subtype_s
         assert response.headers["content-type"].startswith("application/problem+json")
     finally:
         wrong.stop()
+
+
+def test_an_image_uploaded_twice_is_one_cell(gateway, originals):
+    once = [(f"c{i}.jpg", data) for i, (_, data) in enumerate(originals[:12])]
+    twice = once + [("again-c0.jpg", once[0][1]), ("again-c5.jpg", once[5][1]), ("again-again-c0.jpg", once[0][1])]
+    single = post_patient(gateway.url, "P-once", once, params={"include": "cells"}).json()
+    report = post_patient(gateway.url, "P-twice", twice, params={"include": "cells"}).json()
+    assert report["n_images"] == 15 and report["n_duplicates"] == 3 and single["n_duplicates"] == 0
+    assert report["cell_counts"] == single["cell_counts"], "a copy is the same cell: counted once"
+    assert report["leukocyte_differential"] == single["leukocyte_differential"]
+    assert report["n_classified"] + report["n_unclassified"] + report["n_failed"] + report["n_duplicates"] == 15
+    assert [c["filename"] for c in report["cells"]] == [name for name, _ in once]
+    warning = next(w for w in report["warnings"] if "exact copies" in w)
+    assert warning.startswith("3 of 15 images") and "again-c5.jpg = c5.jpg" in warning
+    assert not any("exact copies" in w for w in single["warnings"])
+
+    reviewed = httpx.post(f"{gateway.url}/reports/{report['report_id']}/review", headers=REVIEW_AUTH,
+                          json={"reviewer": "Dr Dup", "sign_off": False, "corrections": []}, timeout=30)
+    assert reviewed.status_code == 201, reviewed.text
+    assert reviewed.json()["n_duplicates"] == 3
+    assert any(w.startswith("3 of 15 images are exact copies") for w in reviewed.json()["warnings"]), \
+        "a new version keeps the warning"
 
 
 def test_path_and_header_abuse(gateway, originals):
