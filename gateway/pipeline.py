@@ -57,14 +57,15 @@ def content_key(models: dict, hashes: list[str], images: list[tuple[str, bytes]]
         + sorted(f"{sha} {name}" for sha, (name, _) in zip(hashes, images))).encode()).hexdigest()
 
 
-
 def duplicates_warning(n_copies: int, n_images: int, copies: list[tuple[str, str]] | None = None) -> str:
     """The report's warning about images uploaded more than once; ``copies``: (name, name of the first upload)."""
     text = (f"{n_copies} of {n_images} images are exact copies of other images of this upload (the same content) "
             "and were counted once")
     if copies:
-        text += ": " + ", ".join(f"{name} = {first}" for name, first in copies[:5]) + (", ..." if len(copies) > 5 else "")
+        named = ", ".join(f"{name} = {first}" for name, first in copies[:5])
+        text += f": {named}" + (", ..." if len(copies) > 5 else "")
     return text
+
 
 class PatientClassifier:
     def __init__(self, cache: Cache, cells: CellServiceClient, subtype: SubtypeServiceClient, *,

@@ -127,10 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     index = 1 if args.split == "validation" else 2
     rows, failed = [], False
     with httpx.Client(headers=headers, timeout=args.timeout) as client:
-        for source, splits in (
-                ("PBC", pbc_dataset.split_dataset(pbc_dataset.data_dir(), cache_dir, args.per_class_limit)),
-                ("DeepAPL", deepapl_dataset.split_dataset(deepapl_dataset.data_dir(), cache_dir, args.per_class_limit))):
-            split = splits[index]
+        for source, dataset in (("PBC", pbc_dataset), ("DeepAPL", deepapl_dataset)):
+            split = dataset.split_dataset(dataset.data_dir(), cache_dir, args.per_class_limit)[index]
             payloads = [as_original_jpeg(p) if args.as_originals else Path(p).read_bytes() for p in split.paths]
             answers = classify_over_http(client, args.url, split.paths, payloads, args.batch, source)
             report, summary = score(split.labels, answers.labels)
@@ -169,8 +167,8 @@ def markdown(rows: list[dict], split: str, url: str, as_originals: bool = False)
     lines = [f"Cell service at {url}: `{model.get('name')}` {model.get('version')}, {model.get('variant')} on "
              f"{model.get('provider')} (sha256 {str(model.get('sha256'))[:12]}...), our {split} splits, {posted} "
              "to /v1/classify", "",
-             "| source | cells | accuracy (8 types + blast) | accuracy (11 types) | counts | refused | labels differing "
-             "from in-process |", "|---|---|---|---|---|---|---|"]
+             "| source | cells | accuracy (8 types + blast) | accuracy (11 types) | counts | refused "
+             "| labels differing from in-process |", "|---|---|---|---|---|---|---|"]
     for row in rows:
         differ = row.get("differ")
         lines.append(f"| {row['source']} | {row['n']} | {row['accuracy_9']:.3f} | {row['accuracy_11']:.3f} | "
