@@ -23,6 +23,18 @@ def gateway(tmp_path_factory, cell_service, subtype_service):
     process.stop()
 
 
+def upload(browser, url: str, patient: str, key: str, paths: list):
+    """A new tab on the page at ``url`` that uploads ``paths`` for ``patient`` and waits for the result."""
+    page = browser.new_page(viewport={"width": 1200, "height": 1600})
+    page.goto(url + "/")
+    page.fill("#patient-id", patient)
+    page.fill("#api-key", key)
+    page.set_input_files("#images", [str(p) for p in paths])
+    page.click("#submit")
+    page.wait_for_selector("#result:not([hidden])", timeout=120_000)
+    return page
+
+
 def test_upload_images_and_see_the_result(browser, gateway):
     page = browser.new_page(viewport={"width": 1200, "height": 1600})
     outside = []
@@ -63,13 +75,7 @@ def test_upload_images_and_see_the_result(browser, gateway):
 def test_every_cell_of_a_large_group_can_be_reviewed_least_confident_first(browser, gateway):
     neutrophils = sorted((DATA_DIR / "pbc" / "neutrophil").glob("SNE_*.jpg"))[:75]
     assert len(neutrophils) == 75
-    page = browser.new_page(viewport={"width": 1200, "height": 1600})
-    page.goto(gateway.url + "/")
-    page.fill("#patient-id", "WEB-MANY")
-    page.fill("#api-key", CLASSIFY_KEY)
-    page.set_input_files("#images", [str(p) for p in neutrophils])
-    page.click("#submit")
-    page.wait_for_selector("#result:not([hidden])", timeout=120_000)
+    page = upload(browser, gateway.url, "WEB-MANY", CLASSIFY_KEY, neutrophils)
     group = page.locator('#gallery .group[data-label="neutrophil"]')
     total = int(group.locator("h4").inner_text().split("(")[1].split(",")[0])
     assert total > 60, "most of 75 segmented neutrophils are labelled neutrophil"
@@ -89,13 +95,7 @@ def test_every_cell_of_a_large_group_can_be_reviewed_least_confident_first(brows
 def test_review_a_cell_and_sign_off(browser, gateway):
     import httpx
 
-    page = browser.new_page(viewport={"width": 1200, "height": 1600})
-    page.goto(gateway.url + "/")
-    page.fill("#patient-id", "WEB-REVIEW")
-    page.fill("#api-key", LAB_KEY)
-    page.set_input_files("#images", [str(path) for _, path in fullsize_images()[1::4]])
-    page.click("#submit")
-    page.wait_for_selector("#result:not([hidden])", timeout=120_000)
+    page = upload(browser, gateway.url, "WEB-REVIEW", LAB_KEY, [path for _, path in fullsize_images()[1::4]])
     assert page.inner_text("#r-status").startswith("preliminary")
     counts_before = dict(zip(page.locator("#chart-counts text:nth-child(3n+1)").all_text_contents(),
                              map(int, page.locator("#chart-counts text:nth-child(3n)").all_text_contents())))
@@ -141,13 +141,7 @@ def test_review_a_cell_and_sign_off(browser, gateway):
 def test_unsaved_corrections_are_not_dropped_without_asking(browser, gateway):
     from playwright.sync_api import Error as PlaywrightError
 
-    page = browser.new_page(viewport={"width": 1200, "height": 1600})
-    page.goto(gateway.url + "/")
-    page.fill("#patient-id", "WEB-UNSAVED")
-    page.fill("#api-key", LAB_KEY)
-    page.set_input_files("#images", [str(path) for _, path in fullsize_images()[2::8]])
-    page.click("#submit")
-    page.wait_for_selector("#result:not([hidden])", timeout=120_000)
+    page = upload(browser, gateway.url, "WEB-UNSAVED", LAB_KEY, [path for _, path in fullsize_images()[2::8]])
     page.locator("#gallery .cell").first.click()
     page.select_option("#relabel", "blast" if page.input_value("#relabel") != "blast" else "lymphocyte")
     assert "1 correction(s) not saved yet" in page.inner_text("#r-corrections")
@@ -189,13 +183,7 @@ def test_apl_alert_banner_and_the_top_cells_first(browser, alerting_gateway):
     from tests.helpers.images import DEEPAPL_DIR
 
     files = sorted((DEEPAPL_DIR / "images" / "Patient_00").glob("*.jpg"), key=lambda p: p.name)[:24]
-    page = browser.new_page(viewport={"width": 1200, "height": 1600})
-    page.goto(alerting_gateway.url + "/")
-    page.fill("#patient-id", "WEB-APL")
-    page.fill("#api-key", LAB_KEY)
-    page.set_input_files("#images", [str(p) for p in files])
-    page.click("#submit")
-    page.wait_for_selector("#result:not([hidden])", timeout=120_000)
+    page = upload(browser, alerting_gateway.url, "WEB-APL", LAB_KEY, files)
     banner = page.locator("#r-apl-banner")
     assert banner.is_visible() and banner.inner_text() == "Suspected APL: urgent confirmation of PML::RARA"
     assert banner.evaluate("e => getComputedStyle(e).backgroundColor") == "rgb(204, 0, 0)", "a red banner"
