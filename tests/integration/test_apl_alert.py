@@ -17,6 +17,7 @@ from tests.helpers.images import DEEPAPL_DIR
 from tests.helpers.keys import ADMIN_AUTH, AUTH, LAB_KEY
 from tests.helpers.processes import start_gateway
 from tests.helpers.apl_artifacts import committed_apl_artifacts
+from tests.helpers.hl7 import obx_by_code
 
 pytestmark = pytest.mark.integration
 # APL; AML without PML::RARA (patients.csv). Both are among the APL model's training patients, so the
@@ -111,7 +112,7 @@ def test_fhir_and_hl7_flag_the_alert(gateway, reports):
         assert ("Suspected acute promyelocytic leukaemia" in resource["conclusion"]) is report["apl_alert"]
         hl7 = httpx.get(f"{gateway.url}/patients/APL-{patient}/classification", timeout=30,
                         headers={**AUTH, "Accept": "application/hl7-v2"}).text
-        obx = next(line for line in hl7.split("\r") if "apl-probability" in line).split("|")
+        obx = obx_by_code(hl7)["apl-probability"]
         assert obx[8] == ("AA" if report["apl_alert"] else "N")
 
 

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image, ImageFilter
 
 from services.cell_classifier.settings import DEFAULT_MODEL_DIR
+from tests.helpers.hl7 import obx_by_code, segments
 from tests.helpers.images import deepapl_images, encode, fullsize_images
 from tests.helpers.keys import AUTH
 
@@ -57,18 +58,11 @@ def grayscale() -> list[tuple[str, bytes]]:
 
 
 def hl7_quality_rows(url: str, patient: str) -> dict[str, list[str]]:
-    """The stored report as the LIS gets it over HL7 v2: the quality OBX rows by code, and the NTE."""
+    """The stored report as the LIS gets it over HL7 v2: the OBX rows by code, and the NTE."""
     response = httpx.get(f"{url}/patients/{patient}/classification",
                          headers={**AUTH, "Accept": "application/hl7-v2"}, timeout=10)
     assert response.status_code == 200, response.text
-    rows = {}
-    for segment in response.text.split("\r"):
-        fields = segment.split("|")
-        if fields[0] == "OBX":
-            rows[fields[3].split("^")[0]] = fields
-        elif fields[0] == "NTE":
-            rows["NTE"] = fields
-    return rows
+    return obx_by_code(response.text) | {"NTE": segments(response.text, "NTE")[-1]}
 
 
 def test_quiet_on_images_like_the_training_data(gateway):

@@ -9,6 +9,7 @@ import pytest
 from gateway.cli import COLUMNS
 from gateway.fhir import DIFFERENTIAL_LOINC
 from shared.vocabulary import CELL_LABELS, CELL_TYPES, LEUKOCYTE_TYPES, NON_LEUKOCYTE_TYPES, UNCLASSIFIED
+from tests.helpers.hl7 import obx_by_code
 from tests.helpers.images import deepapl_images, fullsize_images
 from tests.helpers.keys import AUTH
 
@@ -80,8 +81,7 @@ def test_report_and_fhir_carry_every_label(gateway):
     hl7 = httpx.get(f"{gateway.url}/patients/P-vocab/classification",
                     headers={**AUTH, "Accept": "application/hl7-v2"}, timeout=10)
     assert hl7.status_code == 200, hl7.text
-    obx = {fields[3].split("^")[0]: fields[5] for fields in (s.split("|") for s in hl7.text.split("\r"))
-           if fields[0] == "OBX"}
+    obx = {code: fields[5] for code, fields in obx_by_code(hl7.text).items()}
     for label in LEUKOCYTE_TYPES:
         code = "unclassified-per-100-leukocytes" if label == UNCLASSIFIED else DIFFERENTIAL_LOINC[label][0]
         assert float(obx[code]) == pytest.approx(report["leukocyte_differential"][label], abs=0.01), label

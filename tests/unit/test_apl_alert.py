@@ -24,6 +24,7 @@ from shared.schemas import PatientReport, SubtypeRequest  # noqa: E402
 from tests.helpers.apl_artifacts import (CELL_MODEL_DIR, FEATURES, cell_model_dir_with_head,  # noqa: E402
                                          subtype_model_dir_with_apl, write_patient_model)
 from tests.helpers.reports import sample_report  # noqa: E402
+from tests.helpers.hl7 import obx_by_code  # noqa: E402
 
 HEAD_SHA = "c" * 64
 COUNTS = {"promyelocyte": 12, "blast": 30, "neutrophil": 40, "lymphocyte": 18}
@@ -126,7 +127,7 @@ def test_alert_exactly_at_the_threshold_and_fhir_hl7_critical_with_it(tmp_path):
         codes = [c["code"] for i in observation.get("interpretation", []) for c in i["coding"]]
         assert codes == (["AA"] if alert else []), name
         assert ("urgent confirmation of PML::RARA" in resource["conclusion"]) is alert, name
-        obx = next(line for line in to_oru_r01(report).split("\r") if "apl-probability" in line).split("|")
+        obx = obx_by_code(to_oru_r01(report))["apl-probability"]
         assert obx[8] == ("AA" if alert else "N"), name
 
 
