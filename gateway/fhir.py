@@ -114,7 +114,8 @@ def _diagnostic_report(report: PatientReport) -> dict:
     devices = [
         {"resourceType": "Device", "id": f"{kind}-model",
          "deviceName": [{"name": info["name"], "type": "model-name"}],
-         "version": [{"value": info["version"]}, {"type": {"text": "sha256"}, "value": info["sha256"]}]}
+         "version": [{"value": info["version"]}, {"type": {"text": "sha256"}, "value": info["sha256"]}]
+         + ([{"type": {"text": "rules-sha256"}, "value": info["rules_sha256"]}] if info.get("rules_sha256") else [])}
         for kind, info in (("cell", report.models.cell), ("subtype", report.models.subtype),
                            ("apl-cell-head", report.models.apl_cell_head),
                            ("apl-patient", report.models.apl_patient))

@@ -38,6 +38,12 @@ def _models_info(card: dict) -> dict[str, str]:
     return {"name": card["name"], "version": card["version"], "sha256": card["sha256"]}
 
 
+def _cell_info(card: dict) -> dict[str, str]:
+    """The cell model's part of ``models``: with the hash of its labelling rules where the service reports it."""
+    rules = card.get("rules_sha256")
+    return _models_info(card) | ({"rules_sha256": rules} if rules else {})
+
+
 def _optional_info(card: dict | None) -> dict[str, str] | None:
     return _models_info(card) if card else None
 
@@ -50,10 +56,16 @@ def _apl_key(models: dict) -> list[str]:
     return [f"apl {(head or {}).get('sha256')} {(patient or {}).get('sha256')}"]
 
 
+def _rules_key(models: dict) -> list[str]:
+    """The cell model's labelling rules' part of a report's content key (nothing from an older service)."""
+    rules = models["cell"].get("rules_sha256")
+    return [f"rules {rules}"] if rules else []
+
+
 def content_key(models: dict, hashes: list[str], images: list[tuple[str, bytes]]) -> str:
     """A report's cache key part: the models and the (image hash, file name) pairs."""
     return hashlib.sha256("\n".join(
-        [models["cell"]["sha256"], models["subtype"]["sha256"]] + _apl_key(models)
+        [models["cell"]["sha256"], models["subtype"]["sha256"]] + _rules_key(models) + _apl_key(models)
         + sorted(f"{sha} {name}" for sha, (name, _) in zip(hashes, images))).encode()).hexdigest()
 
 
@@ -86,7 +98,7 @@ class PatientClassifier:
         service never gets a stale cached report."""
         if time.monotonic() - self._models_checked > MODELS_RECHECK_S or len(self._models) < 2:
             cell, subtype = await asyncio.gather(self.cells.model(), self.subtype.model())
-            self._models = {"cell": _models_info(cell), "subtype": _models_info(subtype),
+            self._models = {"cell": _cell_info(cell), "subtype": _models_info(subtype),
                             "apl_cell_head": _optional_info(cell.get("apl_head")),
                             "apl_patient": _optional_info(subtype.get("apl"))}
             self._appearance = {k: v for k, v in (cell.get("appearance") or {}).items() if k.endswith("_threshold")}
@@ -127,7 +139,7 @@ class PatientClassifier:
                                      "progress?): retry in a minute")
         if target in model_of and target != apl.cell_model_identity_of(self._models):
             body_model = model_of[target]  # the service was upgraded
-            self._models["cell"] = _models_info(body_model)
+            self._models["cell"] = _cell_info(body_model)
             self._models["apl_cell_head"] = _optional_info(body_model.get("apl_head"))
         return results, target
 

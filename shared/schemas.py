@@ -31,7 +31,11 @@ class ModelIdentity(BaseModel):
 class CellModelInfo(BaseModel):
     name: str
     version: str
-    sha256: str
+    sha256: str = Field(description="sha256 of the network file that runs")
+    rules_sha256: str | None = Field(
+        None, description="sha256 of what else decides a label: the preprocessing version, the input size, the "
+                          "`unclassified` rule and the appearance reference (None: a service older than this field). "
+                          "A client that caches answers keys them by both hashes")
     provider: str = Field(description="onnxruntime execution provider in use, e.g. CPUExecutionProvider")
     variant: str = Field("float", description="the model file that runs: float, or int8 (quantized, same card)")
     apl_head: ModelIdentity | None = Field(
@@ -71,6 +75,7 @@ class CellModelCard(BaseModel):
     name: str
     version: str
     sha256: str
+    rules_sha256: str | None = Field(None, description="as in `CellModelInfo`")
     provider: str
     variant: str = "float"
     class_order: list[str]
@@ -200,7 +205,8 @@ class ReportQuality(BaseModel):
 
 
 class ModelsUsed(BaseModel):
-    cell: dict[str, str]
+    cell: dict[str, str] = Field(description="name, version, sha256 (the network file) and, where the cell service "
+                                             "reports it, rules_sha256 (the rules that turn its output into labels)")
     subtype: dict[str, str]
     apl_cell_head: dict[str, str] | None = Field(None, description="the cell service's per-cell APL head")
     apl_patient: dict[str, str] | None = Field(None, description="the subtype service's patient-level APL model")

@@ -197,10 +197,11 @@ def create_app(settings: CellServiceSettings | None = None, model: CellModel | N
     @app.get("/v1/model", response_model=CellModelCard)
     async def model_card(request: Request) -> CellModelCard:
         """The model card of the model in use, with the execution provider and the variant (float or int8)
-        that runs; `file` and `sha256` are the running file's; `apl_head` the per-cell APL head in use (null:
-        none, the cells' `apl_logit` is null)."""
+        that runs; `file` and `sha256` are the running file's; `rules_sha256` that of the rules that turn its
+        output into labels; `apl_head` the per-cell APL head in use (null: none, the cells' `apl_logit` is null)."""
         model = request.app.state.model
-        return CellModelCard(**{**model.card, "file": model.file, "sha256": model.sha256},
+        return CellModelCard(**{**model.card, "file": model.file, "sha256": model.sha256,
+                                "rules_sha256": model.rules_sha256},
                              provider=model.provider, variant=model.variant, apl_head=model.info["apl_head"])
 
     @app.get("/healthz", response_model=Health)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from services.cell_classifier.errors import ModelIntegrityError
 from shared.appearance import FEATURE_NAMES as APPEARANCE_FEATURES
 from shared.appearance import AppearanceReference, appearance_features
 from shared.hashing import file_sha256
+from shared.preprocessing import PREPROCESSING_VERSION
 from shared.vocabulary import CELL_TYPES, UNCLASSIFIED
 
 log = logging.getLogger(__name__)
@@ -24,7 +26,7 @@ VARIANTS = ("float", "int8")
 MIN_INPUT_SIZE, MAX_INPUT_SIZE = 32, 512
 
 __all__ = ["CellModel", "CheckedModel", "ModelIntegrityError", "check_model", "choose_providers", "choose_variant",
-           "model_variants"]
+           "model_variants", "rules_sha256"]
 
 
 def choose_providers(preference: str) -> list[str]:
@@ -55,6 +57,17 @@ def model_variants(card: dict) -> dict[str, dict]:
         if name != "float":
             variants[name] = entry
     return variants
+
+
+def rules_sha256(card: dict) -> str:
+    """The sha256 of what decides a cell's answer besides the network file: the preprocessing's version,
+    the input size, the ``unclassified`` rule (threshold, per-class minimum) and the appearance reference.
+    A cache keyed by the file's hash alone would keep serving old labels after a change to one of these."""
+    rule = card["unclassified_rule"]
+    decides = {"preprocessing_version": PREPROCESSING_VERSION, "input_shape": card["input"]["shape"],
+               "threshold": float(rule["threshold"]), "class_minimum": rule.get("class_minimum") or {},
+               "appearance_reference": (card.get("appearance") or {}).get("reference")}
+    return hashlib.sha256(json.dumps(decides, sort_keys=True).encode()).hexdigest()
 
 
 def choose_variant(card: dict, preference: str, providers: list[str]) -> str:
@@ -127,6 +140,7 @@ class CellModel:
         shape = checked.card["input"]["shape"]
         self.file: str = entry["file"]
         self.sha256: str = entry["sha256"]
+        self.rules_sha256: str = rules_sha256(checked.card)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -163,8 +177,10 @@ class CellModel:
     @property
     def info(self) -> dict:
         """What runs: ``sha256`` is the running file's (float and int8 answer slightly differently, so
-        a cache keyed by it never mixes them)."""
+        a cache keyed by it never mixes them) and ``rules_sha256`` that of the card's rules that turn its
+        output into labels (a threshold changed without a new file changes it)."""
         return {"name": self.card["name"], "version": self.card["version"], "sha256": self.sha256,
+                "rules_sha256": self.rules_sha256,
                 "provider": self.provider, "variant": self.variant,
                 "apl_head": self.apl_head.info if self.apl_head is not None else None}
 

@@ -123,7 +123,8 @@ def test_cell_cache_entries_carry_the_logit_under_the_heads_key(reports, redis_s
     cell = report["cells"][0]
     client = redis.Redis.from_url(redis_server.url)
     keys = [k.decode() for k in client.scan_iter(match=f"cell:*{cell['sha256']}")]
-    assert keys == [f"cell:{report['models']['cell']['sha256']}+{apl_head_sha256}:{cell['sha256']}"]
+    model = report["models"]["cell"]
+    assert keys == [f"cell:{model['sha256']}/{model['rules_sha256']}+{apl_head_sha256}:{cell['sha256']}"]
     assert json.loads(client.get(keys[0]))["apl_logit"] == pytest.approx(cell["apl_logit"])
 
 

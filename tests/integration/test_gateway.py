@@ -96,7 +96,7 @@ def test_latest_report_and_404(gateway, originals):
     assert "P-nobody" in missing.json()["detail"]
 
 
-def test_fhir_diagnostic_report_validates(gateway, originals):
+def test_fhir_diagnostic_report_validates(gateway, originals, cell_service):
     from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 
     headers = {"Accept": "application/fhir+json"}
@@ -113,6 +113,11 @@ def test_fhir_diagnostic_report_validates(gateway, originals):
     devices = [r for r in resource.contained if r.get_resource_type() == "Device"]
     assert {d.id for d in devices} - {"apl-cell-head-model", "apl-patient-model"} == {"cell-model", "subtype-model"}, \
         "the two models, and the APL models where deployed"
+    cell_device = next(d for d in devices if d.id == "cell-model")
+    versions = {(v.type.text if v.type else None): v.value for v in cell_device.version}
+    served = httpx.get(f"{cell_service.url}/v1/model", timeout=10).json()
+    assert versions["sha256"] == served["sha256"] and versions["rules-sha256"] == served["rules_sha256"], \
+        "the report names the network file and the labelling rules that made it"
     latest = get(f"{gateway.url}/patients/P-fhir/classification", headers)
     assert DiagnosticReport.model_validate(latest.json()).subject.identifier.value == "P-fhir"
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from services.cell_classifier.inference import CellModel, ModelIntegrityError
+from services.cell_classifier.inference import CellModel, ModelIntegrityError, rules_sha256
 from shared.hashing import file_sha256
 from services.cell_classifier.settings import DEFAULT_MODEL_DIR
 from shared.vocabulary import CELL_TYPES
@@ -88,3 +88,24 @@ def test_class_minimum_in_the_card_turns_a_doubtful_blast_into_unclassified(tmp_
     assert model.label(probabilities).label == "lymphocyte"  # other classes: the plain threshold
     probabilities[[blast, lymphocyte]] = 0.85, 0.15
     assert model.label(probabilities).label == "blast"
+
+
+def test_rules_hash_follows_what_decides_a_label_and_nothing_else(card):
+    """A cache keyed by the file's sha256 and this hash never serves labels made under another rule."""
+    import copy
+
+    base = rules_sha256(card)
+
+    def changed(edit) -> str:
+        edited = copy.deepcopy(card)
+        edit(edited)
+        return rules_sha256(edited)
+
+    threshold = card["unclassified_rule"]["threshold"]
+    assert changed(lambda c: c["unclassified_rule"].update(threshold=threshold + 0.01)) != base
+    assert changed(lambda c: c["unclassified_rule"].update(class_minimum={"blast": 0.9})) != base
+    assert changed(lambda c: c["appearance"]["reference"].pop("deepapl")) != base
+    assert changed(lambda c: c["input"].update(shape=[None, 128, 128, 3])) != base
+    # the card's prose and metrics do not change labels
+    assert changed(lambda c: c["unclassified_rule"].update(chosen_so_that="reworded")) == base
+    assert changed(lambda c: c.update(metrics={})) == base
