@@ -10,7 +10,7 @@ import math
 import time
 from datetime import datetime, timezone
 
-from gateway import apl
+from gateway import apl, cell_identity
 from gateway.cache import Cache
 from gateway.clients import CellServiceClient, SubtypeServiceClient, UpstreamError, UpstreamRejected
 from gateway.quality import assess
@@ -121,7 +121,7 @@ class PatientClassifier:
             answered = await self._send_chunks(chunks, request_id)
             by_model: dict[tuple, list] = {}
             for chunk, body in answered:
-                identity = apl.cell_model_identity(body["model"])
+                identity = cell_identity.cell_model_identity(body["model"])
                 model_of[identity] = body["model"]
                 by_model.setdefault(identity, []).append((chunk, body))
             if target is None:
@@ -137,7 +137,7 @@ class PatientClassifier:
         else:
             raise UpstreamError(503, "the cell service's replicas answer with different models (an upgrade in "
                                      "progress?): retry in a minute")
-        if target in model_of and target != apl.cell_model_identity_of(self._models):
+        if target in model_of and target != cell_identity.cell_model_identity_of(self._models):
             body_model = model_of[target]  # the service was upgraded
             self._models["cell"] = _cell_info(body_model)
             self._models["apl_cell_head"] = _optional_info(body_model.get("apl_head"))
@@ -175,8 +175,8 @@ class PatientClassifier:
         if cached is not None and cached.get("report_id"):
             return PatientReport(**{**cached, "cached": True})
 
-        looked_up = apl.cell_model_identity_of(models)
-        cell_key = apl.cell_cache_model(*looked_up)
+        looked_up = cell_identity.cell_model_identity_of(models)
+        cell_key = cell_identity.cell_cache_model(*looked_up)
         unique = list(dict.fromkeys(hashes))
         known = dict(zip(unique, await self.cache.get_many([f"cell:{cell_key}:{sha}" for sha in unique])))
         first_of = {}
@@ -192,7 +192,7 @@ class PatientClassifier:
             known = {sha: None for sha in unique}
         if answered_by != looked_up:
             content = content_key(self._models, hashes, images)  # stored under the model that answered
-        cell_key = apl.cell_cache_model(*answered_by)  # the model that answered, whatever others set since
+        cell_key = cell_identity.cell_cache_model(*answered_by)  # the model that answered, whatever others set since
         await self.cache.set_many({f"cell:{cell_key}:{sha}": {"label": r["label"], "confidence": r["confidence"],
                                                               "appearance_distance": r.get("appearance_distance"),
                                                               "apl_logit": r.get("apl_logit")}

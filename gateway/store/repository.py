@@ -17,7 +17,7 @@ from sqlalchemy import and_, delete, exists, func, select, text
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from gateway.apl import cell_cache_model_of
+from gateway.cell_identity import cell_cache_model_of
 from gateway.store.models import ReportImageRow, ReportRow, ReviewRow, ThumbnailRow
 from shared.schemas import ModelsUsed, PatientReport, ReportSummary
 

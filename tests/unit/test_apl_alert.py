@@ -234,24 +234,6 @@ def test_disagreement_warnings():
     assert gateway_apl.disagreement_warnings("PML_RARA", None, None) == []
 
 
-def test_cell_cache_key_changes_with_the_head():
-    models = {"cell": {"sha256": "a" * 64}}
-    assert gateway_apl.cell_cache_model_of(models) == "a" * 64
-    with_head = gateway_apl.cell_cache_model_of({**models, "apl_cell_head": {"sha256": "b" * 64}})
-    assert with_head != "a" * 64 and "b" * 64 in with_head
-
-
-def test_cell_cache_key_changes_with_the_labelling_rules():
-    models = {"cell": {"sha256": "a" * 64}}
-    with_rules = gateway_apl.cell_cache_model_of({"cell": {"sha256": "a" * 64, "rules_sha256": "c" * 64}})
-    assert with_rules != "a" * 64 and "c" * 64 in with_rules
-    other_rules = gateway_apl.cell_cache_model_of({"cell": {"sha256": "a" * 64, "rules_sha256": "d" * 64}})
-    assert other_rules != with_rules
-    both = gateway_apl.cell_cache_model_of({"cell": {"sha256": "a" * 64, "rules_sha256": "c" * 64},
-                                            "apl_cell_head": {"sha256": "b" * 64}})
-    assert len({both, with_rules, gateway_apl.cell_cache_model_of(models)}) == 3 and "b" * 64 in both
-
-
 def test_old_reports_without_apl_fields_still_load():
     body = sample_report().model_dump()
     for key in ("apl_probability", "apl_alert", "apl_threshold", "apl_top_cells"):

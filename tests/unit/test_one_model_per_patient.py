@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from gateway.clients import UpstreamError
-from gateway.apl import cell_model_identity
+from gateway.cell_identity import cell_model_identity
 from gateway.pipeline import MIXED_MODEL_ROUNDS, PatientClassifier
 
 OLD = {"name": "aml-cell-resnet", "version": "2.0.0", "sha256": "a" * 64, "apl_head": None}
