@@ -12,8 +12,8 @@ import pytest
 
 from services.cell_classifier.settings import DEFAULT_MODEL_DIR
 from tests.helpers.images import fullsize_images
-from tests.helpers.keys import AUTH
 from tests.helpers.processes import start_cell_service, start_gateway
+from tests.helpers.uploads import classified
 
 pytestmark = pytest.mark.integration
 STRICT_THRESHOLD = 0.999999  # almost no cell is that sure: nearly every label becomes `unclassified`
@@ -45,11 +45,8 @@ def gateways(tmp_path_factory, cell_service, strict_cell_service, subtype_servic
 
 
 def labels_of_report(url: str, patient: str, files: list[tuple[str, bytes]]) -> dict[str, str]:
-    parts = [("images", (name, data, "image/jpeg")) for name, data in files]
-    response = httpx.post(f"{url}/patients/{patient}/classify", files=parts, headers=AUTH,
-                          params={"include": "cells"}, timeout=120)
-    assert response.status_code == 200, response.text
-    return {cell["filename"]: cell["label"] for cell in response.json()["cells"]}
+    report = classified(url, patient, files, params={"include": "cells"})
+    return {cell["filename"]: cell["label"] for cell in report["cells"]}
 
 
 def test_a_new_threshold_with_the_same_file_labels_the_cells_again(gateways, strict_cell_service, cell_service):

@@ -14,6 +14,7 @@ from shared.vocabulary import CELL_LABELS
 from tests.helpers.images import encode, fullsize_images, png_bomb
 from tests.helpers.keys import AUTH, REVIEW_AUTH
 from tests.helpers.processes import refused_port, start_gateway
+from tests.helpers.uploads import post_patient
 
 pytestmark = pytest.mark.integration
 
@@ -29,13 +30,6 @@ def gateway(tmp_path_factory, cell_service, subtype_service, redis_server):
 @pytest.fixture(scope="module")
 def originals() -> list[tuple[str, bytes]]:
     return [(path.name, path.read_bytes()) for _, path in fullsize_images()]
-
-
-def post_patient(url: str, patient: str, files: list[tuple[str, bytes]], headers: dict | None = None,
-                 **kwargs) -> httpx.Response:
-    parts = [("images", (name, data, "image/jpeg")) for name, data in files]
-    return httpx.post(f"{url}/patients/{patient}/classify", files=parts, timeout=120,
-                      headers={**AUTH, **(headers or {})}, **kwargs)
 
 
 def get(url: str, headers: dict | None = None) -> httpx.Response:

@@ -14,6 +14,7 @@ from services.cell_classifier.settings import DEFAULT_MODEL_DIR
 from tests.helpers.hl7 import obx_by_code, segments
 from tests.helpers.images import deepapl_images, encode, fullsize_images
 from tests.helpers.keys import AUTH
+from tests.helpers.uploads import classified
 
 pytestmark = pytest.mark.integration
 
@@ -21,13 +22,6 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def gateway(plain_gateway):
     return plain_gateway
-
-
-def classify(url: str, patient: str, files: list[tuple[str, bytes]]) -> dict:
-    parts = [("images", (name, data, "image/jpeg")) for name, data in files]
-    response = httpx.post(f"{url}/patients/{patient}/classify", files=parts, headers=AUTH, timeout=120)
-    assert response.status_code == 200, response.text
-    return response.json()
 
 
 def held_out_patient_images() -> list[tuple[str, bytes]]:
@@ -68,7 +62,7 @@ def hl7_quality_rows(url: str, patient: str) -> dict[str, list[str]]:
 def test_quiet_on_images_like_the_training_data(gateway):
     for patient, files in (("Q-pbc", [(p.name, p.read_bytes()) for _, p in fullsize_images()]),
                            ("Q-jhh", held_out_patient_images())):
-        report = classify(gateway.url, patient, files)
+        report = classified(gateway.url, patient, files)
         quality = report["quality"]
         assert quality["looks_out_of_domain"] is False, (patient, quality)
         assert quality["appearance_distance"] < quality["appearance_threshold"]
@@ -82,7 +76,7 @@ def test_quiet_on_images_like_the_training_data(gateway):
                                         ("grayscale", grayscale),
                                         ("blurred", lambda: blurred(3.0))])
 def test_warns_on_images_unlike_the_training_data(gateway, name, files):
-    report = classify(gateway.url, f"Q-odd-{name}", files())
+    report = classified(gateway.url, f"Q-odd-{name}", files())
     quality = report["quality"]
     assert quality["looks_out_of_domain"] is True and quality["review_every_cell"] is True, quality
     assert quality["appearance_distance"] > quality["appearance_threshold"]

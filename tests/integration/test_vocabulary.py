@@ -12,6 +12,7 @@ from shared.vocabulary import CELL_LABELS, CELL_TYPES, LEUKOCYTE_TYPES, NON_LEUK
 from tests.helpers.hl7 import obx_by_code
 from tests.helpers.images import deepapl_images, fullsize_images
 from tests.helpers.keys import AUTH
+from tests.helpers.uploads import classified
 
 pytestmark = pytest.mark.integration
 
@@ -53,10 +54,7 @@ def test_report_and_fhir_carry_every_label(gateway):
     files = [(p.name, p.read_bytes()) for _, p in fullsize_images()[::4]]
     files += [(f"apl-{p.parent.name}-{p.name}", p.read_bytes()) for p in deepapl_images("Blast, no lineage spec", 6)]
     files += [(f"smudge-{p.parent.name}-{p.name}", p.read_bytes()) for p in deepapl_images("Smudge cells", 4)]
-    parts = [("images", (name, data, "image/jpeg")) for name, data in files]
-    response = httpx.post(f"{gateway.url}/patients/P-vocab/classify", files=parts, headers=AUTH, timeout=120)
-    assert response.status_code == 200, response.text
-    report = response.json()
+    report = classified(gateway.url, "P-vocab", files)
     assert list(report["cell_counts"]) == list(CELL_LABELS)
     assert list(report["leukocyte_differential"]) == list(LEUKOCYTE_TYPES)
     assert list(report["per_100_leukocytes"]) == list(NON_LEUKOCYTE_TYPES)
