@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image
 
 from shared.internal_auth import HEADER as INTERNAL_TOKEN_HEADER
-from shared.vocabulary import CELL_TYPES, UNCLASSIFIED
+from shared.vocabulary import CELL_LABELS, CELL_TYPES
 from training import deepapl_dataset, pbc_dataset
 from training.metrics import apply_unclassified_rule, classification_report, leukaemia_counts, leukaemia_summary
 
@@ -48,7 +48,8 @@ class ServiceAnswers:
 
 
 def label_index(label: str) -> int:
-    return len(CELL_TYPES) if label == UNCLASSIFIED else CELL_TYPES.index(label)
+    """The index ``apply_unclassified_rule`` gives a label: its place in the vocabulary's ``CELL_LABELS``."""
+    return CELL_LABELS.index(label)
 
 
 def as_original_jpeg(path: str | Path) -> bytes:
