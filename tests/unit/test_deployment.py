@@ -52,6 +52,15 @@ def test_compose_services_and_exposure():
     assert cpu["build"]["target"] == "cell-cpu" and cpu["deploy"] is None
 
 
+def test_dockerfile_targets_are_slim_non_root_and_checked():
+    text = (REPO_ROOT / "deploy" / "Dockerfile").read_text()
+    for target in ("cell-gpu", "cell-cpu", "subtype", "gateway"):
+        assert f" AS {target}" in text
+    assert "nvidia/cuda:13" in text and "cudnn" in text and "onnxruntime-gpu" in text
+    assert text.count("USER app") >= 2
+    assert text.count("HEALTHCHECK") == 4
+
+
 REQUIRED = re.compile(r"\$\{(\w+):\?[^}]*\}")
 
 
