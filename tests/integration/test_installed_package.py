@@ -22,6 +22,7 @@ from tests.helpers.docker_context import build_context
 from tests.helpers.images import fullsize_images
 from tests.helpers.keys import API_KEYS_JSON, AUTH
 from tests.helpers.processes import REPO_ROOT, ServiceProcess, free_port
+from tests.helpers.uploads import classified
 
 pytestmark = pytest.mark.integration
 
@@ -111,10 +112,7 @@ def test_services_and_gateway_run_from_the_installed_wheel(installed, python, tm
         page = httpx.get(gateway.url + "/", timeout=10)
         assert page.status_code == 200 and "<html" in page.text.lower(), "the page is packaged"
         images = fullsize_images()[:6]
-        parts = [("images", (path.name, path.read_bytes(), "image/jpeg")) for _, path in images]
-        answer = httpx.post(f"{gateway.url}/patients/INSTALLED-1/classify", files=parts, headers=AUTH, timeout=120)
-        assert answer.status_code == 200, answer.text
-        report = answer.json()
+        report = classified(gateway.url, "INSTALLED-1", [(path.name, path.read_bytes()) for _, path in images])
         assert report["n_images"] == len(images) and sum(report["cell_counts"].values()) == len(images)
         assert report["models"]["cell"]["version"] == model["version"]
         stored = httpx.get(f"{gateway.url}/patients/INSTALLED-1/reports", headers=AUTH, timeout=10)
