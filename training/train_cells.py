@@ -102,6 +102,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--distil-weight", type=float, default=0.5, help="w for --distil-from")
     parser.add_argument("--distil-views", type=int, default=4, choices=range(1, 9), metavar="1-8",
                         help="the teacher's probabilities averaged over this many flips")
+    parser.add_argument("--mixup-alpha", type=float, default=0.0,
+                        help="mixup: blend a share of each batch's augmented images and their targets with others "
+                             "of the batch, lam ~ Beta(a, a) folded to >= 0.5 (training.mixup; e.g. 0.4); 0: off")
+    parser.add_argument("--mixup-probability", type=float, default=0.5, help="share of images mixed (--mixup-alpha)")
     parser.add_argument("--ema-momentum", type=float, default=0.0,
                         help="exponential moving average of the weights (e.g. 0.998; the fitted network is the "
                              "average); 0: off, as for the committed 2.0.0. A fine-tune of 2.0.0 with 0.998 (6 "
@@ -138,6 +142,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--sharp-fraction is a share of the images, between 0 and 1")
     if args.distil_from is not None and not 0.0 < args.distil_weight <= 1.0:
         parser.error("--distil-weight is a share of the target, in (0, 1]")
+    if args.mixup_alpha < 0 or not 0.0 < args.mixup_probability <= 1.0:
+        parser.error("--mixup-alpha must be >= 0 (0: off) and --mixup-probability a share in (0, 1]")
     if args.sharp_fraction < 1.0 and args.source_scale == 1:
         parser.error("--sharp-fraction needs --source-scale 2 (with 1 every enlarged cell is soft)")
     return args
@@ -146,7 +152,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 FIT_RECORD_KEYS = ("fit_preprocessing_version", "epochs", "epoch_image_sizes", "augmentation", "zoom_range",
                    "batch_size", "peak_learning_rate", "label_smoothing", "seed", "class_weight",
                    "class_weight_scope", "source_weight", "excluded_training_cells", "second_reading",
-                   "initial_network", "distillation", "fit_seconds", "epoch_seconds", "epochs_run",
+                   "initial_network", "distillation", "mixup", "fit_seconds", "epoch_seconds", "epochs_run",
                    "stopped_by_time_budget", "history")
 
 
@@ -268,6 +274,10 @@ def fit(args: argparse.Namespace, train, val, started: float, train_sources: np.
         "blur_sigma_range": tuple(args.blur_sigma_range) if args.blur_sigma_range else None,
         "source_scale": args.source_scale, "sharp_fraction": args.sharp_fraction}
     training_model, augmentation = cnn.build_training_model(network, tuple(args.zoom_range), **augmentation_options)
+    if args.mixup_alpha > 0:
+        from training.mixup import MixupTraining
+
+        training_model = MixupTraining(augmentation, network, args.mixup_alpha, args.mixup_probability, args.seed)
     sizes = [args.small_size if epoch < args.epochs - args.full_size_epochs else IMAGE_SIZE
              for epoch in range(args.epochs)]
     steps_per_epoch = int(np.ceil(len(train.labels) / args.batch_size))
@@ -279,12 +289,13 @@ def fit(args: argparse.Namespace, train, val, started: float, train_sources: np.
     )
     optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=0.05, use_ema=args.ema_momentum > 0,
                                        ema_momentum=args.ema_momentum or 0.99)
-    soft_targets = args.distil_from is not None
+    soft_targets = args.distil_from is not None or args.mixup_alpha > 0
     val_targets = fit_targets(val.labels, len(CELL_TYPES), args.label_smoothing, one_hot=soft_targets)
-    if soft_targets:
+    if args.distil_from is not None:
         train_targets, distillation = distil_targets(args, train)
     else:
-        train_targets, distillation = fit_targets(train.labels, len(CELL_TYPES), args.label_smoothing), None
+        train_targets = fit_targets(train.labels, len(CELL_TYPES), args.label_smoothing, one_hot=soft_targets)
+        distillation = None
     if args.source_scale > 1:
         train = training_images_at(train, IMAGE_SIZE * args.source_scale, args)
     training_model.compile(optimizer=optimizer, loss=fit_loss(args.label_smoothing, soft_targets),
@@ -329,6 +340,9 @@ def fit(args: argparse.Namespace, train, val, started: float, train_sources: np.
         "source_weight": source_weight if "sample_weight" in weighting else None,
         "initial_network": init_record,
         "distillation": distillation,
+        "mixup": ({"alpha": args.mixup_alpha, "share_of_images": args.mixup_probability,
+                   "kind": "augmented images, targets and sample weights blended with a permutation of the batch, "
+                           "lam ~ Beta(alpha, alpha) folded to >= 0.5"} if args.mixup_alpha > 0 else None),
         "fit_seconds": round(fit_seconds, 1),
         "epoch_seconds": [round(t, 1) for t in budget.epoch_seconds],
         "epochs_run": len(budget.epoch_seconds),

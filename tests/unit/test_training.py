@@ -453,3 +453,49 @@ def test_sharp_fraction_is_a_share_and_needs_the_larger_decode():
                       ["--sharp-fraction", "0.5"]):
         with pytest.raises(SystemExit):
             parse_args(arguments)
+
+
+def test_mixup_blends_each_chosen_image_with_its_target_and_weight_by_the_same_share():
+    require_training_stack()
+    import keras
+
+    from training.mixup import blend
+
+    count = 64  # one class per image, so that a mixed target names both images and the share of each
+    images = np.arange(count, dtype=np.float32).reshape(count, 1, 1, 1) * np.ones((1, 2, 2, 3), np.float32)
+    targets = np.eye(count, dtype=np.float32)
+    weights = np.linspace(1.0, 2.0, count).astype(np.float32)
+    mixed, mixed_targets, mixed_weights = (np.asarray(a) for a in blend(
+        images, targets, weights, alpha=0.4, probability=0.5, seed_generator=keras.random.SeedGenerator(3)))
+    assert np.allclose(mixed_targets.sum(axis=1), 1.0)
+    lam = np.diag(mixed_targets)
+    assert (lam >= 0.5 - 1e-6).all(), "each image keeps its own cell as the larger part"
+    untouched = np.isclose(lam, 1.0)
+    assert 10 < untouched.sum() < count - 10, "about half the images are mixed"
+    assert np.allclose(mixed[untouched], images[untouched]) and np.allclose(mixed_weights[untouched],
+                                                                            weights[untouched])
+    for i in np.flatnonzero(~untouched):  # lam x itself + (1 - lam) x its partner: image, target and weight alike
+        others = mixed_targets[i].copy()
+        others[i] = 0.0
+        partner = int(others.argmax())
+        assert np.isclose(others[partner], 1.0 - lam[i]) and partner != i
+        assert np.allclose(mixed[i], lam[i] * images[i] + (1 - lam[i]) * images[partner], atol=1e-4)
+        assert np.isclose(mixed_weights[i], lam[i] * weights[i] + (1 - lam[i]) * weights[partner], atol=1e-5)
+
+
+def test_a_mixup_fine_tune_trains_and_records_its_mixup(tmp_path):
+    require_training_stack()
+    from training.train_cells import parse_args
+
+    for wrong in (["--mixup-alpha", "-1"], ["--mixup-probability", "0"], ["--mixup-probability", "1.5"]):
+        with pytest.raises(SystemExit):
+            parse_args(wrong)
+    out = tmp_path / "mixup"
+    completed = _train_cells("--epochs", "1", "--full-size-epochs", "1", "--per-class-limit", "20", "--cache-dir", "",
+                             "--out", str(out), "--verbose", "2", "--init-network",
+                             str(DEFAULT_MODEL_DIR / "cell_cnn.keras"), "--mixup-alpha", "0.4")
+    card = json.loads((out / "model_card.json").read_text())
+    assert card["training"]["mixup"]["alpha"] == 0.4 and card["training"]["mixup"]["share_of_images"] == 0.5
+    losses = card["training"]["history"]["loss"]  # the custom step updates the loss it reports
+    assert np.isfinite(losses).all() and min(losses) > 0, completed.stdout[-2000:]
+    assert CellModel(out, "cpu").predict(_originals()[:2]).shape == (2, len(CELL_TYPES))
