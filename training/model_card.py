@@ -230,6 +230,9 @@ def _markdown(card: dict) -> str:
            f"{1 - t['distillation']['weight']:g} x the label + {t['distillation']['weight']:g} x its calibrated "
            f"probabilities (mean of {t['distillation']['views']} flips) on the clean image"
            if t.get("distillation") else "")
+        + (f"; mixup on {t['mixup']['share_of_images']:g} of the images (each blended with another of its batch, "
+           f"its target and weight by the same share, Beta({t['mixup']['alpha']:g}, {t['mixup']['alpha']:g}) "
+           "folded to at least half its own)" if t.get("mixup") else "")
         + (f"; {t['excluded_training_cells']['cells']} listed training cells left out "
            f"({t['excluded_training_cells']['list']}, sha256 {t['excluded_training_cells']['sha256'][:12]}...: "
            + ", ".join(f"{k} {v}" for k, v in t["excluded_training_cells"]["by_source"].items()) + ")"
@@ -260,7 +263,7 @@ def _markdown(card: dict) -> str:
            "a Gaussian blur (sigma {:g}-{:g} px at the network's input) on {:.0%} of images".format(
                *augmentation["blur_sigma_range"], augmentation["blur_probability"]))
         + ", sensor noise",
-        *([f"- Then its weights were averaged with those of "
+        *(["- Then its weights were averaged with those of "
            + ", ".join(f"`{w['file']}` ({w['name']} {w['version']})" for w in t["soup"]["with"])
            + " (a uniform model soup: every weight the mean"
            + ("; the fit had started from that network)" if init and [w["sha256"] for w in t["soup"]["with"]]

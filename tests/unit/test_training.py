@@ -496,6 +496,7 @@ def test_a_mixup_fine_tune_trains_and_records_its_mixup(tmp_path):
                              str(DEFAULT_MODEL_DIR / "cell_cnn.keras"), "--mixup-alpha", "0.4")
     card = json.loads((out / "model_card.json").read_text())
     assert card["training"]["mixup"]["alpha"] == 0.4 and card["training"]["mixup"]["share_of_images"] == 0.5
+    assert "mixup on 0.5 of the images" in (out / "MODEL_CARD.md").read_text()
     losses = card["training"]["history"]["loss"]  # the custom step updates the loss it reports
     assert np.isfinite(losses).all() and min(losses) > 0, completed.stdout[-2000:]
     assert CellModel(out, "cpu").predict(_originals()[:2]).shape == (2, len(CELL_TYPES))
