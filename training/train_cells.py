@@ -227,7 +227,7 @@ def sample_weights(labels: np.ndarray, sources: np.ndarray, class_weight_by_sour
 
 
 def fit_loss(label_smoothing: float, soft_targets: bool = False):
-    """Cross-entropy on logits; with smoothing or soft (distilled) targets, against rows of probabilities
+    """Cross-entropy on logits; with smoothing or soft (distilled or mixed) targets, against rows of probabilities
     (Keras's sparse loss takes neither)."""
     import keras
 
@@ -238,7 +238,7 @@ def fit_loss(label_smoothing: float, soft_targets: bool = False):
 
 def fit_targets(labels: np.ndarray, n_classes: int, label_smoothing: float, one_hot: bool = False) -> np.ndarray:
     """What ``fit_loss`` compares with: the class indices, or one-hot rows when the labels are smoothed or the
-    loss takes rows of probabilities (``one_hot``: its other targets are distilled)."""
+    loss takes rows of probabilities (``one_hot``: its other targets are distilled, or mixup blends them)."""
     return labels if label_smoothing <= 0.0 and not one_hot else np.eye(n_classes, dtype=np.float32)[labels]
 
 
