@@ -11,6 +11,7 @@ from PIL import Image
 
 from shared.subtypes import PATIENT_CLASSES
 from shared.vocabulary import CELL_LABELS
+from tests.helpers.cell_metrics import cell_images_classified
 from tests.helpers.images import encode, fullsize_images, png_bomb
 from tests.helpers.keys import AUTH, REVIEW_AUTH
 from tests.helpers.processes import refused_port, start_gateway
@@ -36,14 +37,8 @@ def get(url: str, headers: dict | None = None) -> httpx.Response:
     return httpx.get(url, headers={**AUTH, **(headers or {})}, timeout=10)
 
 
-def cell_images_seen(cell_url: str) -> float:
-    text = httpx.get(f"{cell_url}/metrics", timeout=10).text
-    match = re.search(r'^cell_images_total\{result="classified"\} (\S+)$', text, re.M)
-    return float(match.group(1)) if match else 0.0
-
-
 def test_patient_round_trip_then_cache_hit(gateway, cell_service, originals):
-    before = cell_images_seen(cell_service.url)
+    before = cell_images_classified(cell_service.url)
     response = post_patient(gateway.url, "P-roundtrip.1", originals)
     assert response.status_code == 200, response.text
     report = response.json()
@@ -58,23 +53,23 @@ def test_patient_round_trip_then_cache_hit(gateway, cell_service, originals):
     assert report["models"]["cell"]["name"] and report["models"]["subtype"]["name"]
     assert "cells" not in report
     assert response.headers["x-request-id"] == report["request_id"]
-    assert cell_images_seen(cell_service.url) - before == 64
+    assert cell_images_classified(cell_service.url) - before == 64
 
     again = post_patient(gateway.url, "P-roundtrip.1", originals)
     assert again.status_code == 200
     second = again.json()
     assert second["cached"] is True
     assert {k: v for k, v in second.items() if k != "cached"} == {k: v for k, v in report.items() if k != "cached"}
-    assert cell_images_seen(cell_service.url) - before == 64, "a cache hit never calls the cell service"
+    assert cell_images_classified(cell_service.url) - before == 64, "a cache hit never calls the cell service"
 
 
 def test_known_images_are_not_classified_twice(gateway, cell_service, originals):
     fresh = [(f"q93-{name}", encode(Image.open(io.BytesIO(data)), "JPEG", quality=93)) for name, data in originals[:30]]
     post_patient(gateway.url, "P-partial-a", fresh[:20])
-    before = cell_images_seen(cell_service.url)
+    before = cell_images_classified(cell_service.url)
     response = post_patient(gateway.url, "P-partial-b", fresh[10:30], params={"include": "cells"})
     assert response.status_code == 200
-    assert cell_images_seen(cell_service.url) - before == 10, "only the 10 new images go to the cell service"
+    assert cell_images_classified(cell_service.url) - before == 10, "only the 10 new images go to the cell service"
     cells = response.json()["cells"]
     assert [c["filename"] for c in cells] == [name for name, _ in fresh[10:30]]
     assert all(len(c["sha256"]) == 64 and c["label"] in CELL_LABELS for c in cells)

@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import re
-
 import httpx
 import pytest
 
+from tests.helpers.cell_metrics import cell_images_classified
 from tests.helpers.images import fullsize_images
 from tests.helpers.processes import start_cell_service, start_gateway
 from tests.helpers.uploads import classified
 
 pytestmark = pytest.mark.integration
-
-
-def images_classified(cell_url: str) -> float:
-    text = httpx.get(f"{cell_url}/metrics", timeout=10).text
-    match = re.search(r'^cell_images_total\{result="classified"\} (\S+)$', text, re.M)
-    return float(match.group(1)) if match else 0.0
 
 
 def test_one_patient_spreads_over_two_cell_services(tmp_path, cell_service, subtype_service):
@@ -27,10 +20,10 @@ def test_one_patient_spreads_over_two_cell_services(tmp_path, cell_service, subt
         # a stopped third address too: the gateway skips it and still answers
         gateway = start_gateway(tmp_path, f"{cell_service.url}, {second.url},http://127.0.0.1:9/", subtype_service.url,
                                 CHUNK_SIZE="4", CHUNK_CONCURRENCY="2")
-        before = {url: images_classified(url) for url in (cell_service.url, second.url)}
+        before = {url: cell_images_classified(url) for url in (cell_service.url, second.url)}
         files = [(path.name, path.read_bytes()) for _, path in fullsize_images()[:24]]
         assert classified(gateway.url, "P-replicas-1", files)["n_images"] == 24
-        done = {url: images_classified(url) - before[url] for url in before}
+        done = {url: cell_images_classified(url) - before[url] for url in before}
         assert sum(done.values()) == 24, done
         assert all(n >= 4 for n in done.values()), f"both replicas should get chunks: {done}"
         ready = httpx.get(f"{gateway.url}/readyz", timeout=10)
