@@ -222,6 +222,9 @@ class PatientReport(BaseModel):
     status: ReportStatus = Field("preliminary", description="preliminary: the models' (or a reviewer's unsigned) "
                                  "result; final: signed off by a reviewer; amended: a final report corrected later")
     supersedes: str | None = Field(None, description="the version this one replaces")
+    first_report_id: str | None = Field(
+        None, description="version 1's report_id: the report's identifier across all its versions (HL7 OBR-3, "
+                          "the FHIR identifier), so that a final or amended version replaces the earlier result")
     reviewed_by: str | None = None
     reviewed_at: str | None = Field(None, description="UTC, ISO 8601")
     review_comment: str | None = None

@@ -36,7 +36,8 @@ class ReportRow(Base):
                                              doc="the cell model card's appearance thresholds at the time")
     body: Mapped[dict] = mapped_column(JSON, nullable=False, doc="the PatientReport, cells included")
 
-    __table_args__ = (UniqueConstraint("patient_id", "seq"), Index("ix_reports_patient_seq", "patient_id", "seq"))
+    __table_args__ = (UniqueConstraint("patient_id", "seq"), Index("ix_reports_patient_seq", "patient_id", "seq"),
+                      Index("ix_reports_patient_content", "patient_id", "content_key"))
 
 
 class ReportImageRow(Base):
@@ -72,3 +73,5 @@ class ReviewRow(Base):
     comment: Mapped[str] = mapped_column(Text, nullable=False, default="")
     sign_off: Mapped[bool] = mapped_column(nullable=False)
     corrections: Mapped[list] = mapped_column(JSON, nullable=False)
+    key_id: Mapped[str | None] = mapped_column(String(32), nullable=True,
+                                               doc="the API key the review came with (null before revision 0002)")

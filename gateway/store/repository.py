@@ -8,6 +8,7 @@ Any database failure (unreachable, timeout, lost connection) surfaces as ``Store
 from __future__ import annotations
 
 import asyncio
+import random
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from gateway.cell_identity import cell_cache_model_of
 from gateway.store.models import ReportImageRow, ReportRow, ReviewRow, ThumbnailRow
 from shared.schemas import ModelsUsed, PatientReport, ReportSummary
 
-INSERT_RETRIES = 5
+INSERT_RETRIES = 8
 
 
 class StoreUnavailable(Exception):
@@ -73,6 +74,11 @@ def new_report_id() -> str:
     return uuid.uuid4().hex
 
 
+async def _backoff(attempt: int) -> None:
+    """Wait before retrying a write that collided with another one: growing, with jitter so the two part."""
+    await asyncio.sleep(random.uniform(0.005, 0.02) * 2 ** attempt)
+
+
 class ReportStore:
     def __init__(self, engine: AsyncEngine):
         self.engine = engine
@@ -115,8 +121,16 @@ class ReportStore:
             from sqlalchemy.dialects.sqlite import insert
         await conn.execute(insert(ThumbnailRow).on_conflict_do_nothing(index_elements=["sha256"]), rows)
 
+    async def _lock_patient(self, conn: AsyncConnection, patient_id: str) -> None:
+        """PostgreSQL: hold a per-patient lock until the transaction ends, so that writes of one patient
+        (the next sequence number, an erasure) take turns instead of colliding. SQLite has one writer at a
+        time anyway; a collision there is retried by the callers."""
+        if self.kind == "postgresql":
+            await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:patient))"), {"patient": patient_id})
+
     async def _insert_version(self, conn: AsyncConnection, report: PatientReport, content_key: str,
                               appearance: dict, created: datetime, reviewed_at: datetime | None) -> None:
+        await self._lock_patient(conn, report.patient_id)
         seq = (await conn.execute(select(func.coalesce(func.max(ReportRow.seq), 0))
                                   .where(ReportRow.patient_id == report.patient_id))).scalar_one() + 1
         await conn.execute(ReportRow.__table__.insert().values(
@@ -135,8 +149,9 @@ class ReportStore:
     async def add_report(self, report: PatientReport, content_key: str, appearance: dict,
                          thumbnails: list[Thumbnail]) -> PatientReport:
         """Store the models' report as version 1 of a new report (status preliminary); its id is set here."""
-        report = report.model_copy(update={"report_id": new_report_id(), "version": 1, "status": "preliminary",
-                                           "supersedes": None, "cached": False})
+        report_id = new_report_id()
+        report = report.model_copy(update={"report_id": report_id, "version": 1, "status": "preliminary",
+                                           "supersedes": None, "first_report_id": report_id, "cached": False})
         created = _now()
 
         async def work(conn):
@@ -150,16 +165,18 @@ class ReportStore:
             except IntegrityError:
                 if attempt == INSERT_RETRIES - 1:
                     raise StoreUnavailable("could not allocate a report sequence number") from None
-                await asyncio.sleep(0.01 * (attempt + 1))
+                await _backoff(attempt)
         raise AssertionError("unreachable")
 
     async def add_review(self, base: StoredReport, report: PatientReport, reviewer: str, comment: str,
-                         sign_off: bool, corrections: list[dict]) -> PatientReport:
-        """Store ``report`` (built from ``base`` by the review) as the version replacing ``base``.
-        ``StaleVersion`` when another review replaced ``base`` first."""
+                         sign_off: bool, corrections: list[dict], key_id: str | None = None) -> PatientReport:
+        """Store ``report`` (built from ``base`` by the review) as the version replacing ``base``, with the
+        API key it came with. ``StaleVersion`` when another review replaced ``base`` first."""
         now = _now()
         report = report.model_copy(update={
             "report_id": new_report_id(), "version": base.report.version + 1, "supersedes": base.report.report_id,
+            "first_report_id": base.report.first_report_id or (base.report.report_id if base.report.version == 1
+                                                               else None),
             "reviewed_by": reviewer, "reviewed_at": _iso(now), "review_comment": comment or None, "cached": False})
 
         async def work(conn):
@@ -170,7 +187,7 @@ class ReportStore:
             await self._insert_version(conn, report, base.content_key, base.appearance, now, now)
             await conn.execute(ReviewRow.__table__.insert().values(
                 report_id=report.report_id, reviewer=reviewer, comment=comment, sign_off=sign_off,
-                corrections=corrections))
+                corrections=corrections, key_id=key_id))
 
         for attempt in range(INSERT_RETRIES):
             try:
@@ -183,7 +200,7 @@ class ReportStore:
                     raise StaleVersion(newer) from None
                 if attempt == INSERT_RETRIES - 1:
                     raise StoreUnavailable("could not store the review") from None
-                await asyncio.sleep(0.01 * (attempt + 1))
+                await _backoff(attempt)
         raise AssertionError("unreachable")
 
     async def erase(self, patient_id: str) -> Erased:
@@ -191,6 +208,7 @@ class ReportStore:
         that no other patient's report shows."""
 
         async def work(conn):
+            await self._lock_patient(conn, patient_id)
             rows = (await conn.execute(select(ReportRow.id, ReportRow.content_key, ReportRow.body)
                                        .where(ReportRow.patient_id == patient_id))).all()
             ids = [r.id for r in rows]
@@ -210,7 +228,14 @@ class ReportStore:
             thumbnails = (await conn.execute(orphaned)).rowcount if shas else 0
             return Erased(len(ids), thumbnails, shas, models, sorted({r.content_key for r in rows}))
 
-        return await self._run(work, write=True)
+        for attempt in range(INSERT_RETRIES):  # another patient's report linked a shared thumbnail meanwhile
+            try:
+                return await self._run(work, write=True)
+            except IntegrityError:
+                if attempt == INSERT_RETRIES - 1:
+                    raise StoreUnavailable("could not erase: the patient's images are in use, retry") from None
+                await _backoff(attempt)
+        raise AssertionError("unreachable")
 
     # --- reads -------------------------------------------------------------------------------
 
@@ -237,6 +262,16 @@ class ReportStore:
     @staticmethod
     async def _scalar(conn, statement):
         return (await conn.execute(statement)).scalar_one_or_none()
+
+    async def for_content(self, patient_id: str, content_key: str) -> PatientReport | None:
+        """The newest version made from these images by these models (a repeated upload), or None."""
+        async def work(conn):
+            body = (await conn.execute(select(ReportRow.body)
+                                       .where(ReportRow.patient_id == patient_id, ReportRow.content_key == content_key)
+                                       .order_by(ReportRow.seq.desc()).limit(1))).scalar_one_or_none()
+            return PatientReport(**body) if body is not None else None
+
+        return await self._run(work, write=False)
 
     async def latest(self, patient_id: str) -> PatientReport | None:
         async def work(conn):

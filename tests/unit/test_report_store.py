@@ -37,13 +37,13 @@ def test_migrations_from_empty_and_back(database):
         try:
             assert not (await _tables(engine)) & TABLES
             await migrate(engine, database.schema)
-            assert await current_revision(engine) == "0001"
+            assert await current_revision(engine) == "0002"
             assert TABLES <= await _tables(engine)
             await migrate(engine, database.schema)  # idempotent
             await downgrade(engine, "base")
             assert (await _tables(engine)) & TABLES <= {"alembic_version"}
             await migrate(engine, database.schema)
-            assert await current_revision(engine) == "0001"
+            assert await current_revision(engine) == "0002"
         finally:
             await engine.dispose()
 
@@ -154,7 +154,7 @@ def test_replicas_migrating_at_once(database):
         engines = [make_engine(database.settings()) for _ in range(3)]
         try:
             await asyncio.gather(*(migrate(e, database.schema) for e in engines))
-            assert {await current_revision(e) for e in engines} == {"0001"}
+            assert {await current_revision(e) for e in engines} == {"0002"}
         finally:
             for e in engines:
                 await e.dispose()
@@ -176,4 +176,51 @@ def test_migrate_command(tmp_path):
     migrated = subprocess.run([sys.executable, "-m", "gateway.store", "migrate"], cwd=REPO_ROOT, env=env,
                               capture_output=True, text=True, timeout=60)
     assert migrated.returncode == 0, migrated.stderr
-    assert "sqlite: schema revision 0001" in migrated.stdout
+    assert "sqlite: schema revision 0002" in migrated.stdout
+
+
+def test_upgrade_from_0001_keeps_the_reports(database):
+    """A database made by an earlier gateway (revision 0001) is upgraded in place: its reports and reviews
+    stay, a repeated upload finds them, and new reviews record their API key."""
+    async def main():
+        from sqlalchemy import select
+
+        from gateway.store.models import ReviewRow
+
+        engine = make_engine(database.settings())
+        await migrate(engine, database.schema, revision="0001")
+        store = ReportStore(engine)
+        try:
+            old = await store.add_report(sample_report("P-old"), "k-old", {}, thumbs(sample_report("P-old")))
+            await migrate(engine, database.schema)
+            assert await current_revision(engine) == "0002"
+            assert (await store.latest("P-old")) == old
+            assert (await store.for_content("P-old", "k-old")) == old and await store.for_content("P-old", "k") is None
+            base = await store.get(old.report_id)
+            reviewed = await store.add_review(base, old.model_copy(update={"status": "final"}), "Dr A", "", True, [],
+                                              key_id="lab-1")
+            assert reviewed.first_report_id == old.report_id
+            assert (await store.for_content("P-old", "k-old")) == reviewed, "the newest version of the content"
+            async with engine.connect() as conn:
+                assert (await conn.execute(select(ReviewRow.key_id))).scalars().all() == ["lab-1"]
+        finally:
+            await store.close()
+
+    run(main())
+
+
+def test_concurrent_reports_of_one_patient_all_stored(database):
+    """A LIS sending several uploads of one patient at once: every report is stored, none answers 503."""
+    async def main():
+        engine = make_engine(database.settings())
+        await migrate(engine, database.schema)
+        store = ReportStore(engine)
+        try:
+            reports = await asyncio.gather(*(store.add_report(sample_report("P-busy", salt=str(i)), f"k{i}", {}, [])
+                                             for i in range(12)))
+            listed = await store.list("P-busy")
+            assert len(listed) == 12 and {r.id for r in listed} == {r.report_id for r in reports}
+        finally:
+            await store.close()
+
+    run(main())
