@@ -44,7 +44,8 @@ class GatewayMetrics:
         self.requests = Counter("gateway_requests", "Patient requests by outcome", ["endpoint", "status"],
                                 registry=self.registry)
         self.images = Counter("gateway_images", "Images received", registry=self.registry)
-        self.cache_hits = Counter("gateway_report_cache_hits", "Reports served from the cache", registry=self.registry)
+        self.cache_hits = Counter("gateway_report_cache_hits", "Repeated uploads answered with their stored report",
+                                  registry=self.registry)
         self.latency = Histogram("gateway_classify_seconds", "Time to answer a classify request",
                                  buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120), registry=self.registry)
 
@@ -138,6 +139,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             return render(request, report, include == "cells")
         except ProblemError as exc:
             status = exc.status
+            raise
+        except Exception:  # audited as the 500 it becomes
+            status = 500
             raise
         finally:
             audit(request, "read", status, patient_id if PATIENT_ID.fullmatch(patient_id) else None, report)

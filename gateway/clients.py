@@ -44,10 +44,32 @@ class UpstreamRejected(Exception):
         self.detail = detail
 
 
+RETRY_AFTER_CAP_S = 5.0  # at most this long for a busy service's Retry-After before the one retry
+
+
+def _retry_after_s(response: httpx.Response) -> float:
+    """A 503's Retry-After in seconds (0 when absent or not a number), capped at ``RETRY_AFTER_CAP_S``."""
+    try:
+        return min(max(float(response.headers.get("retry-after", 0)), 0.0), RETRY_AFTER_CAP_S)
+    except ValueError:
+        return 0.0
+
+
+def _json(name: str, response: httpx.Response) -> dict:
+    """The body of a 200 answer as a JSON object; anything else is the service's fault (502)."""
+    try:
+        body = response.json()
+    except ValueError:
+        raise UpstreamError(502, f"{name} answered with a body that is not JSON") from None
+    if not isinstance(body, dict):
+        raise UpstreamError(502, f"{name} answered with JSON that is not an object")
+    return body
+
+
 def _detail(response: httpx.Response) -> str:
     try:
         return str(response.json().get("detail", response.text[:200]))
-    except ValueError:
+    except (ValueError, AttributeError):
         return response.text[:200]
 
 
@@ -165,7 +187,7 @@ async def _call(name: str, replicas: Replicas, send: Callable[[str], Awaitable[h
         await replicas.refresh()
         url = replicas.pick(tried)
         tried.add(url)
-        refused = False
+        refused, wait_s = False, 0.0
         try:
             with replicas.in_flight(url):
                 response = await send(url)
@@ -184,6 +206,7 @@ async def _call(name: str, replicas: Replicas, send: Callable[[str], Awaitable[h
                 return response
             if response.status_code == 503:
                 failure = UpstreamError(503, f"{name} is unavailable: {_detail(response)}")
+                wait_s = _retry_after_s(response)
             elif 400 <= response.status_code < 500 and response.status_code not in (408, 429):
                 raise UpstreamRejected(response.status_code, f"{name}: {_detail(response)}")
             else:
@@ -197,7 +220,7 @@ async def _call(name: str, replicas: Replicas, send: Callable[[str], Awaitable[h
             raise failure
         attempt += 1
         log.warning("retrying %s after: %s (request %s)", name, failure.detail, request_id)
-        await asyncio.sleep(backoff_s * attempt)
+        await asyncio.sleep(max(backoff_s * attempt, wait_s))
 
 
 class _ServiceClient:
@@ -243,20 +266,20 @@ class CellServiceClient(_ServiceClient):
     name = "cell service"
 
     async def model(self) -> dict:
-        return (await self._get("/v1/model")).json()
+        return _json(self.name, await self._get("/v1/model"))
 
     async def classify(self, images: list[tuple[str, bytes]], request_id: str | None) -> dict:
         files = [("images", (name, data, "application/octet-stream")) for name, data in images]
-        return (await self._post("/v1/classify", request_id, files=files)).json()
+        return _json(self.name, await self._post("/v1/classify", request_id, files=files))
 
 
 class SubtypeServiceClient(_ServiceClient):
     name = "subtype service"
 
     async def model(self) -> dict:
-        return (await self._get("/v1/model")).json()
+        return _json(self.name, await self._get("/v1/model"))
 
     async def predict(self, body: dict, request_id: str | None) -> dict:
         """``body``: a SubtypeRequest (``{"counts": ...}``, optionally ``apl_cell_logits`` and
         ``apl_cell_head_sha256``)."""
-        return (await self._post("/v1/predict", request_id, json=body)).json()
+        return _json(self.name, await self._post("/v1/predict", request_id, json=body))

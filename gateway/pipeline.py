@@ -1,5 +1,8 @@
 """One patient's classification: cached cell predictions, chunks to the cell service, counts,
-the subtype service, and the report (cached per patient and content)."""
+the subtype service, and the report (stored; a repeated upload finds it in the store).
+
+Each request works on its own snapshot of the models behind the services, so that a report names
+exactly the models that made it even while another request notices an upgrade."""
 
 from __future__ import annotations
 
@@ -27,11 +30,13 @@ MIXED_MODEL_ROUNDS = 4  # rounds of re-sending chunks answered by another model 
 
 
 def latest_key(patient_id: str) -> str:
+    """Where gateways before 2026-12-07 cached a patient's latest report (still erased with the patient)."""
     return f"latest:{patient_id}"
 
 
-def report_key(patient_id: str, content_key: str) -> str:
-    return f"report:{patient_id}:{content_key}"
+def report_key_prefix(patient_id: str) -> str:
+    """Where gateways before 2026-12-07 cached a patient's reports by content (still erased with the patient)."""
+    return f"report:{patient_id}:"
 
 
 def _models_info(card: dict) -> dict[str, str]:
@@ -95,7 +100,11 @@ class PatientClassifier:
     async def models(self) -> dict[str, dict[str, str] | None]:
         """Names, versions and hashes of the models behind the services (the APL cell head and the APL
         patient model: None where absent), asked again every ``MODELS_RECHECK_S`` so that an upgraded
-        service never gets a stale cached report."""
+        service never gets a stale stored report. A copy: the caller may change it."""
+        return (await self._snapshot())[0]
+
+    async def _snapshot(self) -> tuple[dict, dict]:
+        """(models, the cell model card's appearance thresholds), read together, as copies for one request."""
         if time.monotonic() - self._models_checked > MODELS_RECHECK_S or len(self._models) < 2:
             cell, subtype = await asyncio.gather(self.cells.model(), self.subtype.model())
             self._models = {"cell": _cell_info(cell), "subtype": _models_info(subtype),
@@ -103,9 +112,13 @@ class PatientClassifier:
                             "apl_patient": _optional_info(subtype.get("apl"))}
             self._appearance = {k: v for k, v in (cell.get("appearance") or {}).items() if k.endswith("_threshold")}
             self._models_checked = time.monotonic()
-        return self._models
+        return dict(self._models), dict(self._appearance)
 
-    async def _classify_missing(self, missing: list[tuple[str, str, bytes]], request_id: str,
+    def _models_changed(self) -> None:
+        """A request met other models than the shared view: ask the services again on the next request."""
+        self._models_checked = -math.inf
+
+    async def _classify_missing(self, missing: list[tuple[str, str, bytes]], request_id: str, models: dict,
                                 target: tuple | None = None) -> tuple[dict[str, dict], tuple]:
         """(sha256, filename, bytes) of images not in the cache -> (per-hash result, the model that made them).
 
@@ -113,7 +126,8 @@ class PatientClassifier:
         ``CELL_URL`` can answer with different models (CNN or APL head), so a chunk answered by another
         model than ``target`` (default: the one that answered most images in the first round) is sent
         again, up to ``MIXED_MODEL_ROUNDS`` rounds; then the request fails with 503 rather than
-        mixing versions in one report."""
+        mixing versions in one report. When the model that answered is not the one in ``models`` (the
+        request's snapshot), the snapshot is updated to it."""
         chunks = [missing[i: i + self.chunk_size] for i in range(0, len(missing), self.chunk_size)]
         results: dict[str, dict] = {}
         model_of: dict[tuple, dict] = {}
@@ -137,10 +151,11 @@ class PatientClassifier:
         else:
             raise UpstreamError(503, "the cell service's replicas answer with different models (an upgrade in "
                                      "progress?): retry in a minute")
-        if target in model_of and target != cell_identity.cell_model_identity_of(self._models):
+        if target in model_of and target != cell_identity.cell_model_identity_of(models):
             body_model = model_of[target]  # the service was upgraded
-            self._models["cell"] = _cell_info(body_model)
-            self._models["apl_cell_head"] = _optional_info(body_model.get("apl_head"))
+            models["cell"] = _cell_info(body_model)
+            models["apl_cell_head"] = _optional_info(body_model.get("apl_head"))
+            self._models_changed()
         return results, target
 
     async def _send_chunks(self, chunks: list, request_id: str) -> list[tuple[list, dict]]:
@@ -153,8 +168,11 @@ class PatientClassifier:
         try:
             async with asyncio.TaskGroup() as group:
                 tasks = [group.create_task(run(chunk)) for chunk in chunks]
-        except* (UpstreamError, UpstreamRejected) as failures:
-            raise failures.exceptions[0] from None
+        except ExceptionGroup as failures:  # the service's own answer first; anything else is a bug (500)
+            upstream = [e for e in failures.exceptions if isinstance(e, (UpstreamError, UpstreamRejected))]
+            if upstream:
+                raise upstream[0] from None
+            raise failures.exceptions[0] from failures
         answered = []
         for task in tasks:
             chunk, body = task.result()
@@ -167,13 +185,13 @@ class PatientClassifier:
         return answered
 
     async def classify(self, patient_id: str, images: list[tuple[str, bytes]], request_id: str) -> PatientReport:
+        """A repeated upload (the same images, the same models) answers the newest stored version of its
+        report (``cached`` true, reviews included) without calling the cell service; otherwise a new report."""
         hashes = await asyncio.to_thread(lambda: [hashlib.sha256(data).hexdigest() for _, data in images])
-        models = await self.models()
-        content = content_key(models, hashes, images)
-        key = report_key(patient_id, content)
-        cached = (await self.cache.get_many([key]))[0]
-        if cached is not None and cached.get("report_id"):
-            return PatientReport(**{**cached, "cached": True})
+        models, appearance = await self._snapshot()
+        stored = await self.store.for_content(patient_id, content_key(models, hashes, images))
+        if stored is not None:
+            return stored.model_copy(update={"cached": True})
 
         looked_up = cell_identity.cell_model_identity_of(models)
         cell_key = cell_identity.cell_cache_model(*looked_up)
@@ -183,37 +201,29 @@ class PatientClassifier:
         for sha, (name, data) in zip(hashes, images):
             first_of.setdefault(sha, (sha, name, data))
         missing = [first_of[sha] for sha in unique if known[sha] is None]
-        fresh, answered_by = await self._classify_missing(missing, request_id) if missing else ({}, looked_up)
+        fresh, answered_by = (await self._classify_missing(missing, request_id, models) if missing
+                              else ({}, looked_up))
         if answered_by != looked_up and any(v is not None for v in known.values()):
             # the service was upgraded since the cache lookup: the cached cells are the old model's
             stale = [first_of[sha] for sha in unique if known[sha] is not None]
-            again, _ = await self._classify_missing(stale, request_id, target=answered_by)
+            again, _ = await self._classify_missing(stale, request_id, models, target=answered_by)
             fresh.update(again)
             known = {sha: None for sha in unique}
-        if answered_by != looked_up:
-            content = content_key(self._models, hashes, images)  # stored under the model that answered
         cell_key = cell_identity.cell_cache_model(*answered_by)  # the model that answered, whatever others set since
         await self.cache.set_many({f"cell:{cell_key}:{sha}": {"label": r["label"], "confidence": r["confidence"],
                                                               "appearance_distance": r.get("appearance_distance"),
                                                               "apl_logit": r.get("apl_logit")}
                                    for sha, r in fresh.items() if "label" in r})
         per_hash = {**{sha: v for sha, v in known.items() if v is not None}, **fresh}
-        report = await self._report(patient_id, request_id, images, hashes, per_hash)
+        report = await self._report(patient_id, request_id, images, hashes, per_hash, models, appearance)
         labelled = {c.sha256 for c in report.cells or []}
         thumbnails = await asyncio.to_thread(
             make_thumbnails, {sha: data for sha, (_, data) in zip(hashes, images) if sha in labelled})
-        # the database first (StoreUnavailable: nothing is stored, nothing cached), then the cache
-        report = await self.store.add_report(report, content, dict(self._appearance), thumbnails)
-        await self._cache_version(report, content)
-        return report
+        # stored under the models that made it (the snapshot follows an upgrade met on the way)
+        return await self.store.add_report(report, content_key(models, hashes, images), appearance, thumbnails)
 
-    async def _cache_version(self, report: PatientReport, content_key: str) -> None:
-        """The newest version answers both a repeated upload and 'latest'."""
-        stored = report.model_dump()
-        await self.cache.set_many({report_key(report.patient_id, content_key): stored,
-                                   latest_key(report.patient_id): stored})
-
-    async def _report(self, patient_id, request_id, images, hashes, per_hash) -> PatientReport:
+    async def _report(self, patient_id, request_id, images, hashes, per_hash, models: dict,
+                      appearance: dict) -> PatientReport:
         counts = {label: 0 for label in CELL_LABELS}
         cells, failed, distances = [], [], []
         first_name: dict[str, str] = {}  # sha256 -> the name the image was first uploaded under
@@ -237,22 +247,25 @@ class PatientClassifier:
         if leukocytes == 0:
             raise ProblemError(422, f"no leukocytes among the {len(images)} images ({len(failed)} could not be "
                                     "read): a differential needs white cells")
-        head = self._models.get("apl_cell_head")
+        head = models.get("apl_cell_head")
         subtype = await self.subtype.predict(apl.subtype_request(counts, cells, head and head["sha256"]), request_id)
-        self._models["subtype"] = _models_info(subtype["model"])
+        answered = {"subtype": _models_info(subtype["model"])}
         if subtype.get("apl"):
-            self._models["apl_patient"] = _models_info(subtype["apl"]["model"])
+            answered["apl_patient"] = _models_info(subtype["apl"]["model"])
+        if any(models.get(k) != v for k, v in answered.items()):
+            models.update(answered)  # the subtype service was upgraded since the snapshot
+            self._models_changed()
         apl_fields = apl.report_fields(subtype, cells)
-        quality, quality_warnings = assess(counts, distances, self._appearance)
+        quality, quality_warnings = assess(counts, distances, appearance)
         warnings = (apl.disagreement_warnings(subtype["prediction"], apl_fields["apl_probability"],
                                               apl_fields["apl_alert"])
-                    + apl.missing_warnings(self._models) + quality_warnings + list(subtype.get("warnings", [])))
+                    + apl.missing_warnings(models) + quality_warnings + list(subtype.get("warnings", [])))
         if failed:
             warnings.append(f"{len(failed)} of {len(images)} images could not be classified (see failed)")
         if copies:
             warnings.append(duplicates_warning(len(copies), len(images), copies))
         if not self.cache.available:
-            warnings.append("cache unavailable: this report was not cached")
+            warnings.append("cache unavailable: the cells' labels were not cached")
         report = PatientReport(
             patient_id=patient_id,
             request_id=request_id,
@@ -271,8 +284,8 @@ class PatientClassifier:
             prediction=subtype["prediction"],
             probabilities=subtype["probabilities"],
             **apl_fields,
-            models={"cell": self._models["cell"], "subtype": self._models["subtype"],
-                    "apl_cell_head": self._models.get("apl_cell_head"), "apl_patient": self._models.get("apl_patient")},
+            models={"cell": models["cell"], "subtype": models["subtype"],
+                    "apl_cell_head": models.get("apl_cell_head"), "apl_patient": models.get("apl_patient")},
             cached=False,
             warnings=warnings,
             cells=cells,
@@ -280,14 +293,9 @@ class PatientClassifier:
         return report
 
     async def latest(self, patient_id: str) -> PatientReport | None:
-        """From the cache when there, else from the store (and cached again)."""
-        stored = (await self.cache.get_many([latest_key(patient_id)]))[0]
-        if stored is not None and stored.get("report_id"):
-            return PatientReport(**stored)
-        report = await self.store.latest(patient_id)
-        if report is not None:
-            await self.cache.set_many({latest_key(patient_id): report.model_dump()})
-        return report
+        """Always from the store: a cached copy could lag behind a review or a new report committed by
+        another request or gateway replica, and 'latest' must never show a superseded version."""
+        return await self.store.latest(patient_id)
 
     async def review(self, base: StoredReport, review: ReviewRequest, request_id: str) -> PatientReport:
         """The new version a review makes: corrected labels replace the model's (which are kept in
@@ -321,11 +329,19 @@ class PatientClassifier:
                                              request_id)
         apl_fields = apl.report_fields(subtype, cell_dicts)
         apl_patient = _models_info(subtype["apl"]["model"]) if subtype.get("apl") else old.models.apl_patient
+        kept_apl = []
+        if not subtype.get("apl") and old.apl_probability is not None:
+            # e.g. the APL model was upgraded and no longer takes this report's cell logits: a review must
+            # never drop an alert silently, so the version keeps the assessment it replaces, and says so
+            apl_fields = {"apl_probability": old.apl_probability, "apl_alert": old.apl_alert,
+                          "apl_threshold": old.apl_threshold, "apl_top_cells": [c.model_dump() for c in old.apl_top_cells]}
+            kept_apl = [f"the APL assessment could not be recomputed with the corrected labels (the subtype service "
+                        f"gave none): it is version {old.version}'s, made before the corrections"]
         quality, quality_warnings = assess(counts, [c.appearance_distance for c in cells], base.appearance)
         warnings = (apl.disagreement_warnings(subtype["prediction"], apl_fields["apl_probability"],
                                               apl_fields["apl_alert"])
                     + apl.missing_warnings({"apl_cell_head": head, "apl_patient": apl_patient})
-                    + quality_warnings + list(subtype.get("warnings", [])))
+                    + kept_apl + quality_warnings + list(subtype.get("warnings", [])))
         if old.failed:
             warnings.append(f"{len(old.failed)} of {old.n_images} images could not be classified (see failed)")
         if old.n_duplicates:
@@ -356,8 +372,7 @@ class PatientClassifier:
             "cells": cell_dicts,
         })
 
-    async def store_review(self, base: StoredReport, report: PatientReport, review: ReviewRequest) -> PatientReport:
-        stored = await self.store.add_review(base, report, review.reviewer, review.comment, review.sign_off,
-                                             [c.model_dump() for c in review.corrections])
-        await self._cache_version(stored, base.content_key)
-        return stored
+    async def store_review(self, base: StoredReport, report: PatientReport, review: ReviewRequest,
+                           key_id: str | None = None) -> PatientReport:
+        return await self.store.add_review(base, report, review.reviewer, review.comment, review.sign_off,
+                                           [c.model_dump() for c in review.corrections], key_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from http import HTTPStatus
 
 from fastapi import FastAPI, Request
@@ -12,6 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from shared.schemas import Problem
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
+log = logging.getLogger("problems")
 
 
 class ProblemError(Exception):
@@ -52,3 +54,12 @@ def install_problem_handlers(app: FastAPI) -> None:
     async def _validation(request: Request, exc: RequestValidationError):
         parts = [f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors()]
         return problem_response(422, "; ".join(parts) or "invalid request", request_id=_request_id(request))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        """A bug or an unforeseen failure: a 500 problem+json naming the request id (the traceback goes to
+        the log, never to the client)."""
+        request_id = _request_id(request)
+        log.error("unexpected %s in request %s", type(exc).__name__, request_id)
+        return problem_response(500, f"internal error ({type(exc).__name__}); quote request id {request_id} "
+                                     "when reporting it", request_id=request_id)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from gateway.pipeline import latest_key
+from gateway.pipeline import latest_key, report_key_prefix
 from gateway.routers.common import PROBLEMS, audit, authorize, check_patient_id, store_errors
 from shared.problems import ProblemError
 from shared.schemas import ErasureResult, ReportList
@@ -14,7 +14,7 @@ router = APIRouter(tags=["patients"])
 
 async def _clear_cache(cache, keys: list[str], patient_id: str) -> int:
     try:
-        return await cache.delete(keys, prefixes=[f"report:{patient_id}:"])
+        return await cache.delete(keys, prefixes=[report_key_prefix(patient_id)])
     except Exception as exc:  # noqa: BLE001 - an erasure that cannot clear the cache must not pass silently
         raise ProblemError(503, f"the cache could not be cleared ({type(exc).__name__}); nothing or not everything "
                                 "was erased: repeat the request", headers={"Retry-After": "2"}) from None
@@ -35,6 +35,9 @@ async def list_reports(request: Request, patient_id: str) -> ReportList:
         return ReportList(patient_id=patient_id, reports=reports)
     except ProblemError as exc:
         status = exc.status
+        raise
+    except Exception:  # audited as the 500 it becomes
+        status = 500
         raise
     finally:
         audit(request, "list-reports", status, patient_id if status != 422 else None, detail={"reports": len(reports)})
@@ -63,6 +66,9 @@ async def erase_patient(request: Request, patient_id: str) -> ErasureResult:
         return result
     except ProblemError as exc:
         status = exc.status
+        raise
+    except Exception:  # audited as the 500 it becomes
+        status = 500
         raise
     finally:
         audit(request, "erase", status, patient_id if status != 422 else None,

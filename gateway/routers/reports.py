@@ -42,6 +42,9 @@ async def get_report(request: Request, report_id: str,
     except ProblemError as exc:
         status = exc.status
         raise
+    except Exception:  # audited as the 500 it becomes
+        status = 500
+        raise
     finally:
         report = stored.report if stored else None
         audit(request, "read-report", status, report.patient_id if report else None,
@@ -67,6 +70,9 @@ async def cell_thumbnail(request: Request, report_id: str, sha256: str):
         return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "private, no-store"})
     except ProblemError as exc:
         status = exc.status
+        raise
+    except Exception:  # audited as the 500 it becomes
+        status = 500
         raise
     finally:  # an image of a patient's blood was shown: audited like a report read
         audit(request, "read-thumbnail", status, None, report_id=report_id[:32], detail={"cell": sha256[:64]})
@@ -95,7 +101,8 @@ async def review_report(request: Request, report_id: str, review: ReviewRequest,
             draft = await state.classifier.review(base, review, request.state.request_id)
         with store_errors():
             try:
-                report = await state.classifier.store_review(base, draft, review)
+                report = await state.classifier.store_review(base, draft, review,
+                                                             getattr(request.state, "key_id", None))
             except StaleVersion as exc:
                 raise ProblemError(409, f"report {report_id} was just replaced by version {exc.newer} (another "
                                         "review was first): review the newest version", title="Stale Version") from None
@@ -105,6 +112,9 @@ async def review_report(request: Request, report_id: str, review: ReviewRequest,
         return response
     except ProblemError as exc:
         status = exc.status
+        raise
+    except Exception:  # audited as the 500 it becomes
+        status = 500
         raise
     finally:
         subject = report or (base.report if base else None)

@@ -168,21 +168,29 @@ def _services_down_give_503_and_cache_nothing(tmp_path, dead, subtype_service, c
         no_subtype.stop()
 
 
-def test_redis_stopped_then_restarted(gateway, redis_server, originals):
+def test_redis_stopped_then_restarted(gateway, cell_service, redis_server, originals):
+    fresh = [(f"q91-{name}", encode(Image.open(io.BytesIO(data)), "JPEG", quality=91)) for name, data in originals[:12]]
+    before = cell_images_classified(cell_service.url)
     redis_server.stop()
     try:
-        response = post_patient(gateway.url, "P-redis", originals[:12])
+        response = post_patient(gateway.url, "P-redis", fresh)
         assert response.status_code == 200
         report = response.json()
         assert report["cached"] is False
         assert any("cache unavailable" in w for w in report["warnings"])
+        again = post_patient(gateway.url, "P-redis", fresh).json()
+        assert again["cached"] is True and again["report_id"] == report["report_id"], \
+            "a repeated upload finds its stored report without the cache"
         ready = httpx.get(f"{gateway.url}/readyz", timeout=10).json()
         assert ready["checks"]["cache"] == {"kind": "redis", "available": False}
     finally:
         redis_server.start()
-    first = post_patient(gateway.url, "P-redis", originals[:12]).json()
+    assert cell_images_classified(cell_service.url) - before == 12
+    first = post_patient(gateway.url, "P-redis-2", fresh).json()
     assert first["cached"] is False and not any("cache unavailable" in w for w in first["warnings"])
-    assert post_patient(gateway.url, "P-redis", originals[:12]).json()["cached"] is True
+    assert cell_images_classified(cell_service.url) - before == 24, "no cell label was cached while Redis was down"
+    assert post_patient(gateway.url, "P-redis-3", fresh).json()["cached"] is False
+    assert cell_images_classified(cell_service.url) - before == 24, "and they are cached again now"
     assert httpx.get(f"{gateway.url}/readyz", timeout=10).json()["checks"]["cache"]["available"] is True
 
 

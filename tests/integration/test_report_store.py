@@ -143,8 +143,10 @@ def test_versions_survive_flush_and_restart_then_review_to_final(database, tmp_p
         third = [r for r in results if r.status_code == 201][0].json()
         assert third["status"] == "amended" and third["version"] == 3
         hl7_third = get(f"{gateway.url}/reports/{third['report_id']}", HL7).text
-        assert parse_message(hl7_third, find_groups=True).ORU_R01_PATIENT_RESULT.ORU_R01_ORDER_OBSERVATION \
-            .OBR.obr_25.to_er7() == "C"
+        third_obr = parse_message(hl7_third, find_groups=True).ORU_R01_PATIENT_RESULT.ORU_R01_ORDER_OBSERVATION.OBR
+        assert third_obr.obr_25.to_er7() == "C"
+        first_obr = parse_message(old_hl7, find_groups=True).ORU_R01_PATIENT_RESULT.ORU_R01_ORDER_OBSERVATION.OBR
+        assert third_obr.obr_3.to_er7() == first_obr.obr_3.to_er7(), "the amendment replaces the LIS's order"
         versions = {r["report_id"]: get(f"{gateway.url}/reports/{r['report_id']}", params={"include": "cells"}).json()
                     for r in (first, second, third)}
     finally:
@@ -154,6 +156,10 @@ def test_versions_survive_flush_and_restart_then_review_to_final(database, tmp_p
     try:
         for report_id, body in versions.items():
             assert get(f"{gateway.url}/reports/{report_id}", params={"include": "cells"}).json() == body
+        assert get(f"{gateway.url}/patients/P-store/classification").json()["report_id"] == third["report_id"]
+        again = post(gateway.url, "P-store", originals[:24]).json()
+        assert again["report_id"] == third["report_id"] and again["status"] == "amended" and again["cached"] is True, \
+            "the same images after a flush and a restart answer the amended version, not a new preliminary one"
         assert get(f"{gateway.url}/patients/P-store/classification").json()["report_id"] == third["report_id"]
     finally:
         gateway.stop()

@@ -99,3 +99,45 @@ def test_every_replica_refusing_is_503():
         assert not await client.ready()
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("body", [b"<html>proxy error</html>", b"[1, 2]"])
+def test_an_answer_that_is_not_a_json_object_is_502(body):
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=body, headers={"content-type": "text/html"})
+
+    async def main():
+        client = _client_with(handler, "http://a:8001")
+        with pytest.raises(UpstreamError) as failure:
+            await client.classify([("a.jpg", b"x")], "r")
+        assert failure.value.status == 502 and "cell service" in failure.value.detail
+        with pytest.raises(UpstreamError):
+            await client.model()
+        await client.close()
+
+    asyncio.run(main())
+
+
+def test_a_busy_service_s_retry_after_is_honoured_within_a_cap(monkeypatch):
+    import gateway.clients as clients
+
+    waits: list[float] = []
+
+    async def no_sleep(seconds):
+        waits.append(seconds)
+
+    monkeypatch.setattr(clients.asyncio, "sleep", no_sleep)
+    answers = iter([httpx.Response(503, json={"detail": "queue full"}, headers={"Retry-After": "2"}), None,
+                    httpx.Response(503, json={"detail": "queue full"}, headers={"Retry-After": "3600"}), None])
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return next(answers) or _answer(request)
+
+    async def main():
+        client = _client_with(handler, "http://a:8001")
+        await client.classify([("a.jpg", b"x")], "r")
+        await client.classify([("a.jpg", b"x")], "r")
+        await client.close()
+
+    asyncio.run(main())
+    assert waits == [2.0, clients.RETRY_AFTER_CAP_S]

@@ -33,8 +33,13 @@ class ScriptedCells:
 
 def classifier(cells) -> PatientClassifier:
     pipeline = PatientClassifier(None, cells, None, chunk_size=2, chunk_concurrency=1, store=None)
-    pipeline._models = {"cell": {k: OLD[k] for k in ("name", "version", "sha256")}, "apl_cell_head": None}
+    pipeline._models = snapshot()
     return pipeline
+
+
+def snapshot() -> dict:
+    """A request's view of the models: the cell model OLD, no APL head."""
+    return {"cell": {k: OLD[k] for k in ("name", "version", "sha256")}, "apl_cell_head": None}
 
 
 def images(n):
@@ -44,17 +49,19 @@ def images(n):
 def test_chunks_from_another_model_are_sent_again_until_one_model_answered_all():
     # 3 chunks: NEW, OLD, NEW in the first round; the OLD chunk is sent again and NEW answers it
     cells = ScriptedCells([NEW, OLD, NEW, NEW])
-    pipeline = classifier(cells)
-    results, answered_by = asyncio.run(pipeline._classify_missing(images(6), "r1"))
+    pipeline, models = classifier(cells), snapshot()
+    results, answered_by = asyncio.run(pipeline._classify_missing(images(6), "r1", models))
     assert answered_by == cell_model_identity(NEW)
     assert len(results) == 6 and all(r["apl_logit"] == 0.5 for r in results.values())
     assert cells.calls[3] == cells.calls[1]  # the OLD chunk went again
-    assert pipeline._models["apl_cell_head"]["sha256"] == "b" * 64  # the gateway follows the upgrade
+    assert models["apl_cell_head"]["sha256"] == "b" * 64  # the request's report names the model that answered
+    assert pipeline._models == snapshot(), "the shared view is not changed under other requests' feet"
+    assert pipeline._models_checked == float("-inf"), "the next request asks the services again"
 
 
 def test_a_target_model_is_kept_even_when_the_first_round_disagrees():
     cells = ScriptedCells([OLD, OLD, NEW])
-    results, answered_by = asyncio.run(classifier(cells)._classify_missing(images(4), "r2",
+    results, answered_by = asyncio.run(classifier(cells)._classify_missing(images(4), "r2", snapshot(),
                                                                            target=cell_model_identity(NEW)))
     assert answered_by == cell_model_identity(NEW)
     assert all(r["apl_logit"] == 0.5 for r in results.values())
@@ -64,6 +71,6 @@ def test_a_target_model_is_kept_even_when_the_first_round_disagrees():
 def test_replicas_that_keep_disagreeing_give_503_not_a_mixed_report():
     cells = ScriptedCells([NEW, OLD, OLD])  # the patient's model is NEW (first chunk); OLD answers the rest for ever
     with pytest.raises(UpstreamError) as failure:
-        asyncio.run(classifier(cells)._classify_missing(images(4), "r3"))
+        asyncio.run(classifier(cells)._classify_missing(images(4), "r3", snapshot()))
     assert failure.value.status == 503 and "different models" in failure.value.detail
     assert len(cells.calls) == 2 + (MIXED_MODEL_ROUNDS - 1)  # 2 chunks, then the OLD one again each round
