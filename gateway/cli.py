@@ -6,7 +6,9 @@ DIR holds one folder of images per patient (the folder name is the patient id). 
 patient is sent to the gateway, one CSV row per patient is appended to --out (counts,
 differential, prediction, probabilities, APL probability and alert; empty where the
 services have no APL model), and a rerun skips the patients already in the
-CSV, so an interrupted run resumes where it stopped. Progress goes to stderr.
+CSV, so an interrupted run resumes where it stopped (the header and each row are flushed to the
+file as soon as written, and an empty file, left by a run killed before its first patient, gets
+its header on the next run). Progress goes to stderr.
 """
 
 from __future__ import annotations
@@ -121,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     done = _done_patients(args.out)
     todo = [p for p in patients if p.name not in done]
     print(f"{len(patients)} patients, {len(done)} already in {args.out}, {len(todo)} to do", file=sys.stderr)
-    new_file = not args.out.exists()
+    new_file = not args.out.exists() or args.out.stat().st_size == 0  # empty: killed before the first row
     failures = 0
     started = time.monotonic()
     if not args.api_key:
@@ -131,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         writer = csv.DictWriter(out, fieldnames=COLUMNS)
         if new_file:
             writer.writeheader()
+            out.flush()  # on disk now: a kill during the first patient must not leave a file without it
         for index, folder in enumerate(todo):
             _progress(index, len(todo), folder.name, started)
             report, error = classify_patient(client, folder)

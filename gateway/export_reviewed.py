@@ -8,6 +8,12 @@ reviewed_by, reviewed_at, cell and subtype model versions. No patient ids are wr
 id links back for those allowed to look). A cell seen in several reports is written once, under
 the label of the newest review. ``python -m training.train_cells --extra-labelled DIR`` trains on it.
 
+Training reads the label folders, so a re-export into the same DIR leaves exactly the current
+cells: it removes the ``<label>/<sha256>.jpg`` files of cells relabelled (now under another label),
+erased or no longer reviewed since. Anything else in DIR is left alone; DIR must be new, empty or
+an earlier export (it has ``cells.csv``), else the export refuses it rather than delete files it
+did not make.
+
 Reads the report store directly (DATABASE_URL, DATABASE_SCHEMA, DATA_DIR as for the gateway).
 """
 
@@ -16,6 +22,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
+import os
+import re
 import sys
 from pathlib import Path
 
@@ -25,9 +33,50 @@ from gateway.store.repository import ReportStore, StoreUnavailable
 from shared.vocabulary import CELL_LABELS
 
 COLUMNS = ["sha256", "label", "model_label", "report_id", "reviewed_by", "reviewed_at", "cell_model", "file"]
+_EXPORTED_NAME = re.compile(r"[0-9a-f]{64}\.jpg")
+
+
+def _check_out(out: Path) -> None:
+    """``out`` is new, empty or an earlier export: only then are its ``<label>/<sha256>.jpg`` files ours
+    to remove."""
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return
+    listing = out / "cells.csv"
+    if listing.is_file():
+        with open(listing, newline="") as handle:
+            if next(csv.reader(handle), [])[:1] == COLUMNS[:1]:
+                return
+    raise FileExistsError(f"{out} is not empty and not an earlier export (no cells.csv): choose a new or empty "
+                          "folder (a re-export removes the cell images that are no longer current)")
+
+
+def _write_listing(out: Path, rows: list[dict]) -> None:
+    """cells.csv, replaced in one step (a kill leaves the old listing or the new one)."""
+    partial = out / "cells.csv.partial"
+    with open(partial, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(partial, out / "cells.csv")
+
+
+def _remove_stale(out: Path, current: set[Path]) -> int:
+    """Remove the ``<label>/<sha256>.jpg`` files not in this export (a cell relabelled, erased or no
+    longer reviewed since an earlier one); other files stay."""
+    removed = 0
+    for label in CELL_LABELS:
+        folder = out / label
+        if not folder.is_dir():
+            continue
+        for path in folder.iterdir():
+            if _EXPORTED_NAME.fullmatch(path.name) and path not in current and path.is_file():
+                path.unlink()
+                removed += 1
+    return removed
 
 
 async def export(out: Path, settings: GatewaySettings) -> int:
+    _check_out(out)
     store = ReportStore(make_engine(settings))
     try:
         if await current_revision(store.engine) is None:
@@ -44,6 +93,9 @@ async def export(out: Path, settings: GatewaySettings) -> int:
                     "reviewed_at": report.reviewed_at or "",
                     "cell_model": f"{report.models.cell['name']} {report.models.cell['version']}"}
         written = []
+        out.mkdir(parents=True, exist_ok=True)
+        if not (out / "cells.csv").exists():  # marks DIR as an export before any image: a killed run can rerun
+            _write_listing(out, [])
         shas = sorted(chosen)
         for i in range(0, len(shas), 500):
             jpegs = await store.thumbnails(shas[i: i + 500])
@@ -57,18 +109,16 @@ async def export(out: Path, settings: GatewaySettings) -> int:
                 written.append({**row, "file": str(path.relative_to(out))})
     finally:
         await store.close()
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "cells.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(written)
+    _write_listing(out, written)
+    _remove_stale(out, {out / row["file"] for row in written})
     return len(written)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="aml-export-reviewed", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("out", type=Path, help="output directory (DIR/<label>/<sha256>.jpg, DIR/cells.csv)")
+    parser.add_argument("out", type=Path, help="output directory (DIR/<label>/<sha256>.jpg, DIR/cells.csv): "
+                        "new, empty or an earlier export")
     args = parser.parse_args(argv)
     try:
         n = asyncio.run(export(args.out, GatewaySettings()))

@@ -1,5 +1,11 @@
 """A patient report as a FHIR R4 DiagnosticReport with contained Observations and Devices.
 
+``id`` is the report version's id, ``identifier`` the id of the report's first version, the same for
+every version (a LIS then replaces the preliminary result with the final or amended one). Every
+contained resource is referenced from the report (FHIR rule dom-3): the Observations from ``result``,
+the Devices from the Observations they produced; the APL models' Devices are left out when there is
+no APL Observation.
+
 Validated in the tests with the ``fhir.resources`` package's R4B models (R4B shares R4's
 DiagnosticReport, Observation and Device structure).
 """
@@ -15,6 +21,7 @@ PATIENT_IDENTIFIER_SYSTEM = "urn:aml-classifier:patient-id"
 INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
 APL_CODE = "apl-probability"
 APL_TEXT = "Probability of acute promyelocytic leukaemia (PML::RARA) from the cell images and counts"
+APL_CELL_HEAD_EXTENSION = "urn:aml-classifier:apl-cell-head"
 
 # leukocyte category -> (LOINC code, display); per 100 leukocytes. Blasts and promyelocytes have no
 # "by Automated count" code: 26446-5 and 26524-9 are LOINC's method-less codes for them (the ones labs
@@ -30,6 +37,12 @@ DIFFERENTIAL_LOINC: dict[str, tuple[str, str]] = {
     "ig": ("71695-1", "Immature granulocytes/100 leukocytes in Blood by Automated count"),
 }
 NUCLEATED_RBC_LOINC = ("58413-6", "Nucleated erythrocytes/100 leukocytes [Ratio] in Blood by Automated count")
+
+
+def chain_id(report: PatientReport) -> str:
+    """The report's id across all its versions: version 1's report_id (reports stored before the
+    store kept it: their own report_id, or the request id of a report never stored)."""
+    return report.first_report_id or report.report_id or report.request_id
 
 
 def _percent(value: float) -> dict:
@@ -85,6 +98,10 @@ def _apl_observation(report: PatientReport) -> dict:
          "referenceRange": [{"high": _percent(100.0 * report.apl_threshold),
                              "text": "alert at or above this probability"}]},
         "apl-patient-model" if report.models.apl_patient else "subtype-model")
+    if report.models.apl_cell_head:  # Observation.device holds one Device: the per-cell head that fed it here
+        observation["extension"] = [{"url": APL_CELL_HEAD_EXTENSION,
+                                     "valueReference": {"reference": "#apl-cell-head-model",
+                                                        "display": "per-cell APL head (cell logits)"}}]
     if report.apl_alert:
         observation["interpretation"] = [{"coding": [{"system": INTERPRETATION, "code": "AA",
                                                       "display": "Critical abnormal"}],
@@ -163,6 +180,9 @@ def _diagnostic_report(report: PatientReport) -> dict:
         observations.append(_quality_observation(report))
     if report.apl_probability is not None and report.apl_threshold is not None:
         observations.append(_apl_observation(report))
+    referenced = {o["device"]["reference"] for o in observations} | {
+        e["valueReference"]["reference"] for o in observations for e in o.get("extension", [])}
+    devices = [d for d in devices if f"#{d['id']}" in referenced]  # dom-3: no APL Device without its Observation
     conclusion = apl_conclusion(report) + " " if report.apl_alert else ""
     conclusion += ("Preliminary (automated pre-classification, not yet signed off). "
                    if report.status == "preliminary" else "")
@@ -174,7 +194,7 @@ def _diagnostic_report(report: PatientReport) -> dict:
     return {
         "resourceType": "DiagnosticReport",
         "id": report.report_id or report.request_id,
-        "identifier": [{"system": "urn:aml-classifier:report-id", "value": report.report_id or report.request_id}],
+        "identifier": [{"system": "urn:aml-classifier:report-id", "value": chain_id(report)}],
         "status": report.status,
         "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0074", "code": "LAB",
                                   "display": "Laboratory"}]}],

@@ -1,12 +1,14 @@
 """A report as an HL7 v2.5.1 ORU^R01 message (built and checked with hl7apy), for LIS interfaces
 that do not speak FHIR.
 
-- MSH: sender AML-CLASSIFIER, message control id = the report version's id, processing id P.
+- MSH: sender AML-CLASSIFIER, message control id = the report version's id (one per version), processing id P.
 - PID-3: the patient id (assigning authority AML, type PI). PID-5: name type U (the gateway
   never holds names).
-- OBR: the panel LOINC 57021-8 as in the FHIR report, OBR-3 the report version id, OBR-7 when
-  the models produced the result, OBR-22 when this version was made, OBR-25 the result status
-  (P preliminary, F final, C corrected = amended), OBR-32 the reviewer.
+- OBR: the panel LOINC 57021-8 as in the FHIR report, OBR-3 (filler order number) the id of the
+  report's first version, the same for every version (so that a LIS replaces the preliminary result
+  with the final or corrected one instead of filing a new order), OBR-7 when the models produced the
+  result, OBR-22 when this version was made, OBR-25 the result status (P preliminary, F final,
+  C corrected = amended), OBR-32 the reviewer.
 - OBX: one per leukocyte category (same LOINC codes as the FHIR Observations, % of leukocytes),
   nucleated RBC 58413-6, smudge cells, AML probability and the predicted subtype under local
   codes (coding system L), the APL probability (local code apl-probability, %, OBX-7 the alert
@@ -16,8 +18,9 @@ that do not speak FHIR.
   every cell is to be reviewed), ``unclassified-fraction`` and ``appearance-distance`` (OBX-7 the
   patient threshold, OBX-8 ``A`` when the images look unlike the training data); OBX-11 carries
   the same status as OBR-25.
-- NTE: the APL alert and the review-every-cell instruction first, then the report's warnings, as
-  in the FHIR report's conclusion.
+- NTE: the APL alert and the review-every-cell instruction first, then the reviewer's comment, then the
+  report's warnings (as in the FHIR report's conclusion); the note is cut at 2000 characters, so the
+  warnings come last: only they can be cut, never the comment (which has its own 1000-character limit).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from datetime import datetime
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.core import Message
 
-from gateway.fhir import DIFFERENTIAL_LOINC, NUCLEATED_RBC_LOINC
+from gateway.fhir import DIFFERENTIAL_LOINC, NUCLEATED_RBC_LOINC, chain_id
 from shared.schemas import PatientReport
 
 HL7_MEDIA_TYPE = "application/hl7-v2"
@@ -86,7 +89,7 @@ def to_oru_r01(report: PatientReport, sending_facility: str = "LAB", receiving_a
     order = result.add_group("ORU_R01_ORDER_OBSERVATION")
     obr = order.obr
     obr.obr_1 = "1"
-    obr.obr_3 = f"{report.report_id or report.request_id}^AML-CLASSIFIER"
+    obr.obr_3 = f"{chain_id(report)}^AML-CLASSIFIER"
     obr.obr_4 = "57021-8^CBC W Auto Differential panel - Blood^LN"
     obr.obr_7 = _ts(report.created_at if report.version == 1 else (report.reviewed_at or report.created_at))
     obr.obr_22 = _ts(report.reviewed_at or report.created_at)
@@ -134,10 +137,12 @@ def to_oru_r01(report: PatientReport, sending_facility: str = "LAB", receiving_a
         note += "REVIEW EVERY CELL: the automated counts may be wrong. "
     note += (f"Automated pre-classification from {report.n_images} cell images; decision support only. "
             + (f"Reviewed by {_text(report.reviewed_by)}." if report.reviewed_by else "Not yet reviewed."))
+    if report.review_comment:  # before the warnings: the cut at 2000 characters must never reach it
+        note += f" Comment: {_text(report.review_comment, 1000)}"
     if report.warnings:
         note += " Warnings: " + "; ".join(report.warnings) + "."
-    if report.review_comment:
-        note += f" Comment: {_text(report.review_comment, 1000)}"
+    if len(note) > 2000:
+        note = note[:1997] + "..."  # the cut is visible: more warnings than fit (the FHIR report has them all)
     nte = order.add_segment("NTE")
     nte.nte_1 = "1"
     nte.nte_3 = _text(note, 2000)

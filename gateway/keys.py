@@ -1,8 +1,9 @@
 """python -m gateway.keys new --id lab1 --scopes classify,read
 
 Prints a new API key (give it to the client; it is not stored anywhere) and the entry to add
-to the gateway's API_KEYS (JSON list) or API_KEYS_FILE. Rotating a key: add the new entry,
-hand out the new key, then remove the old entry.
+to the gateway's API_KEYS (JSON list) or API_KEYS_FILE. Rotating a key: create one with a new
+id (e.g. lab1-2: the gateway refuses to start with an id twice), add its entry, hand out the new
+key, then remove the old entry.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     create = sub.add_parser("new", help="create a key")
-    create.add_argument("--id", required=True, help="key id, e.g. the client's name (1-32 letters, digits, -)")
+    create.add_argument("--id", required=True, help="key id, e.g. the client's name (1-32 letters, digits, -; unique: "
+                             "a rotated key gets a new one)")
     create.add_argument("--scopes", default="classify,read", help=f"comma-separated, from {sorted(SCOPES)}")
     args = parser.parse_args(argv)
     try:

@@ -7,6 +7,8 @@ salt, sha256(salt || secret) and the scopes, as a JSON list (env ``API_KEYS`` or
     [{"id": "lab1", "salt": "<hex>", "hash": "<hex>", "scopes": ["classify", "read"]}]
 
 ``python -m gateway.keys new --id lab1 --scopes classify,read`` prints a new key and its entry.
+Key ids are unique (a presented key is looked up by its id): a rotated key gets a new id (lab1-2),
+and configuration with an id twice is refused at start rather than one key silently dropped.
 The secret is 256 random bits, so one salted sha256 is enough (no password stretching needed).
 """
 
@@ -57,6 +59,10 @@ class KeyStore:
     def __init__(self, entries: list[dict]):
         self._keys: dict[str, ApiKey] = {}
         for entry in entries:
+            if entry["id"] in self._keys:  # only one could ever authenticate: refuse rather than drop one
+                raise ValueError(f"key id {entry['id']!r} appears more than once in API_KEYS/API_KEYS_FILE; "
+                                 "key ids must be unique: give a rotated key a new id (e.g. "
+                                 f"{entry['id']}-2) and remove the old entry once clients use the new key")
             scopes = frozenset(entry["scopes"])
             if not scopes <= SCOPES:
                 raise ValueError(f"key {entry['id']}: unknown scopes {sorted(scopes - SCOPES)}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import csv
 
+import pytest
 from PIL import Image
 
 from gateway.export_reviewed import export
@@ -59,3 +60,87 @@ def test_export_reviewed_cells_for_training(database, tmp_path):
     assert len(listed) == written and {label for _, label in listed} <= {c.label for c in report.cells} | {"blast"}
     assert {split_of(p.name) for p, _ in listed} <= {"train", "val", "test"}
     assert split_of(corrected.sha256 + ".jpg") == split_of(corrected.sha256 + ".jpg")
+
+
+def _files(out) -> set[str]:
+    return {str(p.relative_to(out)) for p in out.rglob("*.jpg")}
+
+
+def test_re_export_leaves_exactly_the_current_cells(database, tmp_path):
+    """Training reads the label folders: a relabelled cell (blast, then promyelocyte) must be under its
+    new label only, and an erased patient's cells must go; files the export did not make stay."""
+    paths = [path for _, path in fullsize_images()[:16]]
+    report = sample_report("P-relabel")
+    thumbnails = [make_thumbnail(cell.sha256, path.read_bytes()) for cell, path in zip(report.cells, paths)]
+    other = sample_report("P-erased", salt="e")
+    other_thumbnails = [make_thumbnail(cell.sha256, path.read_bytes()) for cell, path in zip(other.cells, paths)]
+    cell = report.cells[0]
+    engine_settings = database.settings()
+
+    async def review(report_id: str, label: str, status: str) -> str:
+        store = ReportStore(make_engine(engine_settings))
+        try:
+            base = await store.get(report_id)
+            cells = [c.model_copy(update={"label": label, "model_label": cell.label}) if c.sha256 == cell.sha256
+                     else c for c in base.report.cells]
+            new = await store.add_review(base, base.report.model_copy(update={"status": status, "cells": cells}),
+                                         "Dr X", "", True, [{"sha256": cell.sha256, "label": label}])
+            return new.report_id
+        finally:
+            await store.close()
+
+    async def fill() -> str:
+        engine = make_engine(engine_settings)
+        await migrate(engine, database.schema)
+        store = ReportStore(engine)
+        try:
+            first = await store.add_report(report, "k", {}, thumbnails)
+            erased = await store.add_report(other, "k2", {}, other_thumbnails)
+            base = await store.get(erased.report_id)
+            await store.add_review(base, erased.model_copy(update={"status": "final"}), "Dr Y", "", True, [])
+            return first.report_id
+        finally:
+            await store.close()
+
+    async def erase(patient_id: str) -> None:
+        store = ReportStore(make_engine(engine_settings))
+        try:
+            await store.erase(patient_id)
+        finally:
+            await store.close()
+
+    first_id = asyncio.run(fill())
+    final_id = asyncio.run(review(first_id, "blast", "final"))
+    out = tmp_path / "reviewed"
+    asyncio.run(export(out, database.settings(data_dir=tmp_path)))
+    assert f"blast/{cell.sha256}.jpg" in _files(out)
+    (out / "NOTES.txt").write_text("mine")
+    (out / "blast" / "mine.jpg").write_bytes(b"not made by the export")
+
+    asyncio.run(review(final_id, "promyelocyte", "amended"))
+    asyncio.run(erase("P-erased"))
+    written = asyncio.run(export(out, database.settings(data_dir=tmp_path)))
+    rows = list(csv.DictReader(open(out / "cells.csv")))
+    assert written == len(rows) == len(report.cells)
+    assert _files(out) == {r["file"] for r in rows} | {"blast/mine.jpg"}, "exactly the current cells"
+    assert f"promyelocyte/{cell.sha256}.jpg" in _files(out) and f"blast/{cell.sha256}.jpg" not in _files(out)
+    assert not any(c.sha256 in name for c in other.cells for name in _files(out)), "erased patient's cells gone"
+    assert (out / "NOTES.txt").read_text() == "mine"
+    assert {label for path, label in list_cells(out) if path.name != "mine.jpg"} == {r["label"] for r in rows}
+
+
+def test_export_refuses_a_folder_that_is_not_an_earlier_export(database, tmp_path):
+    async def migrate_only():
+        engine = make_engine(database.settings())
+        await migrate(engine, database.schema)
+        await engine.dispose()
+
+    asyncio.run(migrate_only())
+    out = tmp_path / "training-data"
+    (out / "blast").mkdir(parents=True)
+    (out / "blast" / f"{'a' * 64}.jpg").write_bytes(b"someone else's")
+    with pytest.raises(FileExistsError, match="earlier export"):
+        asyncio.run(export(out, database.settings(data_dir=tmp_path)))
+    assert (out / "blast" / f"{'a' * 64}.jpg").read_bytes() == b"someone else's"
+    assert asyncio.run(export(tmp_path / "new", database.settings(data_dir=tmp_path))) == 0
+    assert asyncio.run(export(tmp_path / "new", database.settings(data_dir=tmp_path))) == 0, "its own: rerun"

@@ -116,3 +116,103 @@ def test_hl7_without_a_quality_object_has_no_quality_rows():
     codes, note = _observations_by_code(report_with("final"))
     assert not {"image-set-quality", "unclassified-fraction", "appearance-distance"} & set(codes)
     assert "REVIEW EVERY CELL" not in note
+
+
+def _chain() -> list:
+    """Versions 1 (preliminary), 2 (final) and 3 (amended) of one report, as the store makes them."""
+    first = report_with("preliminary").model_copy(update={"report_id": "1" * 32, "first_report_id": "1" * 32})
+    final = report_with("final").model_copy(update={"report_id": "2" * 32, "supersedes": "1" * 32,
+                                                    "first_report_id": "1" * 32})
+    amended = report_with("amended").model_copy(update={"report_id": "3" * 32, "supersedes": "2" * 32,
+                                                        "first_report_id": "1" * 32})
+    return [first, final, amended]
+
+
+def test_versions_of_one_report_share_the_lis_order_and_identifier():
+    """A final (F) or amended (C) result replaces the preliminary one in the LIS only when it names the
+    same order: OBR-3 and the FHIR identifier are the chain's, MSH-10 and the FHIR id each version's."""
+    messages = [parse(to_oru_r01(report)) for report in _chain()]
+    orders = [m.ORU_R01_PATIENT_RESULT.ORU_R01_ORDER_OBSERVATION.OBR for m in messages]
+    assert {o.obr_3.to_er7() for o in orders} == {"1" * 32 + "^AML-CLASSIFIER"}
+    assert [o.obr_25.to_er7() for o in orders] == ["P", "F", "C"]
+    assert len({m.msh.msh_10.to_er7() for m in messages}) == 3
+    resources = [to_diagnostic_report(report) for report in _chain()]
+    assert {r["identifier"][0]["value"] for r in resources} == {"1" * 32}
+    assert [r["id"] for r in resources] == ["1" * 32, "2" * 32, "3" * 32]
+
+
+def test_reports_stored_without_a_chain_id_fall_back_to_their_own_id():
+    report = report_with("preliminary")
+    assert report.first_report_id is None
+    obr = parse(to_oru_r01(report)).ORU_R01_PATIENT_RESULT.ORU_R01_ORDER_OBSERVATION.OBR
+    assert obr.obr_3.to_er7() == "9" * 32 + "^AML-CLASSIFIER"
+    assert to_diagnostic_report(report)["identifier"][0]["value"] == "9" * 32
+    unsaved = report.model_copy(update={"report_id": None})
+    assert to_diagnostic_report(unsaved)["identifier"][0]["value"] == unsaved.request_id
+
+
+def _references(node, skip=None) -> set[str]:
+    """Every ``reference`` string in ``node`` (a FHIR resource as JSON), leaving out the object ``skip``."""
+    if node is skip:
+        return set()
+    if isinstance(node, dict):
+        found = {node["reference"]} if isinstance(node.get("reference"), str) else set()
+        return found.union(*(_references(value, skip) for value in node.values()))
+    if isinstance(node, list):
+        return set().union(*(_references(value, skip) for value in node))
+    return set()
+
+
+def assert_contained_are_referenced(resource: dict) -> None:
+    """FHIR dom-3: each contained resource is referenced ("#id") from elsewhere in the resource."""
+    for item in resource.get("contained", []):
+        assert f"#{item['id']}" in _references(resource, skip=item), f"contained {item['id']} is never referenced"
+
+
+def _with_apl(report, probability: float | None, cell_head: bool = True, patient_model: bool = True):
+    models = report.models.model_copy(update={
+        "apl_cell_head": {"name": "apl-head", "version": "1.0.0", "sha256": "c" * 64} if cell_head else None,
+        "apl_patient": {"name": "apl-patient", "version": "1.0.0", "sha256": "d" * 64} if patient_model else None})
+    fields = ({"apl_probability": probability, "apl_threshold": 0.4, "apl_alert": probability >= 0.4}
+              if probability is not None else {})
+    return report.model_copy(update={"models": models, **fields})
+
+
+@pytest.mark.parametrize("case", ["no-apl-models", "apl-alert", "apl-no-alert", "models-without-probability",
+                                  "head-only", "patient-model-only"])
+@pytest.mark.parametrize("status", ["preliminary", "amended"])
+def test_fhir_every_contained_resource_is_referenced(case, status):
+    from fhir.resources.R4B.diagnosticreport import DiagnosticReport
+
+    base = report_with(status)
+    report = {"no-apl-models": base,
+              "apl-alert": _with_apl(base, 0.93),
+              "apl-no-alert": _with_apl(base, 0.1),
+              "models-without-probability": _with_apl(base, None),
+              "head-only": _with_apl(base, 0.5, patient_model=False),
+              "patient-model-only": _with_apl(base, 0.5, cell_head=False)}[case]
+    resource = to_diagnostic_report(report)
+    DiagnosticReport.model_validate(resource)
+    assert_contained_are_referenced(resource)
+    devices = {item["id"] for item in resource["contained"] if item["resourceType"] == "Device"}
+    observation = next((o for o in resource["contained"] if o["id"] == "apl-probability"), None)
+    assert (observation is not None) == (report.apl_probability is not None)
+    if observation is None:
+        assert not devices & {"apl-cell-head-model", "apl-patient-model"}
+        return
+    assert ("apl-cell-head-model" in devices) == (report.models.apl_cell_head is not None)
+    assert ("apl-patient-model" in devices) == (report.models.apl_patient is not None)
+    assert observation["device"]["reference"] == ("#apl-patient-model" if report.models.apl_patient
+                                                  else "#subtype-model")
+    if report.models.apl_cell_head:
+        assert "#apl-cell-head-model" in _references(observation)
+
+
+def test_hl7_note_keeps_the_reviewer_comment_however_many_warnings():
+    comment = "two blasts missed; " * 40  # ~760 characters, under the comment's own 1000-character limit
+    warnings = [f"warning {i}: " + "x" * 300 for i in range(20)]
+    report = report_with("final").model_copy(update={"review_comment": comment, "warnings": warnings})
+    _, note = _observations_by_code(report)
+    assert _text(comment, 1000) in note
+    assert len(note) <= 2000 and "Warnings: warning 0" in note
+    assert note.index("Comment:") < note.index("Warnings:")
