@@ -84,6 +84,15 @@ def duplicates_warning(n_copies: int, n_images: int, copies: list[tuple[str, str
     return text
 
 
+def _check_answer(chunk: list, body) -> None:
+    """502 unless ``body`` is the cell service's classification of exactly this chunk."""
+    if not isinstance(body, dict) or not isinstance(body.get("results"), list) \
+            or not isinstance(body.get("model"), dict) or "sha256" not in body["model"]:
+        raise UpstreamError(502, "cell service returned an answer that is not a classification")
+    if len(body["results"]) != len(chunk):
+        raise UpstreamError(502, "cell service returned a wrong number of results")
+
+
 class PatientClassifier:
     def __init__(self, cache: Cache, cells: CellServiceClient, subtype: SubtypeServiceClient, *,
                  chunk_size: int, chunk_concurrency: int, store: ReportStore):
@@ -159,11 +168,17 @@ class PatientClassifier:
         return results, target
 
     async def _send_chunks(self, chunks: list, request_id: str) -> list[tuple[list, dict]]:
+        """Every chunk to the cell service (``chunk_concurrency`` at once). Each answer's labels are cached
+        as soon as it arrives, under the model that made them, so a request that fails on a later chunk
+        (a busy service) leaves its finished work for the retry."""
         semaphore = asyncio.Semaphore(self.chunk_concurrency)
 
         async def run(chunk):
             async with semaphore:
-                return chunk, await self.cells.classify([(name, data) for _, name, data in chunk], request_id)
+                body = await self.cells.classify([(name, data) for _, name, data in chunk], request_id)
+            _check_answer(chunk, body)
+            await self._cache_cells(chunk, body)
+            return chunk, body
 
         try:
             async with asyncio.TaskGroup() as group:
@@ -173,16 +188,15 @@ class PatientClassifier:
             if upstream:
                 raise upstream[0] from None
             raise failures.exceptions[0] from failures
-        answered = []
-        for task in tasks:
-            chunk, body = task.result()
-            if not isinstance(body, dict) or not isinstance(body.get("results"), list) \
-                    or not isinstance(body.get("model"), dict) or "sha256" not in body["model"]:
-                raise UpstreamError(502, "cell service returned an answer that is not a classification")
-            if len(body["results"]) != len(chunk):
-                raise UpstreamError(502, "cell service returned a wrong number of results")
-            answered.append((chunk, body))
-        return answered
+        return [task.result() for task in tasks]
+
+    async def _cache_cells(self, chunk: list, body: dict) -> None:
+        """A chunk's labels, keyed by the image hash and the model that answered (failed images are not cached)."""
+        model = cell_identity.cell_cache_model(*cell_identity.cell_model_identity(body["model"]))
+        await self.cache.set_many({f"cell:{model}:{sha}": {"label": r["label"], "confidence": r["confidence"],
+                                                           "appearance_distance": r.get("appearance_distance"),
+                                                           "apl_logit": r.get("apl_logit")}
+                                   for (sha, _, _), r in zip(chunk, body["results"]) if "label" in r})
 
     async def classify(self, patient_id: str, images: list[tuple[str, bytes]], request_id: str) -> PatientReport:
         """A repeated upload (the same images, the same models) answers the newest stored version of its
@@ -209,11 +223,6 @@ class PatientClassifier:
             again, _ = await self._classify_missing(stale, request_id, models, target=answered_by)
             fresh.update(again)
             known = {sha: None for sha in unique}
-        cell_key = cell_identity.cell_cache_model(*answered_by)  # the model that answered, whatever others set since
-        await self.cache.set_many({f"cell:{cell_key}:{sha}": {"label": r["label"], "confidence": r["confidence"],
-                                                              "appearance_distance": r.get("appearance_distance"),
-                                                              "apl_logit": r.get("apl_logit")}
-                                   for sha, r in fresh.items() if "label" in r})
         per_hash = {**{sha: v for sha, v in known.items() if v is not None}, **fresh}
         report = await self._report(patient_id, request_id, images, hashes, per_hash, models, appearance)
         labelled = {c.sha256 for c in report.cells or []}

@@ -7,8 +7,9 @@ import asyncio
 
 import pytest
 
+from gateway.cache import MemoryCache
+from gateway.cell_identity import cell_cache_model, cell_model_identity
 from gateway.clients import UpstreamError
-from gateway.cell_identity import cell_model_identity
 from gateway.pipeline import MIXED_MODEL_ROUNDS, PatientClassifier
 
 OLD = {"name": "aml-cell-resnet", "version": "2.0.0", "sha256": "a" * 64, "apl_head": None}
@@ -32,7 +33,7 @@ class ScriptedCells:
 
 
 def classifier(cells) -> PatientClassifier:
-    pipeline = PatientClassifier(None, cells, None, chunk_size=2, chunk_concurrency=1, store=None)
+    pipeline = PatientClassifier(MemoryCache(3600), cells, None, chunk_size=2, chunk_concurrency=1, store=None)
     pipeline._models = snapshot()
     return pipeline
 
@@ -74,3 +75,27 @@ def test_replicas_that_keep_disagreeing_give_503_not_a_mixed_report():
         asyncio.run(classifier(cells)._classify_missing(images(4), "r3", snapshot()))
     assert failure.value.status == 503 and "different models" in failure.value.detail
     assert len(cells.calls) == 2 + (MIXED_MODEL_ROUNDS - 1)  # 2 chunks, then the OLD one again each round
+
+
+class FailingAfter(ScriptedCells):
+    """Answers ``n`` chunks with OLD, then the service is busy (503) for good."""
+
+    def __init__(self, n):
+        super().__init__([OLD])
+        self.n = n
+
+    async def classify(self, images, request_id):
+        if len(self.calls) >= self.n:
+            self.calls.append([name for name, _ in images])
+            raise UpstreamError(503, "cell service is unavailable: queue full")
+        return await super().classify(images, request_id)
+
+
+def test_chunks_answered_before_a_failure_stay_cached_for_the_retry():
+    pipeline = classifier(FailingAfter(2))
+    with pytest.raises(UpstreamError):
+        asyncio.run(pipeline._classify_missing(images(6), "r4", snapshot()))
+    keys = [f"cell:{cell_cache_model(*cell_model_identity(OLD))}:{sha}" for sha, _, _ in images(6)]
+    cached = asyncio.run(pipeline.cache.get_many(keys))
+    assert [c is not None for c in cached] == [True] * 4 + [False] * 2, "the two answered chunks are kept"
+    assert cached[0]["label"] == "blast"
