@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.internal_auth import checked_token
 
 
 class GatewaySettings(BaseSettings):
@@ -40,6 +42,8 @@ class GatewaySettings(BaseSettings):
     rate_limit_burst: int = Field(60, ge=1, validation_alias=AliasChoices("RATE_LIMIT_BURST"))
     internal_token: str | None = Field(None, validation_alias=AliasChoices("INTERNAL_TOKEN"),
                                        description="sent to the services as X-Internal-Token")
+    # an empty INTERNAL_TOKEN would send none, unnoticed: refused at start
+    _internal_token = field_validator("internal_token")(checked_token)
     audit_log_path: Path | None = Field(None, validation_alias=AliasChoices("AUDIT_LOG_PATH"),
                                         description="JSON-lines audit file; unset: stderr")
     audit_hmac_key: str | None = Field(None, validation_alias=AliasChoices("AUDIT_HMAC_KEY"),

@@ -1,7 +1,10 @@
 """The internal token: services behind the gateway answer only requests that carry it.
 
 Enabled when INTERNAL_TOKEN is set (compose sets it); /healthz and /readyz stay open for
-health checks. The gateway sends it as ``X-Internal-Token``.
+health checks. The gateway sends it as ``X-Internal-Token``. Set but empty (or blank) is a
+configuration error (``checked_token``: the cell service's settings refuse it at start, and the
+middleware refuses it whatever built it): it used to turn the check off as silently as leaving it
+unset, so an ``INTERNAL_TOKEN=`` left unfilled in an env file exposed the service.
 """
 
 from __future__ import annotations
@@ -15,10 +18,18 @@ HEADER = "x-internal-token"
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 
 
+def checked_token(token: str | None) -> str | None:
+    """``token`` unchanged (None: no internal auth); ``ValueError`` for an empty or blank one."""
+    if token is not None and not token.strip():
+        raise ValueError("INTERNAL_TOKEN is set but empty: set it to the gateway's token, or unset it to run "
+                         "without internal auth")
+    return token
+
+
 class InternalTokenMiddleware:
     def __init__(self, app, token: str | None):
         self.app = app
-        self.token = token.encode() if token else None
+        self.token = checked_token(token).encode() if token is not None else None
 
     async def __call__(self, scope, receive, send):
         if self.token is None or scope["type"] != "http" or scope["path"] in OPEN_PATHS:

@@ -28,6 +28,11 @@ decoded at full size), kept to measure against; on the 64 full-size originals th
 0.84/255 on average (tests/unit/test_decoder_paths.py states the tolerance).
 
 Normalisation (x / 127.5 - 1) happens inside the network, so the ONNX input is raw uint8.
+
+The mode conversion of step 1 runs at full size: for 16-bit, 32-bit and float images through float64
+arrays, for transparent ones through RGBA composites, several times the memory of an 8-bit image
+(``conversion_bytes_per_pixel``). A service bounds it by refusing such images above a lower pixel limit
+(services/cell_classifier/decoding.py); the conversion itself, and so every array, is unchanged.
 """
 
 from __future__ import annotations
@@ -60,9 +65,34 @@ WHITE_TOP_FRACTION = 0.03
 WHITE_GAIN_LIMITS = (0.67, 1.5)
 _LEVELS = np.arange(256, dtype=np.float64)
 
+_INTEGER_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
+_ALPHA_MODES = frozenset({"RGBA", "LA", "PA"})
+# Peak bytes per pixel of a decoded image and its conversion by ``_to_rgb8`` (measured with Pillow 13 at
+# 3000x3000): an 8-bit RGB image is held in 4 (Pillow pads it to 32 bits) and needs no conversion; a 16/32-bit
+# or float one holds up to three float64 arrays beside itself (at most 4) and its 8-bit results; a transparent
+# one its RGBA copy, a white background, their composite and the RGB result.
+RGB_BYTES_PER_PIXEL = 4
+NUMERIC_BYTES_PER_PIXEL = 4 + 3 * 8
+ALPHA_BYTES_PER_PIXEL = 4 * 5
+
+
+def _has_alpha(image: Image.Image) -> bool:
+    return image.mode in _ALPHA_MODES or (image.mode == "P" and "transparency" in image.info)
+
+
+def conversion_bytes_per_pixel(image: Image.Image) -> int:
+    """Peak memory per pixel of an opened (not necessarily loaded) ``image`` decoded and converted to 8-bit
+    RGB before the resize: 16-bit, 32-bit, float and transparent images several times
+    ``RGB_BYTES_PER_PIXEL``; every other mode counts as 8-bit RGB (what a service's pixel limit is set for)."""
+    if image.mode in _INTEGER_MODES or image.mode == "F":
+        return NUMERIC_BYTES_PER_PIXEL
+    if _has_alpha(image):
+        return ALPHA_BYTES_PER_PIXEL
+    return RGB_BYTES_PER_PIXEL
+
 
 def _to_rgb8(image: Image.Image) -> Image.Image:
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+    if image.mode in _INTEGER_MODES:
         array = np.asarray(image, dtype=np.float64)
         peak = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
         gray = np.clip(array / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)
@@ -72,7 +102,7 @@ def _to_rgb8(image: Image.Image) -> Image.Image:
         top = array.max() if array.max() > 1.0 else 1.0
         gray = np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return Image.fromarray(gray, mode="L").convert("RGB")
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+    if _has_alpha(image):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")

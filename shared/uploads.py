@@ -15,6 +15,7 @@ import re
 from fastapi import Request
 from python_multipart.multipart import parse_options_header
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.requests import ClientDisconnect
 
@@ -25,6 +26,8 @@ _HEADER_NAME = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 # what clients send nearly always; anything else goes through python-multipart's header parser
 _PLAIN_CONTENT_TYPE = re.compile(r"multipart/form-data; ?boundary=([0-9A-Za-z'()+_,./:=?-]{1,70})")
 _PLAIN_DISPOSITION = re.compile(rb'form-data; ?name="images"; ?filename="([^"\\\x00-\x1f]*)"')
+MAX_FIELDS = 64  # form fields besides the files (the general parser's limit)
+NOT_MULTIPART = "send the images as multipart/form-data parts named 'images'"
 
 
 def _boundary(content_type: str) -> bytes | None:
@@ -48,6 +51,18 @@ def _image_filename(disposition: bytes) -> bytes | None:
 def _disconnected() -> ProblemError:
     return ProblemError(400, "the client disconnected during the upload; nothing was processed",
                         title="Client Closed Request")
+
+
+def _parser_problem(message: str, max_images: int, per: str) -> ProblemError:
+    """Starlette's multipart parser error -> ours: a count or size limit is 413 (``max_files`` is one more than
+    ``max_images``, so too many images are refused the same from the first image too many on), the rest 422."""
+    if message.startswith("Too many files"):
+        return ProblemError(413, f"too many images: at most {max_images} per {per}")
+    if message.startswith("Too many fields"):
+        return ProblemError(413, f"too many form fields: at most {MAX_FIELDS}")
+    if "exceeded maximum size" in message:  # a form field (not a file) over the parser's part size
+        return ProblemError(413, f"a form field is too large: {message}")
+    return ProblemError(422, f"malformed multipart body: {message}")
 
 
 def _split_image_parts(body: bytes, boundary: bytes, max_images: int) -> list[tuple[str, bytes]] | None:
@@ -98,12 +113,14 @@ def _split_image_parts(body: bytes, boundary: bytes, max_images: int) -> list[tu
 async def read_image_parts(request: Request, max_images: int, per: str = "request") -> list[tuple[str, bytes]]:
     """(filename, bytes) of every part named ``images``, in order.
 
-    415 when the body is not multipart, 422 when it holds no image parts (or a part is not a
-    file), 413 when it holds more than ``max_images``.
+    415 when the body is not multipart (media types are case-insensitive: ``Multipart/Form-Data`` is
+    multipart), 422 when it holds no image parts (or a part is not a file, or the body is malformed), 413
+    when it holds more than ``max_images`` (or too many or too large other fields), all problem+json
+    ``ProblemError``s, in an app as outside one.
     """
     content_type = request.headers.get("content-type", "")
-    if not content_type.startswith("multipart/form-data"):
-        raise ProblemError(415, "send the images as multipart/form-data parts named 'images'")
+    if content_type.partition(";")[0].strip(" \t").lower() != "multipart/form-data":
+        raise ProblemError(415, NOT_MULTIPART)
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) <= FAST_PATH_MAX_BYTES:
         boundary = _boundary(content_type)
@@ -116,13 +133,15 @@ async def read_image_parts(request: Request, max_images: int, per: str = "reques
             if parts is not None:
                 return [(filename or f"image-{i}", data) for i, (filename, data) in enumerate(parts)]
     try:
-        form = await request.form(max_files=max_images + 1, max_fields=64)
+        form = await request.form(max_files=max_images + 1, max_fields=MAX_FIELDS)
     except ClientDisconnect:
         raise _disconnected() from None
-    except MultiPartException as exc:
-        if "Too many files" in str(exc):
-            raise ProblemError(413, f"too many images: at most {max_images} per {per}") from None
-        raise ProblemError(422, f"malformed multipart body: {exc}") from None
+    except MultiPartException as exc:  # outside an app (a bare Request)
+        raise _parser_problem(exc.message, max_images, per) from None
+    except HTTPException as exc:  # in an app, Starlette turns the parser's errors into a plain 400 first
+        if not isinstance(exc.__context__, MultiPartException):
+            raise
+        raise _parser_problem(exc.__context__.message, max_images, per) from None
     try:
         parts = form.getlist("images")
         files = [part for part in parts if isinstance(part, UploadFile)]

@@ -1,15 +1,17 @@
 """python -m services.cell_classifier  (CELL_HOST / CELL_PORT, default 127.0.0.1:8001; CELL_WORKERS processes)."""
 
+import multiprocessing
 import os
 import shutil
 import sys
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from uvicorn.main import STARTUP_FAILURE
 
 from services.cell_classifier.app import create_app
-from services.cell_classifier.inference import check_model
+from services.cell_classifier.inference import check_servable
 from services.cell_classifier.metrics import MULTIPROCESS_DIR_ENV
 from services.cell_classifier.settings import CellServiceSettings
 from shared.serving import run
@@ -36,9 +38,15 @@ def prepare_metrics_dir(workers: int) -> Path | None:
 
 def check_before_workers(settings: CellServiceSettings) -> None:
     """With several workers, uvicorn's process manager stops when a worker cannot start, but exits 0; a
-    model directory that cannot be served is refused here first, with uvicorn's own startup-failure status."""
+    model directory that cannot be served is refused here first, with uvicorn's own startup-failure status.
+
+    The model is loaded as each worker loads it (``check_servable``: not only the CNN's card and sha256 but
+    the APL head's, the sessions and the provider that runs; checking the CNN alone let a tampered head
+    through to workers that then failed while this exited 0), in a child process that exits after, so that
+    this one, which only manages the workers, holds neither the model nor a CUDA context."""
     try:
-        check_model(settings.model_dir, settings.provider, settings.model_variant)
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            pool.submit(check_servable, settings.model_dir, settings.provider, settings.model_variant).result()
     except Exception as error:  # noqa: BLE001 - any reason the workers could not load the model
         print(f"cell service: cannot serve the model in {settings.model_dir}: {type(error).__name__}: {error}",
               file=sys.stderr)

@@ -21,7 +21,7 @@ from services.cell_classifier.inference import CellModel
 from services.cell_classifier.metrics import CONTENT_TYPE_LATEST, CellMetrics
 from services.cell_classifier.responses import classify_response_json, model_info_json
 from services.cell_classifier.settings import CellServiceSettings
-from services.cell_classifier.workers import LoopWorkers
+from services.cell_classifier.workers import LoopWorkers, WorkersStopped
 from shared.body_limit import BodySizeLimitMiddleware
 from shared.vocabulary import CELL_TYPES, UNCLASSIFIED, VOCABULARY_VERSION
 from shared.internal_auth import InternalTokenMiddleware
@@ -164,6 +164,8 @@ def create_app(settings: CellServiceSettings | None = None, model: CellModel | N
             *(state.decode_workers.run(_decode_upload, data, settings, state.model) for _, data in uploads),
             return_exceptions=True,
         )
+        if any(isinstance(item, WorkersStopped) for item in decoded):  # not the images' fault: like BatcherStopped
+            raise _retry_later("the service is shutting down")
         good = [i for i, item in enumerate(decoded) if not isinstance(item, BaseException)]
         outputs = []
         if good:

@@ -119,19 +119,31 @@ class DynamicBatcher:
             raise
 
     async def _collect(self) -> list[_Item]:
+        """Up to ``max_batch`` items, waiting at most ``max_delay_s`` after the first. Cancelled by ``stop()``
+        meanwhile, it fails the items it took off the queue (``stop()`` fails only those left there; theirs
+        would otherwise wait forever). ``asyncio.timeout``, not ``wait_for``: on Python 3.11, ``wait_for``
+        swallows a cancellation that arrives with the item, and the collector would then wait on forever."""
         batch = [await self._queue.get()]
-        deadline = time.perf_counter() + self.max_delay_s
-        while len(batch) < self.max_batch:
-            if not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-                continue
-            remaining = deadline - time.perf_counter()
-            if remaining <= 0:
-                break
-            try:
-                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
-            except TimeoutError:
-                break
+        try:
+            deadline = time.perf_counter() + self.max_delay_s
+            while len(batch) < self.max_batch:
+                if not self._queue.empty():
+                    batch.append(self._queue.get_nowait())
+                    continue
+                remaining = deadline - time.perf_counter()
+                if remaining <= 0:
+                    break
+                try:
+                    async with asyncio.timeout(remaining):
+                        batch.append(await self._queue.get())
+                except TimeoutError:
+                    break
+        except asyncio.CancelledError:
+            stopped = BatcherStopped("service is shutting down")
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(stopped)
+            raise
         return batch
 
     async def _run(self) -> None:

@@ -25,8 +25,8 @@ CARD_FILE = "model_card.json"
 VARIANTS = ("float", "int8")
 MIN_INPUT_SIZE, MAX_INPUT_SIZE = 32, 512
 
-__all__ = ["CellModel", "CheckedModel", "ModelIntegrityError", "check_model", "choose_providers", "choose_variant",
-           "model_variants", "rules_sha256"]
+__all__ = ["CellModel", "CheckedModel", "ModelIntegrityError", "check_model", "check_servable", "choose_providers",
+           "choose_variant", "model_variants", "rules_sha256"]
 
 
 def choose_providers(preference: str) -> list[str]:
@@ -149,6 +149,11 @@ class CellModel:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(model_path), options, providers=providers)
         self.provider: str = self.session.get_providers()[0]
+        # onnxruntime falls back to the CPU, with a warning only, when the CUDA provider it lists cannot start
+        # (no driver, another CUDA or cuDNN): asked for explicitly, CUDA must be what runs (auto reports either)
+        if provider.lower() == "cuda" and self.provider != "CUDAExecutionProvider":
+            raise RuntimeError(f"CELL_PROVIDER=cuda but onnxruntime runs the model on {self.session.get_providers()}: "
+                               "the CUDA provider failed to start (see onnxruntime's warnings above)")
         self.input_name: str = self.session.get_inputs()[0].name
         if list(self.session.get_inputs()[0].shape[1:]) != [self.input_size, self.input_size, 3]:
             raise ModelIntegrityError(f"{model_path.name} takes {self.session.get_inputs()[0].shape}, its card says "
@@ -226,3 +231,10 @@ class CellModel:
         needed = max(self.threshold, self.class_minimum.get(best, 0.0))
         label = CELL_TYPES[best] if confidence >= needed else UNCLASSIFIED
         return Labelled(label, confidence, dict(zip(CELL_TYPES, probabilities.tolist())))
+
+
+def check_servable(model_dir: Path, provider: str = "auto", variant: str = "auto") -> None:
+    """Everything a worker process checks when it loads the model (``CellModel``: the card, the chosen file's
+    and the APL head's sha256 and the CNN the head was trained on, the sessions' inputs and outputs, the
+    provider that runs) and one inference; raises what the worker would. The sessions are dropped after."""
+    CellModel(model_dir, provider, threads=1, variant=variant).warm_up((1,))

@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.internal_auth import checked_token
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "model"
 
@@ -59,6 +61,9 @@ class CellServiceSettings(BaseSettings):
                                          "per request (issue 12); the metrics count requests by outcome and status")
     internal_token: str | None = Field(None, validation_alias=AliasChoices("INTERNAL_TOKEN"),
                                        description="when set, every call but /healthz and /readyz must carry it")
+
+    # an empty INTERNAL_TOKEN would turn the check off unnoticed: refused here, before the app is built
+    _internal_token = field_validator("internal_token")(checked_token)
 
     @model_validator(mode="after")
     def _share_the_cores(self) -> "CellServiceSettings":

@@ -17,6 +17,10 @@ from typing import Any
 _STOP = object()
 
 
+class WorkersStopped(RuntimeError):
+    """The workers were shut down before the job ran."""
+
+
 def _deliver(future: asyncio.Future, result: Any, error: BaseException | None) -> None:
     if future.done():  # the request was cancelled meanwhile
         return
@@ -36,6 +40,7 @@ class LoopWorkers:
         if count < 1:
             raise ValueError("count must be >= 1")
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._stopped = False
         self._threads = [threading.Thread(target=self._work, name=f"{name}_{i}", daemon=True) for i in range(count)]
         for thread in self._threads:
             thread.start()
@@ -43,6 +48,9 @@ class LoopWorkers:
     def run(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
+        if self._stopped:  # behind the threads' stop markers it would never run
+            future.set_exception(WorkersStopped("the decode workers are shut down"))
+            return future
         self._jobs.put((loop, future, fn, args))
         return future
 
@@ -65,11 +73,19 @@ class LoopWorkers:
             del job, future, result, error
 
     def shutdown(self) -> None:
-        """Drop the jobs not started (their callers get nothing: the service is stopping) and let
-        the threads end after their current job."""
+        """Fail the jobs not started with ``WorkersStopped`` (the service is stopping; their callers would
+        otherwise wait forever), refuse new ones alike, and let the threads end after their current job."""
+        self._stopped = True
         try:
             while True:
-                self._jobs.get_nowait()
+                job = self._jobs.get_nowait()
+                if job is not _STOP:
+                    loop, future, _, _ = job
+                    try:  # called on the loop's thread or any other
+                        loop.call_soon_threadsafe(_deliver, future, None, WorkersStopped(
+                            "the decode workers were shut down before this job ran"))
+                    except RuntimeError:  # the loop is closed: nobody waits for this answer
+                        pass
         except queue.Empty:
             pass
         for _ in self._threads:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.internal_auth import checked_token
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "model"
 
@@ -21,3 +23,6 @@ class SubtypeServiceSettings(BaseSettings):
     log_level: str = Field("info", validation_alias=AliasChoices("LOG_LEVEL"))
     internal_token: str | None = Field(None, validation_alias=AliasChoices("INTERNAL_TOKEN"),
                                        description="when set, every call but /healthz and /readyz must carry it")
+
+    # an empty INTERNAL_TOKEN would turn the check off unnoticed: refused at start
+    _internal_token = field_validator("internal_token")(checked_token)

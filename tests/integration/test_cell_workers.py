@@ -94,3 +94,18 @@ def test_a_model_that_cannot_be_served_stops_the_start_with_a_failure_status(tmp
         done = subprocess.run([sys.executable, "-m", "services.cell_classifier"], cwd=REPO_ROOT, timeout=60,
                               env={**env, "CELL_WORKERS": workers}, capture_output=True, text=True)
         assert done.returncode == 3, (workers, done.stderr[-2000:])
+
+
+def test_a_tampered_apl_head_stops_the_start_of_several_workers_too(tmp_path):
+    """The check before the workers loads the model as they do: the CNN alone passed it, and a tampered APL head
+    then failed every worker while the service exited 0."""
+    model_dir = tmp_path / "model"
+    shutil.copytree(DEFAULT_MODEL_DIR, model_dir, ignore=shutil.ignore_patterns("*.keras", "*.png", "*.md"))
+    head = model_dir / "apl_cell_head.onnx"
+    head.write_bytes(head.read_bytes()[:-1] + b"\x00")
+    env = {**os.environ, "CELL_MODEL_DIR": str(model_dir), "CELL_PORT": "0", "CELL_PROVIDER": "cpu"}
+    for workers in ("1", "2"):
+        done = subprocess.run([sys.executable, "-m", "services.cell_classifier"], cwd=REPO_ROOT, timeout=60,
+                              env={**env, "CELL_WORKERS": workers}, capture_output=True, text=True)
+        assert done.returncode == 3, (workers, done.stderr[-2000:])
+        assert "apl_cell_head.onnx has sha256" in done.stderr, (workers, done.stderr[-2000:])

@@ -94,3 +94,63 @@ def test_without_content_length_and_with_charset_the_general_parser_reads():
 def test_not_multipart_is_415():
     fast, general = both(b"{}", content_type="application/json")
     assert fast == general and fast[0] == 415
+
+
+def in_an_app(data: bytes, max_images: int = 4, content_type: str = f"multipart/form-data; boundary={BOUNDARY}",
+              fast: bool = False):
+    """Status, media type and body of an app's answer: in an app, Starlette turns the multipart parser's
+    errors into HTTPException(400) before read_image_parts sees them (no "app" in the scope above)."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from shared.problems import install_problem_handlers
+
+    app = FastAPI()
+    install_problem_handlers(app)
+
+    @app.post("/")
+    async def upload(request: Request):
+        return {"n": len(await uploads.read_image_parts(request, max_images))}
+
+    original = uploads.FAST_PATH_MAX_BYTES
+    uploads.FAST_PATH_MAX_BYTES = (1 << 30) if fast else -1
+    try:
+        answer = TestClient(app).post("/", content=data, headers={"content-type": content_type})
+    finally:
+        uploads.FAST_PATH_MAX_BYTES = original
+    return answer.status_code, answer.headers["content-type"], answer.json()
+
+
+@pytest.mark.parametrize("count", [5, 6, 9])
+def test_too_many_images_is_413_however_many_in_an_app_too(count):
+    data = body(*(part(str(i).encode()) for i in range(count)))
+    for fast in (True, False):
+        status, media_type, problem = in_an_app(data, fast=fast)
+        assert (status, media_type) == (413, "application/problem+json"), (count, fast, problem)
+        assert "at most 4" in problem["detail"]
+
+
+def test_too_many_images_beside_other_fields_is_413():
+    data = body(*(part(b"x") for _ in range(4)), part(b"y", name="other"), part(b"z", name="other"))
+    assert in_an_app(data)[0] == 413
+
+
+def test_a_malformed_body_is_a_problem_in_an_app_as_outside_one():
+    data = body(part(b"x"), part(b"y").replace(b' name="images";', b""))  # a part without a name
+    status, media_type, problem = in_an_app(data)
+    assert (status, media_type) == (422, "application/problem+json")
+    assert (status, problem["detail"]) == both(data)[1]
+
+
+@pytest.mark.parametrize("content_type", [f"Multipart/Form-Data; boundary={BOUNDARY}",
+                                          f"MULTIPART/FORM-DATA; Boundary={BOUNDARY}",
+                                          f"multipart/form-data ; boundary={BOUNDARY}"])
+def test_the_media_type_is_case_insensitive(content_type):
+    data = body(part(b"one"), part(b"two", filename="b.png"))
+    assert both(data, content_type=content_type) == ([("a.jpg", b"one"), ("b.png", b"two")],) * 2
+    assert in_an_app(data, content_type=content_type, fast=True)[:2] == (200, "application/json")
+
+
+@pytest.mark.parametrize("content_type", ["multipart/form-datax; boundary=b0undary", "text/plain", ""])
+def test_other_media_types_are_415(content_type):
+    assert both(body(part(b"x")), content_type=content_type) == ((415, uploads.NOT_MULTIPART),) * 2
