@@ -47,7 +47,8 @@ async def list_reports(request: Request, patient_id: str) -> ReportList:
                responses={s: PROBLEMS[s] for s in (401, 403, 422, 429, 503)})
 async def erase_patient(request: Request, patient_id: str) -> ErasureResult:
     """Erase everything about this patient: every report version and review, the thumbnails no other
-    patient's report shows, and the cache entries (reports, latest, the cells' labels). Scope `admin`.
+    patient's report shows, and the cache entries (the labels of its reports' cells; the report entries of
+    older gateways). Scope `admin`.
     Idempotent: erasing a patient with nothing stored answers 200 with zero counts. The audit log
     keeps one line (the keyed patient hash, who, when, the counts), never the data."""
     state = request.app.state
