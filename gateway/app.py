@@ -102,7 +102,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         try:
             authorize(request, "classify")
             check_patient_id(patient_id)
-            images = await read_image_parts(request, settings.max_images, per="patient")
+            images = await read_image_parts(request, settings.max_images, per="patient",
+                                            max_image_bytes=settings.max_image_bytes)
             state.metrics.images.inc(len(images))
             with upstream_errors(), store_errors():
                 report = await state.classifier.classify(patient_id, images, request.state.request_id)

@@ -110,13 +110,21 @@ def _split_image_parts(body: bytes, boundary: bytes, max_images: int) -> list[tu
         position += 2
 
 
-async def read_image_parts(request: Request, max_images: int, per: str = "request") -> list[tuple[str, bytes]]:
+def _image_too_large(filename: str, max_image_bytes: int) -> ProblemError:
+    return ProblemError(413, f"image {filename!r} is larger than the limit of {max_image_bytes} bytes per image")
+
+
+async def read_image_parts(request: Request, max_images: int, per: str = "request",
+                           max_image_bytes: int | None = None) -> list[tuple[str, bytes]]:
     """(filename, bytes) of every part named ``images``, in order.
 
     415 when the body is not multipart (media types are case-insensitive: ``Multipart/Form-Data`` is
     multipart), 422 when it holds no image parts (or a part is not a file, or the body is malformed), 413
-    when it holds more than ``max_images`` (or too many or too large other fields), all problem+json
-    ``ProblemError``s, in an app as outside one.
+    when it holds more than ``max_images`` (or too many or too large other fields) or, with
+    ``max_image_bytes``, an image larger than that (the first such one named; checked before any large part
+    is read into memory), all problem+json ``ProblemError``s, in an app as outside one. The gateway passes a
+    limit: its body may be far larger than what a cell service accepts, and one image over the service's
+    own limits came back as a misleading 502.
     """
     content_type = request.headers.get("content-type", "")
     if content_type.partition(";")[0].strip(" \t").lower() != "multipart/form-data":
@@ -131,7 +139,12 @@ async def read_image_parts(request: Request, max_images: int, per: str = "reques
                 raise _disconnected() from None
             parts = _split_image_parts(body, boundary, max_images)
             if parts is not None:
-                return [(filename or f"image-{i}", data) for i, (filename, data) in enumerate(parts)]
+                named = [(filename or f"image-{i}", data) for i, (filename, data) in enumerate(parts)]
+                if max_image_bytes is not None:
+                    for filename, data in named:
+                        if len(data) > max_image_bytes:
+                            raise _image_too_large(filename, max_image_bytes)
+                return named
     try:
         form = await request.form(max_files=max_images + 1, max_fields=MAX_FIELDS)
     except ClientDisconnect:
@@ -151,6 +164,10 @@ async def read_image_parts(request: Request, max_images: int, per: str = "reques
             raise ProblemError(422, "no images: send one or more multipart parts named 'images'")
         if len(files) > max_images:
             raise ProblemError(413, f"too many images: {len(files)}, at most {max_images} per {per}")
+        if max_image_bytes is not None:
+            for i, part in enumerate(files):  # the parser spooled each part (to disk past 1 MiB): not read yet
+                if part.size is not None and part.size > max_image_bytes:
+                    raise _image_too_large(part.filename or f"image-{i}", max_image_bytes)
         return [(part.filename or f"image-{i}", await part.read()) for i, part in enumerate(files)]
     finally:
         await form.close()

@@ -2,18 +2,19 @@
 same batch right after the CNN, on the embeddings the CNN's one run gave (no second pass over images).
 
 The cell card's ``apl_cell_head`` section names the file, its sha256 and the sha256 of the float CNN
-whose embeddings it was trained on; both are checked at load, like the CNN's own file.
+whose embeddings it was trained on; both are checked at load, like the CNN's own file, on the
+bytes the session is then made from.
 """
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
 from services.cell_classifier.errors import ModelIntegrityError
-from shared.hashing import file_sha256
 
 CARD_SECTION = "apl_cell_head"
 
@@ -21,7 +22,8 @@ CARD_SECTION = "apl_cell_head"
 class AplCellHead:
     def __init__(self, model_dir: Path, section: dict, float_cnn_sha256: str):
         path = model_dir / section["file"]
-        actual = file_sha256(path)
+        data = path.read_bytes()  # hashed and loaded from memory: the session runs exactly the bytes checked
+        actual = hashlib.sha256(data).hexdigest()
         if actual != section["sha256"]:
             raise ModelIntegrityError(f"{path} has sha256 {actual}, the card's apl_cell_head says {section['sha256']}")
         if section.get("cell_model_sha256") != float_cnn_sha256:
@@ -37,7 +39,7 @@ class AplCellHead:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         # on the CPU whatever the CNN runs on: the embeddings come back to the host anyway, and a 256x1
         # matmul costs less than a copy to the GPU and a kernel launch
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
         self.input_name: str = section.get("input", "embedding")
         self.output_name: str = section.get("output", "apl_logit")
         inputs = [i.name for i in self.session.get_inputs()]

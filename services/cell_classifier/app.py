@@ -63,9 +63,42 @@ def _decode_upload(data: bytes, settings: CellServiceSettings, model: CellModel)
     return image, model.appearance_distance(image)
 
 
+class _CountClassifyResponses:
+    """Counts every /v1/classify answer by its final status (``CellMetrics.count_response``), whoever gives it:
+    the route, the body-size limit (413), the internal token check (401), Starlette's parser (400) or an
+    unforeseen exception (500, answered by the server-error handler outside). Counting only the route's
+    ``ProblemError``s left all of these out. A request whose client left before any answer is not counted."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] != "/v1/classify":
+            return await self.app(scope, receive, send)
+        status = None
+
+        async def send_and_note(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        except Exception:
+            if status is None:
+                status = 500
+            raise
+        finally:
+            metrics = getattr(scope["app"].state, "metrics", None)
+            if status is not None and metrics is not None:
+                metrics.count_response(status)
+
+
 def create_app(settings: CellServiceSettings | None = None, model: CellModel | None = None) -> FastAPI:
     settings = settings or CellServiceSettings()
     max_queue = settings.worker_max_queue()  # this process's share of CELL_MAX_QUEUE
+    max_reading = settings.worker_max_reading_bytes()  # and of CELL_MAX_READING_BYTES
     warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own pixel limit is lower
 
     @asynccontextmanager
@@ -73,6 +106,7 @@ def create_app(settings: CellServiceSettings | None = None, model: CellModel | N
         state = app.state
         state.ready = False
         state.admitted_images = 0  # images of requests between admission and answer (decoding, queued, running)
+        state.reading_bytes = 0  # Content-Length of the requests whose bodies are being read
         state.metrics = CellMetrics(settings.max_batch)
         state.decode_workers = LoopWorkers(settings.decode_workers, "decode")
         state.inference_pool = ThreadPoolExecutor(settings.concurrent_batches, thread_name_prefix="onnx")
@@ -88,6 +122,7 @@ def create_app(settings: CellServiceSettings | None = None, model: CellModel | N
             # admission control below is the real bound; this one only guards the batcher itself
             max_queue=max_queue + settings.max_images, executor=state.inference_pool,
             on_batch=state.metrics.observe_batch, max_concurrent_batches=settings.concurrent_batches,
+            on_queue_depth=state.metrics.queue_depth.set,
         )
         state.batcher.start()
         state.ready = True
@@ -109,19 +144,12 @@ def create_app(settings: CellServiceSettings | None = None, model: CellModel | N
     app.add_middleware(InternalTokenMiddleware, token=settings.internal_token)
     install_problem_handlers(app)
     install_request_id(app)
+    app.add_middleware(_CountClassifyResponses)  # added last: outermost, it sees the others' answers too
 
     @app.post("/v1/classify", response_model=ClassifyCellsResponse, openapi_extra=MULTIPART_BODY, responses=ERRORS)
     async def classify(request: Request) -> Response:
         """Classify one or more images sent as multipart parts named `images`; results in request order."""
-        state = request.app.state
-        metrics: CellMetrics = state.metrics
-        try:
-            response = await _classify(request, state)
-        except ProblemError as problem:
-            metrics.requests_error.inc()
-            metrics.errors.labels(str(problem.status)).inc()
-            raise
-        metrics.requests_ok.inc()
+        response = await _classify(request, request.app.state)  # counted by _CountClassifyResponses
         # Serialised here: FastAPI would validate the answer against response_model again.
         return Response(response, media_type="application/json")
 
@@ -143,7 +171,19 @@ def create_app(settings: CellServiceSettings | None = None, model: CellModel | N
         # than MAX_QUEUE.
         if state.admitted_images >= max_queue:
             raise _queue_full(state.admitted_images)
-        uploads = await read_image_parts(request, settings.max_images)
+        # The bodies being read are bounded too, by their declared size: a request's images are counted only
+        # once its body is read, and until then any number of bodies (up to CELL_MAX_BODY_BYTES each) could
+        # be read into memory at once, to be refused after. A worker reading no other body takes any one.
+        length = request.headers.get("content-length", "")
+        declared = int(length) if length.isdigit() else settings.max_body_bytes
+        if state.reading_bytes and state.reading_bytes + declared > max_reading:
+            raise _retry_later(f"too many uploads are being read ({state.reading_bytes} bytes, limit "
+                               f"{max_reading}); retry later")
+        state.reading_bytes += declared
+        try:
+            uploads = await read_image_parts(request, settings.max_images)
+        finally:
+            state.reading_bytes -= declared
         if state.admitted_images and state.admitted_images + len(uploads) > max_queue:
             raise _queue_full(state.admitted_images)
         state.admitted_images += len(uploads)
@@ -224,8 +264,7 @@ def create_app(settings: CellServiceSettings | None = None, model: CellModel | N
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics(request: Request) -> Response:
-        state = request.app.state
-        state.metrics.queue_depth.set(state.batcher.queued)
-        return Response(state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+        # the queue depth is not set here: the batcher keeps it current in every worker process
+        return Response(request.app.state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     return app

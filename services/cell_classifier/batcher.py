@@ -5,9 +5,10 @@ takes up to ``max_batch`` of them per run, waiting at most ``max_delay_s`` after
 first for more, and hands the batch to the executor; up to ``max_concurrent_batches``
 batches run at once (Triton's instance count), so the next one forms while one runs.
 The queue is bounded in items: a request that does not fit is
-refused whole with ``QueueFull`` (the service answers 503 + Retry-After). The
-handler runs in a worker thread; if it raises, only the requests with items in
-that batch fail.
+refused whole with ``QueueFull`` (the service answers 503 + Retry-After). Only
+live items count: a cancelled request's items leave the count (and drop their
+arrays) at once, though the collector skips them later. The handler runs in a
+worker thread; if it raises, only the requests with items in that batch fail.
 """
 
 from __future__ import annotations
@@ -41,9 +42,10 @@ class BatchStats:
 
 @dataclass
 class _Item:
-    value: np.ndarray
+    value: np.ndarray | None  # None: its request was cancelled while it was queued
     future: asyncio.Future
     enqueued: float = field(default_factory=time.perf_counter)
+    queued: bool = True  # still counted in ``DynamicBatcher.queued``
 
 
 class DynamicBatcher:
@@ -57,6 +59,7 @@ class DynamicBatcher:
         executor: Executor | None = None,
         on_batch: Callable[[BatchStats], None] | None = None,
         max_concurrent_batches: int = 1,
+        on_queue_depth: Callable[[int], None] | None = None,
     ):
         if max_batch < 1 or max_queue < 1 or max_delay_s < 0 or max_concurrent_batches < 1:
             raise ValueError("max_batch, max_queue and max_concurrent_batches must be >= 1, max_delay_s >= 0")
@@ -66,14 +69,33 @@ class DynamicBatcher:
         self.max_queue = max_queue
         self._executor = executor
         self._on_batch = on_batch
+        self._on_queue_depth = on_queue_depth
         self.max_concurrent_batches = max_concurrent_batches
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
+        self._live = 0  # queued items whose request still waits (``queued``)
         self._task: asyncio.Task | None = None
         self._running: set[asyncio.Task] = set()
 
     @property
     def queued(self) -> int:
-        return self._queue.qsize()
+        """Items waiting for a batch, not counting those of cancelled requests (still in the queue until the
+        collector reaches them, but nothing will compute them: counted, they refused live requests)."""
+        return self._live
+
+    def _unqueue(self, item: _Item) -> None:
+        """``item`` leaves the count: taken by the collector, or its request cancelled (whichever comes first)."""
+        if item.queued:
+            item.queued = False
+            self._live -= 1
+
+    def _depth_changed(self) -> None:
+        """Tell ``on_queue_depth`` (the queue-depth gauge) the new depth where it changes, not when /metrics is
+        scraped: with several worker processes the scrape reaches one, and the others' values went stale."""
+        if self._on_queue_depth is not None:
+            try:
+                self._on_queue_depth(self._live)
+            except Exception:  # noqa: BLE001 - metrics must never break inference
+                pass
 
     @property
     def running(self) -> bool:
@@ -95,8 +117,10 @@ class DynamicBatcher:
             await asyncio.gather(*self._running, return_exceptions=True)
         while not self._queue.empty():
             item = self._queue.get_nowait()
+            self._unqueue(item)
             if not item.future.done():
                 item.future.set_exception(BatcherStopped("service is shutting down"))
+        self._depth_changed()
 
     async def submit(self, values: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
         """Results for ``values`` (a stack or a list of items), in order. Raises ``QueueFull`` at once if no
@@ -105,17 +129,23 @@ class DynamicBatcher:
             raise BatcherStopped("batcher is not running")
         if len(values) == 0:
             return np.empty((0,))
-        if self._queue.qsize() + len(values) > self.max_queue:
-            raise QueueFull(f"{self._queue.qsize()} items queued, limit {self.max_queue}")
+        if self._live + len(values) > self.max_queue:
+            raise QueueFull(f"{self._live} items queued, limit {self.max_queue}")
         loop = asyncio.get_running_loop()
         items = [_Item(value, loop.create_future()) for value in values]
         for item in items:
             self._queue.put_nowait(item)
+        self._live += len(items)
+        self._depth_changed()
         try:
             return np.stack(await asyncio.gather(*(item.future for item in items)))
         except BaseException:
             for item in items:  # a cancelled or failed request leaves nothing behind to compute
                 item.future.cancel()
+                if item.queued:  # not yet taken (so in no batch): its room and its array are given back now
+                    self._unqueue(item)
+                    item.value = None
+            self._depth_changed()
             raise
 
     async def _collect(self) -> list[_Item]:
@@ -124,11 +154,13 @@ class DynamicBatcher:
         would otherwise wait forever). ``asyncio.timeout``, not ``wait_for``: on Python 3.11, ``wait_for``
         swallows a cancellation that arrives with the item, and the collector would then wait on forever."""
         batch = [await self._queue.get()]
+        self._unqueue(batch[0])
         try:
             deadline = time.perf_counter() + self.max_delay_s
             while len(batch) < self.max_batch:
                 if not self._queue.empty():
                     batch.append(self._queue.get_nowait())
+                    self._unqueue(batch[-1])
                     continue
                 remaining = deadline - time.perf_counter()
                 if remaining <= 0:
@@ -136,6 +168,7 @@ class DynamicBatcher:
                 try:
                     async with asyncio.timeout(remaining):
                         batch.append(await self._queue.get())
+                        self._unqueue(batch[-1])
                 except TimeoutError:
                     break
         except asyncio.CancelledError:
@@ -144,6 +177,8 @@ class DynamicBatcher:
                 if not item.future.done():
                     item.future.set_exception(stopped)
             raise
+        finally:
+            self._depth_changed()
         return batch
 
     async def _run(self) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +16,6 @@ from services.cell_classifier.apl_head import AplCellHead
 from services.cell_classifier.errors import ModelIntegrityError
 from shared.appearance import FEATURE_NAMES as APPEARANCE_FEATURES
 from shared.appearance import AppearanceReference, appearance_features
-from shared.hashing import file_sha256
 from shared.preprocessing import PREPROCESSING_VERSION
 from shared.vocabulary import CELL_TYPES, UNCLASSIFIED
 
@@ -97,6 +96,8 @@ class CheckedModel:
     entry: dict  # the chosen variant's file and sha256
     path: Path
     input_size: int
+    # the chosen file's bytes, read once: the ones whose sha256 was checked are the ones the session loads
+    data: bytes = field(repr=False, compare=False)
 
 
 def check_model(model_dir: Path, provider: str = "auto", variant: str = "auto") -> CheckedModel:
@@ -123,11 +124,12 @@ def check_model(model_dir: Path, provider: str = "auto", variant: str = "auto") 
                                   f"{appearance.get('feature_names') or 'of an earlier version'}, not "
                                   f"{list(APPEARANCE_FEATURES)}: run python -m training.appearance_reference")
     path = model_dir / entry["file"]
-    actual = file_sha256(path)
+    data = path.read_bytes()  # a few MB; hashed and then loaded from memory, so no other bytes can slip in
+    actual = hashlib.sha256(data).hexdigest()
     if actual != entry["sha256"]:
         raise ModelIntegrityError(f"{path} has sha256 {actual}, its card says {entry['sha256']}")
     # the side the shared preprocessing resizes every image to for this model (its card says it)
-    return CheckedModel(card, providers, chosen, entry, path, int(shape[1]))
+    return CheckedModel(card, providers, chosen, entry, path, int(shape[1]), data)
 
 
 class CellModel:
@@ -147,7 +149,9 @@ class CellModel:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Decoding threads share the cores with inference: idle ORT threads must sleep, not spin.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(model_path), options, providers=providers)
+        # the bytes check_model hashed, not the path: a file replaced between the check and the load would
+        # otherwise run unchecked (the session keeps its copy of the bytes: a few MB)
+        self.session = ort.InferenceSession(checked.data, options, providers=providers)
         self.provider: str = self.session.get_providers()[0]
         # onnxruntime falls back to the CPU, with a warning only, when the CUDA provider it lists cannot start
         # (no driver, another CUDA or cuDNN): asked for explicitly, CUDA must be what runs (auto reports either)

@@ -39,8 +39,10 @@ class CellMetrics:
         self.images_classified = self.images.labels("classified")
         self.images_error = self.images.labels("error")
         self.failed_batches = Counter("cell_failed_batches", "ONNX runs that raised", registry=self.registry)
+        # all live worker processes' queues together; each process's value is set by its batcher whenever its
+        # queue changes (on_queue_depth), since a scrape reaches only one of them
         self.queue_depth = Gauge("cell_queue_depth", "Images waiting for inference", registry=self.registry,
-                                 multiprocess_mode="livesum")  # all live worker processes' queues together
+                                 multiprocess_mode="livesum")
         self.multiprocess = bool(os.environ.get(MULTIPROCESS_DIR_ENV))
 
     def exposition(self) -> bytes:
@@ -55,6 +57,14 @@ class CellMetrics:
         """At a worker's exit: its live gauges (the queue depth) stop counting."""
         if self.multiprocess:
             multiprocess.mark_process_dead(os.getpid())
+
+    def count_response(self, status: int) -> None:
+        """One /v1/classify answer: ``ok`` below 400, else ``error`` and its status."""
+        if status < 400:
+            self.requests_ok.inc()
+        else:
+            self.requests_error.inc()
+            self.errors.labels(str(status)).inc()
 
     def observe_batch(self, stats: BatchStats) -> None:
         self.batch_size.observe(stats.size)

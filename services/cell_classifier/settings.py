@@ -38,6 +38,12 @@ class CellServiceSettings(BaseSettings):
                                        "503, over all worker processes (each admits its share); bounds the wait "
                                        "(about 2 s at 350 images/s on 2 CPU cores); an idle service still takes "
                                        "one request of up to CELL_MAX_IMAGES")
+    max_reading_bytes: int = Field(256 * 1024 * 1024, ge=1, validation_alias=AliasChoices("CELL_MAX_READING_BYTES"),
+                                   description="request bodies being read at once, by their Content-Length (a body "
+                                               "without one counts as CELL_MAX_BODY_BYTES), over all worker "
+                                               "processes (each reads its share): bounds the memory of uploads "
+                                               "before admission; a request over it gets 503 + Retry-After before "
+                                               "its body is read, but a worker reading no other body takes any one")
     max_images: int = Field(1024, ge=1, validation_alias=AliasChoices("CELL_MAX_IMAGES"))
     max_body_bytes: int = Field(512 * 1024 * 1024, ge=1, validation_alias=AliasChoices("CELL_MAX_BODY_BYTES"))
     max_image_bytes: int = Field(50 * 1024 * 1024, ge=1, validation_alias=AliasChoices("CELL_MAX_IMAGE_BYTES"))
@@ -81,3 +87,7 @@ class CellServiceSettings(BaseSettings):
     def worker_max_queue(self) -> int:
         """The admission limit of one worker process: its share of ``max_queue`` (rounded up)."""
         return -(-self.max_queue // self.workers)
+
+    def worker_max_reading_bytes(self) -> int:
+        """The bytes of request bodies one worker process reads at once: its share of ``max_reading_bytes``."""
+        return -(-self.max_reading_bytes // self.workers)

@@ -242,3 +242,50 @@ def test_inference_threads_are_shared_out_among_the_concurrent_batches(monkeypat
     monkeypatch.setenv("CELL_INFERENCE_THREADS", "0")
     monkeypatch.setenv("CELL_CONCURRENT_BATCHES", "1")
     assert CellServiceSettings().threads_per_batch() == (os.cpu_count() or 1)
+
+
+def test_a_cancelled_requests_items_leave_the_queue_limit_at_once():
+    async def main():
+        handler = Recorder()
+        gate, slow = gated(handler)
+        batcher = DynamicBatcher(slow, max_batch=1, max_delay_s=0.0, max_queue=4)
+        batcher.start()
+        first = asyncio.create_task(batcher.submit(np.array([1])))  # taken by the handler (held)
+        await asyncio.sleep(0.05)
+        abandoned = asyncio.create_task(batcher.submit(np.array([2, 3, 4])))
+        await asyncio.sleep(0.01)
+        assert batcher.queued == 3
+        abandoned.cancel()
+        await asyncio.sleep(0.01)
+        assert batcher.queued == 0, "nothing will compute them: they hold no room"
+        later = asyncio.create_task(batcher.submit(np.array([5, 6, 7, 8])))  # the whole limit, not QueueFull
+        await asyncio.sleep(0.01)
+        assert batcher.queued == 4
+        gate.set()
+        results = await asyncio.gather(first, later)
+        await batcher.stop()
+        return handler, results
+
+    handler, results = run(main())
+    assert [r.tolist() for r in results] == [[2], [10, 12, 14, 16]]
+    assert not any(v in batch for batch in handler.batches for v in (2, 3, 4))
+
+
+def test_the_queue_depth_is_reported_as_items_are_queued_and_taken():
+    async def main():
+        depths: list[int] = []
+        handler = Recorder()
+        gate, slow = gated(handler)
+        batcher = DynamicBatcher(slow, max_batch=2, max_delay_s=0.0, max_queue=100, on_queue_depth=depths.append)
+        batcher.start()
+        waiting = asyncio.create_task(batcher.submit(np.arange(5)))
+        await asyncio.sleep(0.05)  # 2 taken into the held batch, 3 queued
+        seen = list(depths)
+        gate.set()
+        await waiting
+        await batcher.stop()
+        return seen, depths
+
+    seen, depths = run(main())
+    assert seen[0] == 5 and seen[-1] == 3  # queued, then 2 taken into the held batch
+    assert depths[-1] == 0

@@ -37,13 +37,14 @@ def request(data: bytes, content_type: str = f"multipart/form-data; boundary={BO
     return Request({"type": "http", "method": "POST", "path": "/", "headers": headers, "query_string": b""}, receive)
 
 
-def both(data: bytes, max_images: int = 4, **kwargs):
+def both(data: bytes, max_images: int = 4, max_image_bytes: int | None = None, **kwargs):
     """(fast path's answer, general parser's answer): a list of parts, or (status, detail) of the error."""
     def run(fast_limit: int):
         original = uploads.FAST_PATH_MAX_BYTES
         uploads.FAST_PATH_MAX_BYTES = fast_limit
         try:
-            return asyncio.run(uploads.read_image_parts(request(data, **kwargs), max_images))
+            return asyncio.run(uploads.read_image_parts(request(data, **kwargs), max_images,
+                                                        max_image_bytes=max_image_bytes))
         except ProblemError as problem:
             return problem.status, problem.detail
         finally:
@@ -154,3 +155,30 @@ def test_the_media_type_is_case_insensitive(content_type):
 @pytest.mark.parametrize("content_type", ["multipart/form-datax; boundary=b0undary", "text/plain", ""])
 def test_other_media_types_are_415(content_type):
     assert both(body(part(b"x")), content_type=content_type) == ((415, uploads.NOT_MULTIPART),) * 2
+
+
+def test_an_image_over_the_per_image_limit_is_413_naming_it_on_both_paths():
+    data = body(part(b"s" * 10, filename="small.jpg"), part(b"b" * 101, filename="big.jpg"),
+                part(b"c" * 200, filename="bigger.jpg"))
+    fast, general = both(data, max_image_bytes=100)
+    assert fast == general == (413, "image 'big.jpg' is larger than the limit of 100 bytes per image")
+    assert both(data, max_image_bytes=200) == ([("small.jpg", b"s" * 10), ("big.jpg", b"b" * 101),
+                                               ("bigger.jpg", b"c" * 200)],) * 2
+    assert both(data) == both(data, max_image_bytes=200)  # no limit: as before
+    unnamed = body(part(b"x" * 101, filename=""))
+    assert both(unnamed, max_image_bytes=100) == ((413, "image 'image-0' is larger than the limit of 100 bytes per "
+                                                        "image"),) * 2
+
+
+def test_a_large_image_is_refused_before_it_is_read_into_memory(monkeypatch):
+    read = []
+    original = uploads.UploadFile.read
+
+    async def reading(self, *args):
+        read.append(self.filename)
+        return await original(self, *args)
+
+    monkeypatch.setattr(uploads.UploadFile, "read", reading)
+    data = body(part(b"s"), part(b"b" * (2 << 20), filename="big.jpg"))  # spooled to disk by the parser
+    assert both(data, max_image_bytes=1 << 20)[1][0] == 413
+    assert read == []
