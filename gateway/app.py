@@ -73,7 +73,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         state.store = ReportStore(engine)
         state.classifier = PatientClassifier(state.cache, state.cells, state.subtype,
                                              chunk_size=settings.chunk_size,
-                                             chunk_concurrency=settings.chunk_concurrency, store=state.store)
+                                             chunk_concurrency=settings.chunk_concurrency,
+                                             chunk_max_bytes=settings.chunk_max_bytes, store=state.store)
         log.info("gateway up: cell %s, subtype %s, cache %s, report store %s", settings.cell_url,
                  settings.subtype_url, state.cache.kind, engine.dialect.name)
         yield

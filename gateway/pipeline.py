@@ -93,15 +93,33 @@ def _check_answer(chunk: list, body) -> None:
         raise UpstreamError(502, "cell service returned a wrong number of results")
 
 
+def split_chunks(items: list[tuple[str, str, bytes]], max_count: int, max_bytes: int) -> list[list]:
+    """(sha256, filename, bytes) in order -> chunks of at most ``max_count`` images and, unless one image is
+    larger on its own, at most ``max_bytes`` of image data."""
+    chunks: list[list] = []
+    current: list = []
+    size = 0
+    for item in items:
+        if current and (len(current) >= max_count or size + len(item[2]) > max_bytes):
+            chunks.append(current)
+            current, size = [], 0
+        current.append(item)
+        size += len(item[2])
+    if current:
+        chunks.append(current)
+    return chunks
+
+
 class PatientClassifier:
     def __init__(self, cache: Cache, cells: CellServiceClient, subtype: SubtypeServiceClient, *,
-                 chunk_size: int, chunk_concurrency: int, store: ReportStore):
+                 chunk_size: int, chunk_concurrency: int, store: ReportStore, chunk_max_bytes: int = 32 << 20):
         self.cache = cache
         self.store = store
         self.cells = cells
         self.subtype = subtype
         self.chunk_size = chunk_size
         self.chunk_concurrency = chunk_concurrency
+        self.chunk_max_bytes = chunk_max_bytes
         self._models: dict[str, dict[str, str]] = {}
         self._appearance: dict = {}  # the cell model card's appearance thresholds
         self._models_checked = -math.inf
@@ -137,7 +155,7 @@ class PatientClassifier:
         again, up to ``MIXED_MODEL_ROUNDS`` rounds; then the request fails with 503 rather than
         mixing versions in one report. When the model that answered is not the one in ``models`` (the
         request's snapshot), the snapshot is updated to it."""
-        chunks = [missing[i: i + self.chunk_size] for i in range(0, len(missing), self.chunk_size)]
+        chunks = split_chunks(missing, self.chunk_size, self.chunk_max_bytes)
         results: dict[str, dict] = {}
         model_of: dict[tuple, dict] = {}
         for _ in range(MIXED_MODEL_ROUNDS):

@@ -33,6 +33,10 @@ class GatewaySettings(BaseSettings):
                                              "than one cell-service request takes")
     chunk_size: int = Field(64, ge=1, validation_alias=AliasChoices("CHUNK_SIZE"))
     chunk_concurrency: int = Field(4, ge=1, validation_alias=AliasChoices("CHUNK_CONCURRENCY"))
+    chunk_max_bytes: int = Field(32 * 1024 * 1024, ge=1, validation_alias=AliasChoices("CHUNK_MAX_BYTES"),
+                                 description="a chunk to the cell service also ends before this many bytes of "
+                                             "images (an image larger goes alone), so that CHUNK_CONCURRENCY "
+                                             "chunks stay well under the cell service's body and reading limits")
     cell_timeout_s: float = Field(60.0, gt=0, validation_alias=AliasChoices("CELL_TIMEOUT_S"))
     subtype_timeout_s: float = Field(10.0, gt=0, validation_alias=AliasChoices("SUBTYPE_TIMEOUT_S"))
     retry_backoff_s: float = Field(0.2, ge=0, validation_alias=AliasChoices("RETRY_BACKOFF_S"))

@@ -99,3 +99,13 @@ def test_chunks_answered_before_a_failure_stay_cached_for_the_retry():
     cached = asyncio.run(pipeline.cache.get_many(keys))
     assert [c is not None for c in cached] == [True] * 4 + [False] * 2, "the two answered chunks are kept"
     assert cached[0]["label"] == "blast"
+
+
+def test_chunks_end_at_a_count_or_a_size_and_a_large_image_goes_alone():
+    from gateway.pipeline import split_chunks
+
+    items = [(f"{i:064x}", f"c{i}.jpg", b"x" * size) for i, size in enumerate([10, 10, 10, 50, 10, 10, 10, 10])]
+    chunks = split_chunks(items, max_count=3, max_bytes=30)
+    assert [[len(data) for _, _, data in chunk] for chunk in chunks] == [[10, 10, 10], [50], [10, 10, 10], [10]]
+    assert [item for chunk in chunks for item in chunk] == items, "every image once, in order"
+    assert split_chunks([], 3, 30) == []
