@@ -12,9 +12,9 @@ PIP_INSTALL := $(BIN)/pip install -q -c constraints.txt
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
-$(PYTHON):
-	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
+$(PYTHON):  # a half-made .venv is removed, so that make setup can simply be run again
+	$(PY) -m venv $(VENV) || { rm -rf $(VENV); echo "python3 -m venv failed (Debian/Ubuntu: apt-get install python3-venv)"; exit 1; }
+	$(BIN)/pip install -q --upgrade pip || { rm -rf $(VENV); exit 1; }
 
 setup: $(PYTHON) ## create .venv with everything to serve and test (no TensorFlow)
 	$(PIP_INSTALL) -e '.[test]'

@@ -5,4 +5,5 @@ from gateway.settings import GatewaySettings
 from shared.serving import run
 
 if __name__ == "__main__":
-    run(create_app, GatewaySettings(), access_log=False)
+    # a patient's classification can take a minute or more (CELL_TIMEOUT_S per chunk): let it finish on SIGTERM
+    run(create_app, GatewaySettings(), access_log=False, graceful_shutdown_s=120)

@@ -14,6 +14,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
+from gateway.admission import UploadBudget, declared_length
 from gateway.audit import AuditLog
 from gateway.cache import make_cache
 from gateway.clients import CellServiceClient, SubtypeServiceClient
@@ -66,6 +67,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         if not len(state.keys):
             log.warning("no API keys configured: every protected call will be refused (401)")
         state.rate_limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
+        state.uploads = UploadBudget(settings.max_uploads_bytes)
         state.audit = AuditLog(settings.audit_log_path, settings.audit_hmac_key or secrets.token_hex(32))
         engine = make_engine(settings)
         if settings.migrate_on_start:
@@ -103,11 +105,12 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         try:
             authorize(request, "classify")
             check_patient_id(patient_id)
-            images = await read_image_parts(request, settings.max_images, per="patient",
-                                            max_image_bytes=settings.max_image_bytes)
-            state.metrics.images.inc(len(images))
-            with upstream_errors(), store_errors():
-                report = await state.classifier.classify(patient_id, images, request.state.request_id)
+            with state.uploads.hold(declared_length(request.headers, settings.max_body_bytes)):
+                images = await read_image_parts(request, settings.max_images, per="patient",
+                                                max_image_bytes=settings.max_image_bytes)
+                state.metrics.images.inc(len(images))
+                with upstream_errors(), store_errors():
+                    report = await state.classifier.classify(patient_id, images, request.state.request_id)
             if report.cached:
                 state.metrics.cache_hits.inc()
             return render(request, report, include == "cells")

@@ -28,9 +28,12 @@ class GatewaySettings(BaseSettings):
     cache_ttl_s: int = Field(7 * 24 * 3600, ge=1, validation_alias=AliasChoices("CACHE_TTL_S"))
     max_images: int = Field(2000, ge=1, validation_alias=AliasChoices("MAX_IMAGES", "GATEWAY_MAX_IMAGES"))
     max_body_bytes: int = Field(1024 * 1024 * 1024, ge=1, validation_alias=AliasChoices("GATEWAY_MAX_BODY_BYTES"))
-    max_image_bytes: int = Field(64 * 1024 * 1024, ge=1, validation_alias=AliasChoices("GATEWAY_MAX_IMAGE_BYTES"),
+    max_image_bytes: int = Field(50 * 1024 * 1024, ge=1, validation_alias=AliasChoices("GATEWAY_MAX_IMAGE_BYTES"),
                                  description="one image file (413 above, naming it): the body may hold far more "
                                              "than one cell-service request takes")
+    max_uploads_bytes: int = Field(1024 * 1024 * 1024, ge=1, validation_alias=AliasChoices("GATEWAY_MAX_UPLOADS_BYTES"),
+                                   description="bytes of uploads held at once, from reading to answer (by "
+                                               "Content-Length): another request gets a fast 503 (gateway/admission.py)")
     chunk_size: int = Field(64, ge=1, validation_alias=AliasChoices("CHUNK_SIZE"))
     chunk_concurrency: int = Field(4, ge=1, validation_alias=AliasChoices("CHUNK_CONCURRENCY"))
     chunk_max_bytes: int = Field(32 * 1024 * 1024, ge=1, validation_alias=AliasChoices("CHUNK_MAX_BYTES"),

@@ -57,6 +57,13 @@ def _stop_requested(signum: int, _frame: object) -> None:
     raise _StopRequested(signal.Signals(signum).name)
 
 
+def ensure_internal_token(env: dict[str, str]) -> None:
+    """A fresh token between the services of this run unless one is given; an empty one (e.g. from an
+    unfilled deploy/env.example) counts as none, since every service refuses to start with it."""
+    if not env.get("INTERNAL_TOKEN", "").strip():
+        env["INTERNAL_TOKEN"] = secrets.token_urlsafe(24)
+
+
 def main(timeout_s: float = 180.0) -> int:
     for stop_signal in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(stop_signal, _stop_requested)
@@ -77,7 +84,7 @@ def main(timeout_s: float = 180.0) -> int:
             key, entry = new_key("local", {"classify", "read", "review"})
             env["API_KEYS"] = json.dumps([entry])
             print(f"API key for this run (enter it in the page; not stored): {key}", flush=True)
-        env.setdefault("INTERNAL_TOKEN", secrets.token_urlsafe(24))
+        ensure_internal_token(env)
         cell_url, subtype_url = _url("CELL", 8001), _url("SUBTYPE", 8002)
         env.setdefault("CELL_URL", cell_url)
         env.setdefault("SUBTYPE_URL", subtype_url)

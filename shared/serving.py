@@ -16,15 +16,18 @@ def service_name(create_app: Callable[..., FastAPI]) -> str:
     return parts[1] if parts[0] == "services" and len(parts) > 1 else parts[0]
 
 
-def run(create_app: Callable[..., FastAPI], settings, access_log: bool = True, workers: int = 1) -> None:
+def run(create_app: Callable[..., FastAPI], settings, access_log: bool = True, workers: int = 1,
+        graceful_shutdown_s: int = 10) -> None:
     """``settings`` has host, port and log_level; logs go to stderr as JSON lines or text lines
     (``LOG_FORMAT``, see shared/json_logging.py); uvicorn stops gracefully on SIGTERM/Ctrl-C.
     ``access_log=False`` where paths carry patient ids (the gateway: its audit log records requests).
     ``workers > 1``: uvicorn's process manager starts that many processes on the one port, each
-    building its app with ``create_app()`` from the same environment, and restarts one that dies."""
+    building its app with ``create_app()`` from the same environment, and restarts one that dies.
+    ``graceful_shutdown_s``: how long requests in flight may finish after SIGTERM (a deployment's grace
+    period must be longer, plus its preStop wait)."""
     config = log_config(settings.log_level, service=service_name(create_app))
     common = {"host": settings.host, "port": settings.port, "log_level": settings.log_level, "log_config": config,
-              "timeout_graceful_shutdown": 10, "access_log": access_log}
+              "timeout_graceful_shutdown": graceful_shutdown_s, "access_log": access_log}
     if workers > 1:
         uvicorn.run(f"{create_app.__module__}:{create_app.__name__}", factory=True, workers=workers, **common)
     else:

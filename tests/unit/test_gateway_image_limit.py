@@ -29,4 +29,4 @@ def test_an_image_over_the_gateways_per_image_limit_is_413_naming_it(tmp_path):
 
 def test_the_default_per_image_limit(monkeypatch):
     monkeypatch.delenv("GATEWAY_MAX_IMAGE_BYTES", raising=False)
-    assert GatewaySettings().max_image_bytes == 64 * 1024 * 1024
+    assert GatewaySettings().max_image_bytes == 50 * 1024 * 1024, "the cell service's own limit (CELL_MAX_IMAGE_BYTES)"
