@@ -4,17 +4,35 @@
 
 const $ = (id) => document.getElementById(id);
 const GROUP_PREVIEW = 60;  // cells shown per label before "Show all"
+const MAX_IMAGES = 2000;  // the gateway's defaults (MAX_IMAGES, GATEWAY_MAX_IMAGE_BYTES): checked before sending
+const MAX_IMAGE_BYTES = 50 * 1024 * 1024;
+const THUMBNAIL_CONCURRENCY = 4;  // thumbnails share the key's rate limit (burst 60, 600/min)
+const THUMBNAIL_TRIES = 5;
+const PATIENT_ID = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 let chosen = [];
-// the report on screen and the reviewer's unsaved corrections (sha256 -> label)
+// the report on screen: { report, local (sha256 -> the File sent with its request), corrections (sha256 -> label,
+// not saved yet), edits (corrections made so far), images (sha256 -> promise of an object URL), retired }
 let current = null;
+// the latest request whose answer would replace the report on screen: only that answer is shown
+let pending = null;
+let requestSeq = 0;
+let reviewing = false;  // a review POST is in flight: no second one
 // the key lives in this tab's sessionStorage only: gone when the tab closes
 $("api-key").value = sessionStorage.getItem("aml-api-key") || "";
 $("api-key").addEventListener("change", () => sessionStorage.setItem("aml-api-key", $("api-key").value.trim()));
 
+function selectionProblem(files) {
+  if (files.length > MAX_IMAGES) return `${files.length} images selected: at most ${MAX_IMAGES} per patient are accepted.`;
+  const big = files.find((f) => f.size > MAX_IMAGE_BYTES);
+  return big ? `${big.webkitRelativePath || big.name} is ${(big.size / 2 ** 20).toFixed(1)} MiB: ` +
+    `at most ${MAX_IMAGE_BYTES / 2 ** 20} MiB per image are accepted. Leave it out.` : null;
+}
+
 function updateSelection() {
   const files = [...$("images").files, ...$("folder").files].filter((f) => /\.(jpe?g|png|tiff?|bmp)$/i.test(f.name));
   chosen = files;
-  $("selection").textContent = files.length ? `${files.length} image(s) selected` : "";
+  const problem = selectionProblem(files);
+  $("selection").textContent = files.length ? `${files.length} image(s) selected` + (problem ? `: ${problem}` : "") : "";
 }
 $("images").addEventListener("change", updateSelection);
 $("folder").addEventListener("change", updateSelection);
@@ -24,16 +42,45 @@ function showError(message) {
   $("error").hidden = false;
 }
 
+function showNotice(message) {
+  $("notice").textContent = message;
+  $("notice").hidden = !message;
+}
+
+function clearMessages() {
+  $("error").hidden = true;
+  showNotice("");
+}
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+const num = (v, digits) => (typeof v === "number" && Number.isFinite(v) ? v.toFixed(digits) : "n/a");
+const pct = (v) => (typeof v === "number" && Number.isFinite(v) ? `${(v * 100).toFixed(1)}%` : "n/a");
+
+function retryAfterSeconds(value) {
+  // Retry-After: seconds or a date; null when absent or unreadable
+  if (!value) return null;
+  if (/^\s*\d+\s*$/.test(value)) return Number(value);
+  const at = Date.parse(value);
+  return Number.isNaN(at) ? null : Math.max(0, Math.ceil((at - Date.now()) / 1000));
+}
+
+function problemText(status, body, retryAfter) {
+  let text = body && body.detail ? `${body.title || "Error"} (${status}): ${body.detail}` : `HTTP ${status}`;
+  const wait = retryAfterSeconds(retryAfter);
+  if ((status === 429 || status === 503) && wait !== null) text += ` (try again in ${wait} s)`;
+  return text;
+}
+
 function barChart(svg, entries, format) {
   const width = svg.clientWidth || 500, height = svg.clientHeight || 260;
   const max = Math.max(...entries.map(([, v]) => v), 1e-9);
-  const band = (height - 20) / entries.length;
+  const band = (height - 20) / Math.max(entries.length, 1);
   const ns = "http://www.w3.org/2000/svg";
   svg.replaceChildren();
   svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
   entries.forEach(([label, value], i) => {
     const y = 10 + i * band;
-    const w = Math.max(1, (width - 220) * value / max);
+    const w = Math.max(1, (width - 220) * (Number.isFinite(value) ? value : 0) / max);
     const text = document.createElementNS(ns, "text");
     text.setAttribute("x", 8); text.setAttribute("y", y + band * 0.65); text.setAttribute("font-size", "12");
     text.textContent = label;
@@ -51,7 +98,7 @@ function countsNow() {
   const report = current.report;
   if (!report.cells) return { ...report.cell_counts };
   const counts = Object.fromEntries(Object.keys(report.cell_counts).map((k) => [k, 0]));
-  report.cells.forEach((c) => { counts[current.corrections.get(c.sha256) || c.label] += 1; });
+  report.cells.forEach((c) => { const label = current.corrections.get(c.sha256) || c.label; counts[label] = (counts[label] || 0) + 1; });
   return counts;
 }
 
@@ -80,13 +127,177 @@ window.addEventListener("beforeunload", (event) => {
   }
 });
 
+// --- requests that replace the report on screen ---------------------------------------------------
+
+function beginRequest(kind, patient, what, askUnsaved = true) {
+  // a new request for the view (null: the reviewer chose to stay); the one before it is abandoned
+  if (pending && pending.kind === "upload" && !window.confirm(
+    `The images of patient ${pending.patient} are still being classified. Stop waiting for them and ${what}?`)) return null;
+  if (askUnsaved && keepUnsaved()) return null;
+  const previous = pending;
+  requestSeq += 1;
+  pending = null;
+  if (previous) previous.abort();
+  const controller = new AbortController();
+  pending = { seq: requestSeq, kind, patient, view: current, edits: current ? current.edits : 0,
+              signal: controller.signal, abort: () => controller.abort() };
+  clearMessages();
+  $("progress-box").hidden = true;
+  return pending;
+}
+
+function endRequest(req) {
+  // true when req is still the latest request: its answer may be shown
+  if (req.seq !== requestSeq || pending !== req) return false;
+  pending = null;
+  $("progress-box").hidden = true;
+  return true;
+}
+
+function mayReplace(req, patient) {
+  // corrections made while the request ran were never agreed to be dropped: ask now
+  if (current && (current !== req.view || current.edits !== req.edits) && keepUnsaved()) {
+    showNotice(`The report of patient ${patient} was not shown, to keep your unsaved corrections of patient ` +
+               `${current.report.patient_id}: save them, then open it again.`);
+    return false;
+  }
+  return true;
+}
+
+function showProgress(text, value) {
+  $("progress-box").hidden = false;
+  $("progress-text").textContent = text;
+  if (value === null) $("progress").removeAttribute("value");
+  else $("progress").value = value;
+}
+
+async function fetchKeyed(url, options) {
+  // a 429 (the key's rate, which the thumbnails share) is tried once more after a short Retry-After,
+  // the thumbnails holding back meanwhile; any other answer is the caller's
+  const response = await fetch(url, options);
+  const wait = response.status === 429 ? retryAfterSeconds(response.headers.get("Retry-After")) : null;
+  if (wait === null || wait > 10) return response;
+  thumbnails.pausedUntil = Math.max(thumbnails.pausedUntil, Date.now() + 1000 * wait + 500);
+  await sleep(1000 * wait);
+  return fetch(url, options);
+}
+
+async function readJson(response) {
+  try { return await response.json(); } catch (e) { return null; }
+}
+
+// --- the images of the cells ----------------------------------------------------------------------
+
+function hex(buffer) {
+  return [...new Uint8Array(buffer)].map((b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+async function localImages(files, req) {
+  // the files of one request by the sha256 of their bytes (the gateway's cell key), so a cell never shows
+  // another file; without Web Crypto (a page served neither over TLS nor from localhost) only a name that is
+  // unique in that request's own list identifies its file, and the other cells show the gateway's thumbnails
+  const local = new Map();
+  if (!(window.crypto && crypto.subtle)) {
+    const seen = new Map();
+    files.forEach((f) => seen.set(f.name, seen.has(f.name) ? null : f));
+    seen.forEach((f, name) => { if (f) local.set(`name:${name}`, f); });
+    return local;
+  }
+  let next = 0;
+  const worker = async () => {
+    while (next < files.length && req.seq === requestSeq) {
+      const file = files[next++];
+      try {
+        const sha = hex(await crypto.subtle.digest("SHA-256", await file.arrayBuffer()));
+        if (!local.has(sha)) local.set(sha, file);
+      } catch (e) { /* unreadable now: its cell shows the gateway's thumbnail */ }
+    }
+  };
+  await Promise.all([worker(), worker()]);
+  return local;
+}
+
+const thumbnails = { queue: [], running: 0, pausedUntil: 0 };
+
+function queueThumbnail(view, sha) {
+  return new Promise((resolve) => { thumbnails.queue.push({ view, sha, resolve }); pumpThumbnails(); });
+}
+
+function pumpThumbnails() {
+  while (thumbnails.running < THUMBNAIL_CONCURRENCY && thumbnails.queue.length) {
+    const job = thumbnails.queue.shift();
+    if (job.view.retired) { job.resolve(null); continue; }
+    thumbnails.running += 1;
+    loadThumbnail(job).catch(() => null).then((url) => {
+      thumbnails.running -= 1;
+      job.resolve(url);
+      pumpThumbnails();
+    });
+  }
+}
+
+async function loadThumbnail(job) {
+  // a cell of a stored report whose file is not on this computer: the gateway's thumbnail, a few at a time;
+  // 429/503: the whole queue waits for Retry-After (the key's rate is shared), a few tries at most
+  const url = `/reports/${encodeURIComponent(job.view.report.report_id)}/cells/${job.sha}.jpg`;
+  for (let attempt = 1; ; attempt += 1) {
+    const wait = thumbnails.pausedUntil - Date.now();
+    if (wait > 0) await sleep(wait);
+    if (job.view.retired) return null;
+    let response = null;
+    try {
+      response = await fetch(url, { headers: { "X-API-Key": $("api-key").value.trim() } });
+    } catch (e) { /* network failure: tried again below */ }
+    if (response && response.ok) {
+      const blob = await response.blob();
+      return job.view.retired ? null : URL.createObjectURL(blob);
+    }
+    if ((response && response.status !== 429 && response.status !== 503) || attempt >= THUMBNAIL_TRIES) return null;
+    const seconds = response ? retryAfterSeconds(response.headers.get("Retry-After")) : null;
+    const delay = 1000 * Math.min(30, seconds === null ? attempt : Math.max(seconds, 0.2));
+    thumbnails.pausedUntil = Math.max(thumbnails.pausedUntil, Date.now() + delay);
+  }
+}
+
+function imageUrl(view, cell) {
+  // one object URL per cell of the view: the file sent with its request, else the gateway's thumbnail
+  if (!view.images.has(cell.sha256)) {
+    const file = view.local.get(cell.sha256) || view.local.get(`name:${cell.filename}`);
+    view.images.set(cell.sha256, file ? Promise.resolve(URL.createObjectURL(file))
+      : view.report.report_id ? queueThumbnail(view, cell.sha256) : Promise.resolve(null));
+  }
+  return view.images.get(cell.sha256);
+}
+
+function retire(view) {
+  // the view leaves the screen: its queued thumbnails are not fetched, its object URLs are freed
+  view.retired = true;
+  view.images.forEach((p) => p.then((url) => { if (url) URL.revokeObjectURL(url); }));
+}
+
+// --- the report -----------------------------------------------------------------------------------
+
+function lineage(report) {
+  // the report across its versions (version 1's id)
+  return report.first_report_id || report.report_id || null;
+}
+
+function updateReviewButtons() {
+  const status = current ? current.report.status || "preliminary" : "preliminary";
+  $("save-draft").disabled = reviewing || status !== "preliminary";  // a released report changes only by a signed-off amendment
+  $("sign-off").disabled = reviewing;
+  $("relabel").disabled = reviewing;
+}
+
 function showStatus(report) {
   const status = report.status || "preliminary";
   $("r-status").className = `status ${status}`;
   $("r-status").textContent = `${status} · version ${report.version || 1}` +
     (report.reviewed_by ? ` · reviewed by ${report.reviewed_by} at ${report.reviewed_at}` : " · not reviewed yet");
-  $("save-draft").disabled = status !== "preliminary";  // a released report changes only by a signed-off amendment
+  $("r-review-comment").textContent = report.review_comment ? `Reviewer's comment: ${report.review_comment}` : "";
+  $("r-review-comment").hidden = !report.review_comment;
   $("sign-off").textContent = status === "preliminary" ? "Sign off" : "Sign off amendment";
+  updateReviewButtons();
 }
 
 function labelText(cell) {
@@ -95,22 +306,31 @@ function labelText(cell) {
   return model ? `${label} (model: ${model})` : label;
 }
 
+function cellBoxes(sha) {
+  return document.querySelectorAll(`#gallery .cell[data-sha256="${CSS.escape(sha)}"]`);
+}
+
 function refreshCell(sha) {
   const cell = current.report.cells.find((c) => c.sha256 === sha);
-  document.querySelectorAll(`#gallery .cell[data-sha256="${sha}"]`).forEach((box) => {
+  cellBoxes(sha).forEach((box) => {
     box.querySelector(".label-badge").textContent = labelText(cell);
     box.classList.toggle("corrected", labelText(cell).includes("(model:"));
   });
 }
 
-function selectCell(cell) {
-  document.querySelectorAll("#gallery .cell.selected").forEach((b) => b.classList.remove("selected"));
-  document.querySelectorAll(`#gallery .cell[data-sha256="${cell.sha256}"]`).forEach((b) => b.classList.add("selected"));
+function selectCell(cell, box, fromKeyboard) {
+  document.querySelectorAll("#gallery .cell.selected").forEach((b) => {
+    b.classList.remove("selected");
+    b.setAttribute("aria-pressed", "false");
+  });
+  cellBoxes(cell.sha256).forEach((b) => { b.classList.add("selected"); b.setAttribute("aria-pressed", "true"); });
+  current.selectedBox = box;
   $("cell-editor").hidden = false;
   $("cell-editor").dataset.sha256 = cell.sha256;
   $("cell-name").textContent = cell.filename;
   $("cell-model-label").textContent = cell.model_label || cell.label;
   $("relabel").value = current.corrections.get(cell.sha256) || cell.label;
+  $("relabel").focus({ preventScroll: !fromKeyboard });  // the picker takes the keys; a click keeps the gallery in view
 }
 
 $("relabel").addEventListener("change", () => {
@@ -118,36 +338,94 @@ $("relabel").addEventListener("change", () => {
   const cell = current.report.cells.find((c) => c.sha256 === sha);
   if ($("relabel").value === cell.label) current.corrections.delete(sha);
   else current.corrections.set(sha, $("relabel").value);
+  current.edits += 1;
   refreshCell(sha);
   showCounts();
+  if (current.selectedBox && current.selectedBox.isConnected) current.selectedBox.focus();  // back to the cell
+});
+$("relabel").addEventListener("keydown", (e) => {
+  if (e.key === "Escape" && current && current.selectedBox && current.selectedBox.isConnected) current.selectedBox.focus();
 });
 
-async function thumbnail(img, reportId, sha) {
-  // cells of a stored report whose files are not on this computer: the gateway's thumbnail
-  const response = await fetch(`/reports/${reportId}/cells/${sha}.jpg`, { headers: { "X-API-Key": $("api-key").value.trim() } });
-  if (response.ok) img.src = URL.createObjectURL(await response.blob());
-}
-
 function sendReview(signOff) {
-  $("error").hidden = true;
+  if (reviewing || !current) return;
+  clearMessages();
+  $("stale").hidden = true;
   const reviewer = $("reviewer").value.trim();
   if (!reviewer) return showError("Enter the reviewer's name.");
   const key = $("api-key").value.trim();
+  const view = current;
   const body = { reviewer, comment: $("review-comment").value.trim(), sign_off: signOff,
-                 corrections: [...current.corrections].map(([sha256, label]) => ({ sha256, label })) };
-  $("sign-off").disabled = true;
-  fetch(`/reports/${current.report.report_id}/review?include=cells`, {
+                 corrections: [...view.corrections].map(([sha256, label]) => ({ sha256, label })) };
+  const req = beginRequest("review", view.report.patient_id, `save the review of patient ${view.report.patient_id}`, false);
+  if (!req) return;
+  req.abort = () => {};  // a review once sent may be saved already: a later request only leaves its answer unshown
+  reviewing = true;
+  updateReviewButtons();
+  fetchKeyed(`/reports/${encodeURIComponent(view.report.report_id)}/review?include=cells`, {
     method: "POST", headers: { "Content-Type": "application/json", "X-API-Key": key }, body: JSON.stringify(body),
   }).then(async (response) => {
-    let answer = null;
-    try { answer = await response.json(); } catch (e) { /* not JSON */ }
-    $("sign-off").disabled = false;
-    if (response.status === 201 && answer) render(answer, current.files);
-    else showError(answer && answer.detail ? `${answer.title || "Error"} (${response.status}): ${answer.detail}` : `HTTP ${response.status}`);
-  }).catch(() => { $("sign-off").disabled = false; showError("Network error: the gateway could not be reached."); });
+    const answer = await readJson(response);
+    reviewing = false;
+    updateReviewButtons();
+    if (!endRequest(req)) return;
+    if (response.status === 201 && answer) render(answer, view.local);
+    else if (response.status === 409) offerNewest(view, answer);
+    else showError(problemText(response.status, answer, response.headers.get("Retry-After")));
+  }).catch(() => {
+    reviewing = false;
+    updateReviewButtons();
+    if (endRequest(req)) showError("Network error: the gateway could not be reached.");
+  });
 }
 $("sign-off").addEventListener("click", () => sendReview(true));
 $("save-draft").addEventListener("click", () => sendReview(false));
+
+function offerNewest(view, answer) {
+  // 409: someone else reviewed this report first; the corrections stay here until the newest version is loaded
+  const n = view.corrections.size;
+  $("stale-text").textContent = `Someone else reviewed this report of patient ${view.report.patient_id} first` +
+    (answer && answer.detail ? ` (${answer.detail})` : "") + `. Your ${n} correction(s) are still on this page: ` +
+    "load the newest version to apply them to it, check and save again.";
+  $("stale").hidden = false;
+}
+
+$("load-newest").addEventListener("click", () => {
+  const view = current;
+  const patient = view.report.patient_id;  // this report's patient, whatever the input box holds now
+  const key = $("api-key").value.trim();
+  const req = beginRequest("open", patient, `open the newest report of patient ${patient}`, false);
+  if (!req) return;
+  $("stale").hidden = true;
+  showProgress(`loading the newest report of patient ${patient}…`, null);
+  fetchKeyed(`/patients/${encodeURIComponent(patient)}/classification?include=cells`,
+        { headers: { "X-API-Key": key }, signal: req.signal })
+    .then(async (response) => {
+      const body = await readJson(response);
+      if (!endRequest(req)) return;
+      if (!(response.ok && body)) return showError(problemText(response.status, body, response.headers.get("Retry-After")));
+      const carried = new Map(current.corrections);  // with any made while it loaded
+      const same = lineage(body) === lineage(view.report);
+      render(body, same ? view.local : [...view.local].filter(([k]) => !k.startsWith("name:")));
+      if (!current) return;  // it could not be shown (render said why)
+      const cells = new Map((body.cells || []).map((c) => [c.sha256, c]));
+      let applied = 0, already = 0, absent = 0;
+      carried.forEach((label, sha) => {
+        const cell = cells.get(sha);
+        if (!cell) absent += 1;
+        else if (cell.label === label) already += 1;
+        else { current.corrections.set(sha, label); applied += 1; }
+      });
+      current.corrections.forEach((label, sha) => refreshCell(sha));
+      showCounts();
+      showNotice(`Loaded version ${body.version || 1} of patient ${patient}'s report` +
+        (body.reviewed_by ? ` (reviewed by ${body.reviewed_by})` : "") +
+        `: ${applied} of your corrections re-applied, not saved yet; check them and save or sign off again.` +
+        (already ? ` ${already} cell(s) already had your label.` : "") +
+        (absent ? ` ${absent} cell(s) are not in this version.` : "") +
+        (same ? "" : " This is a newer classification of the patient than the report you reviewed."));
+    }).catch(() => { if (endRequest(req)) showError("Network error: the gateway could not be reached."); });
+});
 
 function showApl(report) {
   // the APL alert (issue 10): a red banner when it fires, the probability whenever there is one
@@ -155,69 +433,95 @@ function showApl(report) {
   const known = typeof report.apl_probability === "number";
   $("r-apl").hidden = !known;
   $("r-apl").classList.toggle("alert", report.apl_alert === true);
-  $("r-apl").textContent = known ? `APL probability ${(report.apl_probability * 100).toFixed(1)}%` +
-    (typeof report.apl_threshold === "number" ? ` (alert at ${(report.apl_threshold * 100).toFixed(1)}% or more)` : "") +
+  $("r-apl").textContent = known ? `APL probability ${pct(report.apl_probability)}` +
+    (typeof report.apl_threshold === "number" ? ` (alert at ${pct(report.apl_threshold)} or more)` : "") +
     (report.apl_alert ? ": suspected APL" : "") : "";
 }
 
-function cellBox(c, report, byName, note) {
+function cellBox(view, c, note) {
   const box = document.createElement("div");
   box.className = "cell";
   box.dataset.sha256 = c.sha256;
   box.tabIndex = 0;
-  box.title = `${c.filename}: click to correct its label`;
-  const file = byName.get(c.filename);
+  box.setAttribute("role", "button");
+  box.setAttribute("aria-pressed", "false");
+  box.title = `${c.filename}: click (or Enter) to correct its label`;
   const img = Object.assign(document.createElement("img"), { alt: c.filename });
-  if (file) img.src = URL.createObjectURL(file);
-  else if (report.report_id) thumbnail(img, report.report_id, c.sha256);
+  imageUrl(view, c).then((url) => {
+    if (url) { img.src = url; return; }
+    img.alt = `${c.filename}: image unavailable`;
+    box.classList.add("no-image");
+    img.after(Object.assign(document.createElement("span"), { className: "no-image-note", textContent: "image unavailable" }));
+  });
   box.append(img, Object.assign(document.createElement("span"), { className: "label-badge" }),
              document.createElement("br"), document.createTextNode(note));
-  box.addEventListener("click", () => selectCell(c));
-  box.addEventListener("keydown", (e) => { if (e.key === "Enter") selectCell(c); });
+  box.addEventListener("click", () => selectCell(c, box, false));
+  box.addEventListener("keydown", (e) => {
+    if (e.key === "Enter" || e.key === " ") { e.preventDefault(); selectCell(c, box, true); }
+  });
   return box;
 }
 
-function render(report, files) {
-  current = { report, files, corrections: new Map() };
+function tableRows(entries) {
+  return entries.map(([k, v]) => {
+    const tr = document.createElement("tr");
+    tr.append(Object.assign(document.createElement("td"), { textContent: k }),
+              Object.assign(document.createElement("td"), { textContent: num(v, 1) }));
+    return tr;
+  });
+}
+
+function render(report, local = []) {
+  // local: [sha256, File] pairs (or a Map) of the files sent with this report's request
+  const sameReport = current !== null && lineage(current.report) !== null && lineage(current.report) === lineage(report);
+  if (current) retire(current);
+  const view = { report, local: new Map(local), corrections: new Map(), edits: 0, images: new Map(), retired: false,
+                 selectedBox: null };
+  current = view;
+  try {
+    draw(view, sameReport);
+  } catch (e) {
+    // never a half-drawn mix of two reports
+    $("result").hidden = true;
+    current = null;
+    retire(view);
+    showError(`The report could not be shown: ${e.message}`);
+  }
+}
+
+function draw(view, sameReport) {
+  const report = view.report;
+  $("stale").hidden = true;
+  if (!sameReport) $("review-comment").value = "";  // a comment belongs to its report, never to the next patient's
   $("result").hidden = false;
   showStatus(report);
   $("cell-editor").hidden = true;
+  delete $("cell-editor").dataset.sha256;
   $("relabel").replaceChildren(...Object.keys(report.cell_counts).map((label) =>
     Object.assign(document.createElement("option"), { value: label, textContent: label })));
   $("r-patient").textContent = report.patient_id;
-  $("r-prediction").textContent = `${report.prediction} (P(AML) ${(report.aml_probability * 100).toFixed(1)}%)`;
+  $("r-prediction").textContent = `${report.prediction} (P(AML) ${pct(report.aml_probability)})`;
   $("r-summary").textContent = `${report.n_images} images: ${report.n_classified} classified, ` +
     `${report.n_unclassified} unclassified, ${report.n_failed} failed` +
     (report.n_duplicates ? `, ${report.n_duplicates} exact duplicate(s) counted once` : "") +
     (report.cached ? " (from cache)" : "");
   showApl(report);
-  $("r-warnings").replaceChildren(...report.warnings.map((w) => Object.assign(document.createElement("li"), { textContent: w })));
+  $("r-warnings").replaceChildren(...(report.warnings || []).map((w) => Object.assign(document.createElement("li"), { textContent: w })));
   const quality = report.quality;
   $("r-quality-banner").hidden = !(quality && quality.review_every_cell);
   $("r-quality-banner").textContent = quality && quality.looks_out_of_domain
     ? "These images look unlike the images the model was trained on (another scanner, stain, magnification or focus?): review every cell."
     : "Many cells could not be placed by the model: review every cell.";
-  $("r-quality").textContent = quality ? `Quality: ${(quality.unclassified_fraction * 100).toFixed(1)}% unclassified, ` +
-    `${(quality.smudge_fraction * 100).toFixed(1)}% smudge cells` + (quality.appearance_distance === null ? "" :
-    `, appearance distance ${quality.appearance_distance.toFixed(1)} (warning above ${quality.appearance_threshold.toFixed(1)})`) : "";
+  const distance = quality && typeof quality.appearance_distance === "number"
+    ? `, appearance distance ${num(quality.appearance_distance, 1)}` +
+      (typeof quality.appearance_threshold === "number" ? ` (warning above ${num(quality.appearance_threshold, 1)})` : "")
+    : "";
+  $("r-quality").textContent = quality ? `Quality: ${pct(quality.unclassified_fraction)} unclassified, ` +
+    `${pct(quality.smudge_fraction)} smudge cells${distance}` : "";
   showCounts();
-  barChart($("chart-probabilities"), Object.entries(report.probabilities), (v) => `${(v * 100).toFixed(1)}%`);
-  const rows = Object.entries(report.leukocyte_differential).map(([k, v]) => {
-    const tr = document.createElement("tr");
-    tr.append(Object.assign(document.createElement("td"), { textContent: k }),
-              Object.assign(document.createElement("td"), { textContent: v.toFixed(1) }));
-    return tr;
-  });
-  $("r-differential").querySelector("tbody").replaceChildren(...rows);
-  const per100 = Object.entries(report.per_100_leukocytes || {}).map(([k, v]) => {
-    const tr = document.createElement("tr");
-    tr.append(Object.assign(document.createElement("td"), { textContent: k }),
-              Object.assign(document.createElement("td"), { textContent: v.toFixed(1) }));
-    return tr;
-  });
-  $("r-per100").querySelector("tbody").replaceChildren(...per100);
-  const byName = new Map();
-  files.forEach((f) => { if (!byName.has(f.name)) byName.set(f.name, f); });
+  barChart($("chart-probabilities"), Object.entries(report.probabilities || {}), pct);
+  $("r-differential").querySelector("tbody").replaceChildren(...tableRows(Object.entries(report.leukocyte_differential || {})));
+  $("r-per100").querySelector("tbody").replaceChildren(...tableRows(Object.entries(report.per_100_leukocytes || {})));
   const groups = new Map();
   (report.cells || []).forEach((c) => { if (!groups.has(c.label)) groups.set(c.label, []); groups.get(c.label).push(c); });
   const sections = [...groups.entries()].sort((a, b) => b[1].length - a[1].length).map(([label, cells]) => {
@@ -230,7 +534,7 @@ function render(report, files) {
     strip.className = "cells";
     // the cells the model was least sure of first: where a reviewer's look changes most labels
     const ordered = [...cells].sort((a, b) => a.confidence - b.confidence);
-    const box = (c) => cellBox(c, report, byName, `${(c.confidence * 100).toFixed(0)}%`);
+    const box = (c) => cellBox(view, c, typeof c.confidence === "number" ? `${(c.confidence * 100).toFixed(0)}%` : "n/a");
     ordered.slice(0, GROUP_PREVIEW).forEach((c) => strip.append(box(c)));
     section.append(strip);
     if (ordered.length > GROUP_PREVIEW) {
@@ -256,68 +560,80 @@ function render(report, files) {
       textContent: `Highest APL evidence (${top.length} cells, highest first)` }));
     const strip = document.createElement("div");
     strip.className = "cells";
-    top.forEach((t) => strip.append(cellBox(bySha.get(t.sha256), report, byName, `APL logit ${t.apl_logit.toFixed(2)}`)));
+    top.forEach((t) => strip.append(cellBox(view, bySha.get(t.sha256), `APL logit ${num(t.apl_logit, 2)}`)));
     section.append(strip);
     sections.unshift(section);
   }
   $("gallery").replaceChildren(...sections);
   (report.cells || []).forEach((c) => refreshCell(c.sha256));
-  const apl = report.models.apl_patient;
-  $("r-models").textContent = `cell model ${report.models.cell.name} ${report.models.cell.version}; ` +
-    `subtype model ${report.models.subtype.name} ${report.models.subtype.version}; ` +
-    (apl ? `APL model ${apl.name} ${apl.version}; ` : "") + `request ${report.request_id}`;
+  const models = report.models || {};
+  const model = (m) => (m ? `${m.name} ${m.version}` : "n/a");
+  $("r-models").textContent = `cell model ${model(models.cell)}; subtype model ${model(models.subtype)}; ` +
+    (models.apl_patient ? `APL model ${model(models.apl_patient)}; ` : "") + `request ${report.request_id}`;
 }
 
 $("upload-form").addEventListener("submit", (event) => {
   event.preventDefault();
-  $("error").hidden = true;
+  clearMessages();
   const patient = $("patient-id").value.trim();
-  if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(patient)) return showError("Invalid patient id.");
+  if (!PATIENT_ID.test(patient)) return showError("Invalid patient id.");
   if (!chosen.length) return showError("Choose at least one image.");
+  const problem = selectionProblem(chosen);
+  if (problem) return showError(`${problem} Nothing was sent.`);
   const key = $("api-key").value.trim();
   if (!key) return showError("Enter your API key.");
-  if (keepUnsaved()) return;
+  const req = beginRequest("upload", patient, `classify the images of patient ${patient}`);
+  if (!req) return;
   sessionStorage.setItem("aml-api-key", key);
+  const files = chosen.slice();  // this request's own files: its cells are matched to these, never to a later choice
+  const hashed = localImages(files, req);  // computed while the images upload
   const form = new FormData();
-  chosen.forEach((f) => form.append("images", f, f.name));
+  files.forEach((f) => form.append("images", f, f.name));
   const xhr = new XMLHttpRequest();
+  req.abort = () => xhr.abort();
   xhr.open("POST", `/patients/${encodeURIComponent(patient)}/classify?include=cells`);
   xhr.setRequestHeader("X-API-Key", key);
-  $("progress-box").hidden = false;
-  $("submit").disabled = true;
+  showProgress(`uploading the images of patient ${patient}`, 0);
   xhr.upload.onprogress = (e) => {
-    if (e.lengthComputable) {
+    if (e.lengthComputable && req.seq === requestSeq) {
       $("progress").value = (100 * e.loaded) / e.total;
-      $("progress-text").textContent = `uploading ${Math.round((100 * e.loaded) / e.total)}%`;
+      $("progress-text").textContent = `uploading the images of patient ${patient}: ${Math.round((100 * e.loaded) / e.total)}%`;
     }
   };
-  xhr.upload.onload = () => { $("progress-text").textContent = "classifying…"; };
-  xhr.onload = () => {
-    $("submit").disabled = false;
-    $("progress-box").hidden = true;
+  xhr.upload.onload = () => { if (req.seq === requestSeq) $("progress-text").textContent = `classifying patient ${patient}…`; };
+  xhr.onload = async () => {
     let body = null;
     try { body = JSON.parse(xhr.responseText); } catch (e) { /* not JSON */ }
-    if (xhr.status === 200 && body) render(body, chosen);
-    else showError(body && body.detail ? `${body.title || "Error"} (${xhr.status}): ${body.detail}` : `HTTP ${xhr.status}`);
+    if (!(xhr.status === 200 && body)) {
+      if (endRequest(req)) showError(problemText(xhr.status, body, xhr.getResponseHeader("Retry-After")));
+      return;
+    }
+    const local = await hashed;
+    if (endRequest(req) && mayReplace(req, patient)) render(body, local);
   };
-  xhr.onerror = () => { $("submit").disabled = false; showError("Network error: the gateway could not be reached."); };
+  xhr.onerror = () => { if (endRequest(req)) showError("Network error: the gateway could not be reached."); };
+  xhr.ontimeout = xhr.onerror;
+  xhr.onabort = () => { endRequest(req); };  // abandoned for a newer request: that one owns the screen now
   xhr.send(form);
 });
 
 // a stored report, days later: its cells come from the gateway's thumbnails
 $("open-latest").addEventListener("click", () => {
-  $("error").hidden = true;
+  clearMessages();
   const patient = $("patient-id").value.trim();
-  if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(patient)) return showError("Invalid patient id.");
+  if (!PATIENT_ID.test(patient)) return showError("Invalid patient id.");
   const key = $("api-key").value.trim();
   if (!key) return showError("Enter your API key.");
-  if (keepUnsaved()) return;
+  const req = beginRequest("open", patient, `open the latest report of patient ${patient}`);
+  if (!req) return;
   sessionStorage.setItem("aml-api-key", key);
-  fetch(`/patients/${encodeURIComponent(patient)}/classification?include=cells`, { headers: { "X-API-Key": key } })
+  showProgress(`loading the latest report of patient ${patient}…`, null);
+  fetchKeyed(`/patients/${encodeURIComponent(patient)}/classification?include=cells`,
+        { headers: { "X-API-Key": key }, signal: req.signal })
     .then(async (response) => {
-      let body = null;
-      try { body = await response.json(); } catch (e) { /* not JSON */ }
-      if (response.ok && body) render(body, []);
-      else showError(body && body.detail ? `${body.title || "Error"} (${response.status}): ${body.detail}` : `HTTP ${response.status}`);
-    }).catch(() => showError("Network error: the gateway could not be reached."));
+      const body = await readJson(response);
+      if (!endRequest(req)) return;
+      if (response.ok && body) { if (mayReplace(req, patient)) render(body, []); }
+      else showError(problemText(response.status, body, response.headers.get("Retry-After")));
+    }).catch(() => { if (endRequest(req)) showError("Network error: the gateway could not be reached."); });
 });

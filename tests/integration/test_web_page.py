@@ -18,7 +18,9 @@ ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS_DIR", REPO_ROOT / "artifacts"))
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory, cell_service, subtype_service):
-    process = start_gateway(tmp_path_factory.mktemp("gateway-page"), cell_service.url, subtype_service.url)
+    # a small burst: a stored report's 16 thumbnails at once would meet 429s, the page loads them a few at a time
+    process = start_gateway(tmp_path_factory.mktemp("gateway-page"), cell_service.url, subtype_service.url,
+                            RATE_LIMIT_BURST="8")
     yield process
     process.stop()
 
@@ -69,6 +71,7 @@ def test_upload_images_and_see_the_result(browser, gateway):
     page.click("#submit")
     page.wait_for_selector("#error:not([hidden])")
     assert "401" in page.inner_text("#error")
+    assert page.locator("#progress-box").is_hidden(), "no progress left showing after an error"
     page.close()
 
 
@@ -112,9 +115,11 @@ def test_review_a_cell_and_sign_off(browser, gateway):
     assert "1 correction" in page.inner_text("#r-corrections")
     assert f"(model: {old})" in cell.inner_text()
     page.fill("#reviewer", "Dr. Page")
+    page.fill("#review-comment", "blast confirmed on the smear")
     page.click("#sign-off")
     page.wait_for_function("document.querySelector('#r-status').textContent.startsWith('final')", timeout=60_000)
     assert "Dr. Page" in page.inner_text("#r-status")
+    assert page.inner_text("#r-review-comment") == "Reviewer's comment: blast confirmed on the smear"
     assert f"(model: {old})" in page.locator(f'#gallery .cell[data-sha256="{sha}"]').first.inner_text()
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "web_page_review.png"), full_page=True)
@@ -135,6 +140,8 @@ def test_review_a_cell_and_sign_off(browser, gateway):
     assert later.locator("#gallery .group:not(.apl-top) .cell img").count() == 16, \
         "the stored thumbnails, not the local files"
     assert f"(model: {old})" in later.locator(f'#gallery .cell[data-sha256="{sha}"]').first.inner_text()
+    assert "blast confirmed on the smear" in later.inner_text("#r-review-comment"), "the stored comment is shown"
+    assert later.input_value("#review-comment") == "", "the comment box is for a new comment"
     later.close()
 
 
@@ -165,6 +172,165 @@ def test_unsaved_corrections_are_not_dropped_without_asking(browser, gateway):
     page.once("dialog", lambda dialog: dialog.accept())
     page.click("#open-latest")  # accepted: the stored report, no unsaved correction left
     page.wait_for_function("document.querySelector('#r-corrections').textContent === ''", timeout=30_000)
+    page.close()
+
+
+SHOWN_IMAGES_MISMATCH = """async () => {
+  // the cells whose image is not the file with the cell's sha256 (the bytes behind each img, hashed here)
+  const wrong = [];
+  for (const box of document.querySelectorAll('#gallery .cell')) {
+    const img = box.querySelector('img');
+    if (!img.src) { wrong.push('no image ' + box.dataset.sha256); continue; }
+    const bytes = await (await fetch(img.src)).arrayBuffer();
+    const hex = [...new Uint8Array(await crypto.subtle.digest('SHA-256', bytes))]
+      .map((b) => b.toString(16).padStart(2, '0')).join('');
+    if (hex !== box.dataset.sha256) wrong.push(box.dataset.sha256);
+  }
+  return wrong;
+}"""
+ALL_IMAGES_SHOWN = ("[...document.querySelectorAll('#gallery .cell img')].every(i => i.src && i.complete && "
+                    "i.naturalWidth > 0)")
+
+
+def hold(page, pattern: str) -> list:
+    """Requests matching ``pattern`` wait (unsent) in the returned list until the test lets them go."""
+    held = []
+    page.route(pattern, lambda route: held.append(route))
+    return held
+
+
+def wait_held(page, held: list) -> None:
+    for _ in range(400):
+        if held:
+            return
+        page.wait_for_timeout(25)
+    raise AssertionError("the request was never sent")
+
+
+def keyed(method: str, url: str, **kwargs):
+    """An API call that waits out this gateway's small burst (429 + Retry-After) like the page does."""
+    import time
+
+    import httpx
+
+    for _ in range(10):
+        response = httpx.request(method, url, timeout=30, **kwargs)
+        if response.status_code != 429:
+            return response
+        time.sleep(float(response.headers.get("Retry-After", "1")))
+    return response
+
+
+def test_a_late_answer_never_replaces_a_newer_one_and_each_cell_shows_its_own_file(browser, gateway, tmp_path):
+    from tests.helpers.uploads import classified
+
+    images = [path for _, path in fullsize_images()]
+    # patient B: two different images under the same name (two slides' folders) and six others
+    for i, source in enumerate(images[5:7]):
+        (tmp_path / f"slide{i}").mkdir()
+        (tmp_path / f"slide{i}" / "cell.jpg").write_bytes(source.read_bytes())
+    b_files = [tmp_path / "slide0" / "cell.jpg", tmp_path / "slide1" / "cell.jpg", *images[9:15]]
+
+    page = browser.new_page(viewport={"width": 1200, "height": 1600})
+    held_a = hold(page, "**/patients/WEB-LATE-A/classify*")
+    held_b = hold(page, "**/patients/WEB-LATE-B/classify*")
+    page.goto(gateway.url + "/")
+    page.fill("#api-key", LAB_KEY)
+    page.fill("#patient-id", "WEB-LATE-A")
+    page.set_input_files("#images", [str(p) for p in images[16:40]])
+    page.click("#submit")
+    wait_held(page, held_a)  # A's classification is on its way, its answer late
+    page.fill("#patient-id", "WEB-LATE-B")
+    page.set_input_files("#images", [str(p) for p in b_files])
+    asked = []
+    page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.accept()))
+    page.click("#submit")
+    assert asked and "patient WEB-LATE-A are still being classified" in asked[0]
+    wait_held(page, held_b)
+    page.set_input_files("#images", [str(p) for p in images[40:44]])  # another choice while B is classified
+    held_b[0].continue_()
+    page.wait_for_function("document.querySelector('#r-patient').textContent === 'WEB-LATE-B'", timeout=120_000)
+    try:
+        held_a[0].continue_()  # A's answer, late: the page no longer waits for it
+    except Exception:  # noqa: BLE001 - the page abandoned the request
+        pass
+    page.wait_for_timeout(1_500)
+    assert page.inner_text("#r-patient") == "WEB-LATE-B" and "8 images" in page.inner_text("#r-summary")
+    assert page.locator("#progress-box").is_hidden()
+    alts = page.locator("#gallery .group:not(.apl-top) .cell img").evaluate_all("imgs => imgs.map(i => i.alt)")
+    assert len(alts) == 8 and alts.count("cell.jpg") == 2
+    assert page.evaluate(SHOWN_IMAGES_MISMATCH) == [], "every cell shows the file it was classified from"
+
+    # another patient's report: B's unsent comment does not follow it
+    page.fill("#review-comment", "for WEB-LATE-B only")
+    lab = {"Authorization": f"Bearer {LAB_KEY}"}
+    report = classified(gateway.url, "WEB-LATE-C", [(p.name, p.read_bytes()) for p in images[44:52]], headers=lab)
+    page.fill("#patient-id", "WEB-LATE-C")
+    page.click("#open-latest")
+    page.wait_for_function("document.querySelector('#r-patient').textContent === 'WEB-LATE-C'", timeout=30_000)
+    assert page.input_value("#review-comment") == "", "a comment never carries into another patient's sign-off"
+    page.wait_for_function(ALL_IMAGES_SHOWN, timeout=30_000)
+
+    # the keyboard: Enter (or Space) on a cell opens the label picker, a new label returns to the cell
+    cells = page.locator("#gallery .group:not(.apl-top) .cell")
+    cell = cells.first
+    assert cell.get_attribute("role") == "button"
+    cell.focus()
+    page.keyboard.press("Enter")
+    assert page.evaluate("document.activeElement.id") == "relabel" and cell.get_attribute("aria-pressed") == "true"
+    sha, old = cell.get_attribute("data-sha256"), page.input_value("#relabel")
+    new = "blast" if old != "blast" else "lymphocyte"
+    page.select_option("#relabel", new)
+    assert page.evaluate("document.activeElement.dataset.sha256") == sha, "focus back on the cell"
+    cells.nth(1).focus()
+    page.keyboard.press(" ")
+    assert page.evaluate("document.activeElement.id") == "relabel"
+    assert cells.nth(1).get_attribute("aria-pressed") == "true" and cell.get_attribute("aria-pressed") == "false"
+
+    # someone else signs off first: 409, and the correction is carried onto the newest version
+    other = keyed("POST", f"{gateway.url}/reports/{report['report_id']}/review", headers=lab,
+                  json={"reviewer": "Dr. Other", "comment": "seen first", "sign_off": True})
+    assert other.status_code == 201, other.text
+    page.fill("#reviewer", "Dr. Page")
+    page.fill("#review-comment", "my comment")
+    held_review = hold(page, "**/review?include=cells")
+    page.click("#sign-off")
+    wait_held(page, held_review)
+    assert page.locator("#sign-off").is_disabled() and page.locator("#save-draft").is_disabled(), "no second POST"
+    held_review[0].continue_()
+    page.unroute("**/review?include=cells")
+    page.wait_for_selector("#stale:not([hidden])", timeout=30_000)
+    assert "Someone else reviewed this report of patient WEB-LATE-C first" in page.inner_text("#stale-text")
+    assert "1 correction(s) not saved yet" in page.inner_text("#r-corrections")
+    page.fill("#patient-id", "WEB-001")  # the box names another patient now: the newest version is still C's
+    page.click("#load-newest")
+    page.wait_for_function("document.querySelector('#r-status').textContent.startsWith('final · version 2')",
+                           timeout=30_000)
+    assert page.inner_text("#r-patient") == "WEB-LATE-C" and "Dr. Other" in page.inner_text("#r-status")
+    assert "seen first" in page.inner_text("#r-review-comment")
+    assert "1 of your corrections re-applied" in page.inner_text("#notice")
+    assert "1 correction(s) not saved yet" in page.inner_text("#r-corrections")
+    assert f"{new} (model: {old})" in page.locator(f'#gallery .cell[data-sha256="{sha}"]').first.inner_text()
+    assert page.input_value("#review-comment") == "my comment", "the same report: the comment stays"
+    page.wait_for_function(ALL_IMAGES_SHOWN, timeout=30_000)
+    page.click("#sign-off")
+    page.wait_for_function("document.querySelector('#r-status').textContent.startsWith('amended · version 3')",
+                           timeout=30_000)
+    stored = keyed("GET", f"{gateway.url}/patients/WEB-LATE-C/classification?include=cells", headers=lab).json()
+    (corrected,) = [c for c in stored["cells"] if c["sha256"] == sha]
+    assert corrected["label"] == new and corrected["model_label"] == old and stored["review_comment"] == "my comment"
+
+    # too large an image is refused here, before anything is sent
+    huge = tmp_path / "huge.jpg"
+    with huge.open("wb") as f:
+        f.truncate(51 * 2**20)  # sparse: no disk used
+    sent = []
+    page.on("request", lambda r: sent.append(r.url) if "/classify" in r.url else None)
+    page.set_input_files("#images", [str(huge)])
+    assert "at most 50 MiB" in page.inner_text("#selection")
+    page.click("#submit")
+    assert "huge.jpg is 51.0 MiB" in page.inner_text("#error") and "Nothing was sent" in page.inner_text("#error")
+    assert sent == []
     page.close()
 
 
@@ -213,4 +379,12 @@ def test_apl_alert_banner_and_the_top_cells_first(browser, alerting_gateway):
                                                         "apl_threshold": None, "apl_top_cells": []})
     assert quiet.locator("#r-apl-banner").is_hidden() and quiet.locator("#r-apl").is_hidden()
     assert quiet.locator("#gallery .group").count() > 0 and quiet.locator("#gallery .group.apl-top").count() == 0
+    # no API key in this tab: the thumbnails are refused and the cells say so instead of staying blank
+    quiet.wait_for_selector("#gallery .cell.no-image .no-image-note")
+    assert "image unavailable" in quiet.locator("#gallery .cell.no-image img").first.get_attribute("alt")
+    # a quality with a distance but no threshold (an older model card) is shown, not a half-drawn screen
+    quality = {**report["quality"], "appearance_distance": 1.5, "appearance_threshold": None}
+    quiet.evaluate("""report => render(report, [])""", {**report, "patient_id": "WEB-NULLS", "quality": quality})
+    assert quiet.inner_text("#r-patient") == "WEB-NULLS" and quiet.locator("#error").is_hidden()
+    assert "appearance distance 1.5" in quiet.inner_text("#r-quality")
     quiet.close()
