@@ -109,6 +109,11 @@ def write_report(card: dict, result, y: np.ndarray, path: Path) -> None:
         f"- per repeat: sensitivity {', '.join(f'{v:.2f}' for v in alert['cv_sensitivity_per_repeat'])}; "
         f"specificity {', '.join(f'{v:.2f}' for v in alert['cv_specificity_per_repeat'])}",
         "",
+        "These are not an independent estimate of the alert's sensitivity and specificity: the threshold was "
+        "chosen on these same out-of-fold probabilities to reach the sensitivity asked, so the pooled sensitivity "
+        "meets it by construction (and the configuration was chosen on the same CV); the spread over repeats shows "
+        "how far they move between partitions of the same patients. The prospective cohort measures them.",
+        "",
         "| threshold | CV sensitivity | CV specificity |",
         "|---|---|---|",
         *[f"| {p['threshold']}{' **(alert)**' if p['threshold'] == alert['threshold'] else ''} | "

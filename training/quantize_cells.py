@@ -9,7 +9,7 @@ Run after ``make train-cells`` (it reads the float model and its card in ``--mod
    sample decoded by the serving path). What stays in float: the input (uint8 -> Cast -> x / 127.5 - 1,
    whatever feeds the first convolution) and the head (global pooling, the final Dense, the
    temperature and the softmax): the calibrated probabilities are what the unclassified rule reads.
-   Chosen on the validation split (the test splits are only measured): the calibration methods
+   Chosen on the validation split (the test splits then decide only step 3): the calibration methods
    (``--methods``) are tried with every convolution in int8, then, greedily, with the convolution
    whose float version raises the agreement most kept in float, up to ``--max-float-convs``
    (agreement: the share of cells whose label, after the unclassified rule, is the float model's,

@@ -3,12 +3,15 @@
 DIR holds ``<label>/<sha256>.jpg`` (thumbnails, at most 144x144 px: upscaled to the network
 input by the same preprocessing as every image) and optionally ``cells.csv``. Labels are the
 vocabulary's cell types; ``unclassified`` cells (a reviewer could not place them either) and
-unknown folders are left out. The split is by file hash (80 / 10 / 10 % train / validation /
-test), stable however many cells are added later, so a cell never moves from test to train.
+unknown folders are left out. The split is by a hash of the cell's report (``report_id`` in
+``cells.csv``; the file name where a cell has none), 80 / 10 / 10 % train / validation / test: one
+patient's cells of one report never sit on both sides, and the split is stable however many cells
+are added later, so a cell never moves from test to train.
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
 from pathlib import Path
 
@@ -21,9 +24,27 @@ SPLITS = ("train", "val", "test")
 
 
 def split_of(name: str) -> str:
-    """train, val or test, from the hash of the file name (the cell's sha256)."""
+    """train, val or test, from the hash of ``name`` (a report id, or a cell's file name)."""
     bucket = int(hashlib.sha256(name.encode()).hexdigest()[:8], 16) % 10
     return "test" if bucket == 0 else "val" if bucket == 1 else "train"
+
+
+def report_of_cells(root: Path) -> dict[str, str]:
+    """sha256 -> the (first listed) report the cell comes from, from ``root/cells.csv`` (empty without one)."""
+    listing = Path(root) / "cells.csv"
+    if not listing.is_file():
+        return {}
+    with listing.open(newline="") as handle:
+        reports: dict[str, str] = {}
+        for row in csv.DictReader(handle):
+            if row.get("sha256") and row.get("report_id"):
+                reports.setdefault(row["sha256"], row["report_id"])
+    return reports
+
+
+def split_key(path: Path, reports: dict[str, str]) -> str:
+    """What a cell's split is drawn from: its report, else its file name."""
+    return reports.get(path.stem, path.name)
 
 
 def list_cells(root: Path) -> list[tuple[Path, str]]:
@@ -53,9 +74,10 @@ def split_dataset(root: Path, cache_dir: Path | None = None, per_class_limit: in
                 taken[label] = taken.get(label, 0) + 1
                 kept.append((path, label))
         cells = kept
+    reports = report_of_cells(root)
     out = []
     for name in SPLITS:
-        chosen = [(p, label) for p, label in cells if split_of(p.name) == name]
+        chosen = [(p, label) for p, label in cells if split_of(split_key(p, reports)) == name]
         paths = [p for p, _ in chosen]
         images = (load_arrays(paths, cache_dir, name="reviewed") if paths
                   else np.zeros((0, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8))

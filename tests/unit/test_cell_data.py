@@ -132,3 +132,14 @@ def test_class_minimum_caps_false_positives_on_validation_known_answer():
     predicted = apply_unclassified_rule(probabilities, 0.5, 2, {1: minimum})
     assert predicted.tolist() == [0, 2, 2, 1, 1, 2]  # below the blast minimum: unclassified, not another class
     assert class_minimum_for_false_positives(probabilities, labels, 0.5, 1, np.array([0]), max_rate=1.0) == 0.5
+
+
+def test_macro_f1_averages_over_the_classes_the_split_has():
+    import numpy as np
+
+    from training.metrics import classification_report
+
+    # classes a, b present; c (like blast on the PBC test split) has no cell: not an F1 of 0 in the mean
+    report = classification_report(np.array([0, 0, 1, 1]), np.array([0, 0, 1, 3]), ["a", "b", "c"])
+    assert report["macro_f1"] == (1.0 + 2 / 3) / 2
+    assert report["per_class"]["c"]["support"] == 0 and report["accuracy"] == 0.75

@@ -64,3 +64,21 @@ def test_train_cells_takes_extra_labelled(tmp_path):
     assert set(sources) == {"pbc", "reviewed"}
     assert edits == {"excluded_training_cells": None, "second_reading": None}
     assert sum(len(split) for split in sources["reviewed"]) == len(list_cells(tmp_path / "reviewed"))
+
+
+def test_cells_of_one_report_share_a_split(tmp_path):
+    from training.reviewed_dataset import report_of_cells, split_key
+
+    export_like(tmp_path, n_per_label=4)
+    cells = list_cells(tmp_path)
+    rows = [f"{path.stem},{label},,report-{i % 3},Dr A,2026-12-07,m,{label}/{path.name}"
+            for i, (path, label) in enumerate(cells)]
+    (tmp_path / "cells.csv").write_text(
+        "sha256,label,model_label,report_id,reviewed_by,reviewed_at,cell_model,file\n" + "\n".join(rows) + "\n")
+    reports = report_of_cells(tmp_path)
+    assert len(reports) == len(cells)
+    by_report: dict[str, set[str]] = {}
+    for path, _ in cells:
+        by_report.setdefault(reports[path.stem], set()).add(split_of(split_key(path, reports)))
+    assert len(by_report) == 3 and all(len(splits) == 1 for splits in by_report.values()), by_report
+    assert split_key(tmp_path / "x" / "abc.jpg", reports) == "abc.jpg", "a cell without a report: its file name"
