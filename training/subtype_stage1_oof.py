@@ -26,6 +26,32 @@ from training.subtype_data import load_deepapl_differentials, load_patients
 from training.subtype_members import MEMBERS, fit_member
 
 
+def out_of_fold(cells, repeats: int = 5, copies: int = 3, seed: int = 11, progress: bool = False):
+    """(DeepAPL patient ids, their features from ``cells``' counts, per stage-1 member the out-of-fold P(AML)
+    of shape (repeats, patients)): the members refitted in each fold of train_subtype's CV. ``cells``: the
+    served cell model's cohort (``training.apl_cohort.load_cohort``)."""
+    from training.deepapl_dataset import data_dir  # noqa: PLC0415
+
+    patients = load_patients(Path(os.environ["AML_PATIENTS_CSV"]) if "AML_PATIENTS_CSV" in os.environ else None)
+    extra = load_deepapl_differentials(data_dir())
+    cohort = T.make_cohort(patients, extra)
+    where = {pid: i for i, pid in enumerate(cells.patient_ids)}
+    x_cell = np.array([[features(cells.counts[where[pid]])[n] for n in FEATURE_NAMES] for pid in extra.ids],
+                      dtype=np.float32)
+    offset = len(patients.ids)
+    p_aml = {m: np.zeros((repeats, len(extra.ids))) for m in MEMBERS}
+    for fold, (train, test) in enumerate(T.cv_splits(cohort, repeats, seed)):
+        rng = np.random.default_rng(seed + fold)  # as fit_stages: stage 1 draws first
+        f, y, w = T.stage_inputs(cohort.fractions[train], cohort.labels[train], T.DEEPAPL_WEIGHT)["aml_vs_control"]
+        x, y, w = T.training_rows(f, y, copies, rng, seed + fold, w)
+        rows = test[test >= offset] - offset
+        for m in MEMBERS:
+            p_aml[m][fold // T.CV_FOLDS, rows] = fit_member(m, seed + fold, x, y, w).predict_proba(x_cell[rows])[:, 1]
+        if progress:
+            print(f"fold {fold + 1}/{T.CV_FOLDS * repeats}", flush=True)
+    return list(extra.ids), x_cell, p_aml
+
+
 def main(argv: list[str] | None = None) -> None:
     from training.apl_cohort import load_cohort  # noqa: PLC0415
     from training.deepapl_dataset import data_dir  # noqa: PLC0415
@@ -36,23 +62,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--cell-model", type=Path, default=T.REPO_ROOT / "services" / "cell_classifier" / "model")
     args = parser.parse_args(argv)
-    patients = load_patients(Path(os.environ["AML_PATIENTS_CSV"]) if "AML_PATIENTS_CSV" in os.environ else None)
-    extra = load_deepapl_differentials(data_dir())
-    cohort = T.make_cohort(patients, extra)
     cells = load_cohort(data_dir(), args.cell_model, T.REPO_ROOT / ".cache")
-    where = {pid: i for i, pid in enumerate(cells.patient_ids)}
-    x_cell = np.array([[features(cells.counts[where[pid]])[n] for n in FEATURE_NAMES] for pid in extra.ids],
-                      dtype=np.float32)
-    offset = len(patients.ids)
-    p_aml = {m: np.zeros((args.repeats, len(extra.ids))) for m in MEMBERS}
-    for fold, (train, test) in enumerate(T.cv_splits(cohort, args.repeats, args.seed)):
-        rng = np.random.default_rng(args.seed + fold)  # as fit_stages: stage 1 draws first
-        f, y, w = T.stage_inputs(cohort.fractions[train], cohort.labels[train], T.DEEPAPL_WEIGHT)["aml_vs_control"]
-        x, y, w = T.training_rows(f, y, args.copies, rng, args.seed + fold, w)
-        rows = test[test >= offset] - offset
-        for m in MEMBERS:
-            p_aml[m][fold // T.CV_FOLDS, rows] = fit_member(m, args.seed + fold, x, y, w).predict_proba(x_cell[rows])[:, 1]
-        print(f"fold {fold + 1}/{T.CV_FOLDS * args.repeats}", flush=True)
+    _, x_cell, p_aml = out_of_fold(cells, args.repeats, args.copies, args.seed, progress=True)
     served = SubtypeEnsemble(T.DEFAULT_OUT)
     stage2 = served.stage_probabilities("subtype", x_cell)
     rows = []
