@@ -98,6 +98,23 @@ class ReportStore:
             raise StoreUnavailable(f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}") \
                 from exc
 
+    async def _write_retrying(self, work, give_up: str, collided=None):
+        """``work(conn)`` in one write transaction, run again after it collided with another write
+        (``IntegrityError``: two writes of one patient took the same sequence number, or a thumbnail another
+        report links went away), up to ``INSERT_RETRIES`` times with a jittered backoff; then
+        ``StoreUnavailable(give_up)``. ``collided()``, awaited after each collision, may raise instead: a
+        race that no retry can win."""
+        for attempt in range(INSERT_RETRIES):
+            try:
+                return await self._run(work, write=True)
+            except IntegrityError:
+                if collided is not None:
+                    await collided()
+                if attempt == INSERT_RETRIES - 1:
+                    raise StoreUnavailable(give_up) from None
+                await _backoff(attempt)
+        raise AssertionError("unreachable")
+
     async def ping(self) -> bool:
         try:
             await self._run(lambda conn: conn.execute(text("SELECT 1")), write=False)
@@ -158,15 +175,8 @@ class ReportStore:
             await self._insert_thumbnails(conn, thumbnails)
             await self._insert_version(conn, report, content_key, appearance, created, None)
 
-        for attempt in range(INSERT_RETRIES):  # two reports of one patient at once: the seq collides, retry
-            try:
-                await self._run(work, write=True)
-                return report
-            except IntegrityError:
-                if attempt == INSERT_RETRIES - 1:
-                    raise StoreUnavailable("could not allocate a report sequence number") from None
-                await _backoff(attempt)
-        raise AssertionError("unreachable")
+        await self._write_retrying(work, "could not allocate a report sequence number")
+        return report
 
     async def add_review(self, base: StoredReport, report: PatientReport, reviewer: str, comment: str,
                          sign_off: bool, corrections: list[dict], key_id: str | None = None) -> PatientReport:
@@ -189,19 +199,13 @@ class ReportStore:
                 report_id=report.report_id, reviewer=reviewer, comment=comment, sign_off=sign_off,
                 corrections=corrections, key_id=key_id))
 
-        for attempt in range(INSERT_RETRIES):
-            try:
-                await self._run(work, write=True)
-                return report
-            except IntegrityError:
-                # either another review of the same version won (supersedes is unique) or a seq collision
-                newer = await self.superseded_by(base.report.report_id)
-                if newer is not None:
-                    raise StaleVersion(newer) from None
-                if attempt == INSERT_RETRIES - 1:
-                    raise StoreUnavailable("could not store the review") from None
-                await _backoff(attempt)
-        raise AssertionError("unreachable")
+        async def replaced_first():  # another review of the same version won (supersedes is unique)?
+            newer = await self.superseded_by(base.report.report_id)
+            if newer is not None:
+                raise StaleVersion(newer) from None
+
+        await self._write_retrying(work, "could not store the review", replaced_first)
+        return report
 
     async def erase(self, patient_id: str) -> Erased:
         """Delete every report version, review and thumbnail link of a patient, and the thumbnails
@@ -228,14 +232,7 @@ class ReportStore:
             thumbnails = (await conn.execute(orphaned)).rowcount if shas else 0
             return Erased(len(ids), thumbnails, shas, models, sorted({r.content_key for r in rows}))
 
-        for attempt in range(INSERT_RETRIES):  # another patient's report linked a shared thumbnail meanwhile
-            try:
-                return await self._run(work, write=True)
-            except IntegrityError:
-                if attempt == INSERT_RETRIES - 1:
-                    raise StoreUnavailable("could not erase: the patient's images are in use, retry") from None
-                await _backoff(attempt)
-        raise AssertionError("unreachable")
+        return await self._write_retrying(work, "could not erase: the patient's images are in use, retry")
 
     # --- reads -------------------------------------------------------------------------------
 
@@ -263,23 +260,21 @@ class ReportStore:
     async def _scalar(conn, statement):
         return (await conn.execute(statement)).scalar_one_or_none()
 
+    async def _newest(self, patient_id: str, *conditions) -> PatientReport | None:
+        """The patient's newest version (highest ``seq``) that meets ``conditions``, or None."""
+        async def work(conn):
+            body = (await conn.execute(select(ReportRow.body).where(ReportRow.patient_id == patient_id, *conditions)
+                                       .order_by(ReportRow.seq.desc()).limit(1))).scalar_one_or_none()
+            return PatientReport(**body) if body is not None else None
+
+        return await self._run(work, write=False)
+
     async def for_content(self, patient_id: str, content_key: str) -> PatientReport | None:
         """The newest version made from these images by these models (a repeated upload), or None."""
-        async def work(conn):
-            body = (await conn.execute(select(ReportRow.body)
-                                       .where(ReportRow.patient_id == patient_id, ReportRow.content_key == content_key)
-                                       .order_by(ReportRow.seq.desc()).limit(1))).scalar_one_or_none()
-            return PatientReport(**body) if body is not None else None
-
-        return await self._run(work, write=False)
+        return await self._newest(patient_id, ReportRow.content_key == content_key)
 
     async def latest(self, patient_id: str) -> PatientReport | None:
-        async def work(conn):
-            body = (await conn.execute(select(ReportRow.body).where(ReportRow.patient_id == patient_id)
-                                       .order_by(ReportRow.seq.desc()).limit(1))).scalar_one_or_none()
-            return PatientReport(**body) if body is not None else None
-
-        return await self._run(work, write=False)
+        return await self._newest(patient_id)
 
     async def list(self, patient_id: str) -> list[ReportSummary]:
         async def work(conn):
