@@ -22,6 +22,7 @@ from services.cell_classifier.metrics import CONTENT_TYPE_LATEST, CellMetrics
 from services.cell_classifier.responses import classify_response_json, model_info_json
 from services.cell_classifier.settings import CellServiceSettings
 from services.cell_classifier.workers import LoopWorkers, WorkersStopped
+from shared.admission import BytesInFlight, declared_length
 from shared.body_limit import BodySizeLimitMiddleware
 from shared.vocabulary import CELL_TYPES, UNCLASSIFIED, VOCABULARY_VERSION
 from shared.internal_auth import InternalTokenMiddleware
@@ -106,7 +107,8 @@ def create_app(settings: CellServiceSettings | None = None, model: CellModel | N
         state = app.state
         state.ready = False
         state.admitted_images = 0  # images of requests between admission and answer (decoding, queued, running)
-        state.reading_bytes = 0  # Content-Length of the requests whose bodies are being read
+        state.reading = BytesInFlight(max_reading, lambda held, limit: _retry_later(
+            f"too many uploads are being read ({held} bytes, limit {limit}); retry later"))
         state.metrics = CellMetrics(settings.max_batch)
         state.decode_workers = LoopWorkers(settings.decode_workers, "decode")
         state.inference_pool = ThreadPoolExecutor(settings.concurrent_batches, thread_name_prefix="onnx")
@@ -174,16 +176,8 @@ def create_app(settings: CellServiceSettings | None = None, model: CellModel | N
         # The bodies being read are bounded too, by their declared size: a request's images are counted only
         # once its body is read, and until then any number of bodies (up to CELL_MAX_BODY_BYTES each) could
         # be read into memory at once, to be refused after. A worker reading no other body takes any one.
-        length = request.headers.get("content-length", "")
-        declared = int(length) if length.isdigit() else settings.max_body_bytes
-        if state.reading_bytes and state.reading_bytes + declared > max_reading:
-            raise _retry_later(f"too many uploads are being read ({state.reading_bytes} bytes, limit "
-                               f"{max_reading}); retry later")
-        state.reading_bytes += declared
-        try:
+        with state.reading.hold(declared_length(request.headers, settings.max_body_bytes)):
             uploads = await read_image_parts(request, settings.max_images)
-        finally:
-            state.reading_bytes -= declared
         if state.admitted_images and state.admitted_images + len(uploads) > max_queue:
             raise _queue_full(state.admitted_images)
         state.admitted_images += len(uploads)

@@ -100,7 +100,7 @@ def test_a_body_that_does_not_fit_beside_those_being_read_gets_503_before_it_is_
             assert refused.answer_headers[b"retry-after"] == b"1"
             gate.set()
             assert await reading == 200
-            assert app.state.reading_bytes == 0
+            assert app.state.reading.held == 0
             assert await Call(app, body)() == 200  # nothing else is being read now
             # a worker reading no other body takes one larger than the whole budget, with or without a length
             assert await Call(app, multipart(4, padding=len(body) * 2))() == 200
