@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
 import time
@@ -20,8 +19,8 @@ from gateway.cache import make_cache
 from gateway.clients import CellServiceClient, SubtypeServiceClient
 from gateway.pipeline import PatientClassifier
 from gateway.routers import patients, reports
-from gateway.routers.common import (PATIENT_ID, REPORT_RESPONSES, audit, authorize, check_patient_id, render,
-                                    store_errors, upstream_errors)
+from gateway.routers.common import (PATIENT_ID, REPORT_RESPONSES, audit, authorize, check_patient_id,
+                                    failure_status, render, store_errors, upstream_errors)
 from gateway.security import KeyStore, RateLimiter
 from gateway.settings import GatewaySettings
 from gateway.store.database import make_engine, migrate
@@ -114,14 +113,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             if report.cached:
                 state.metrics.cache_hits.inc()
             return render(request, report, include == "cells")
-        except ProblemError as exc:
-            status = exc.status
-            raise
-        except asyncio.CancelledError:
-            status = 499  # the client went away; the work was cancelled, nothing was cached
-            raise
-        except Exception:
-            status = 500
+        except BaseException as exc:  # 499: the client went away; the work was cancelled, nothing was stored
+            status = failure_status(exc, status, cancelled=499)
             raise
         finally:
             state.metrics.requests.labels("classify", str(status)).inc()
@@ -142,11 +135,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             if report is None:
                 raise ProblemError(404, f"no classification for patient {patient_id}")
             return render(request, report, include == "cells")
-        except ProblemError as exc:
-            status = exc.status
-            raise
-        except Exception:  # audited as the 500 it becomes
-            status = 500
+        except BaseException as exc:  # audited as the status it ends in
+            status = failure_status(exc, status)
             raise
         finally:
             audit(request, "read", status, patient_id if PATIENT_ID.fullmatch(patient_id) else None, report)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
 from contextlib import contextmanager
@@ -95,6 +96,17 @@ def upstream_errors():
         raise ProblemError(exc.status, exc.detail, headers=retry) from None
     except UpstreamRejected as exc:
         raise ProblemError(502, f"a service behind the gateway refused the request: {exc.detail}") from None
+
+
+def failure_status(exc: BaseException, status: int, cancelled: int | None = None) -> int:
+    """The status the audit line of a request ended by ``exc`` records: a ``ProblemError``'s own, 500 for any
+    other exception (the answer it becomes), ``cancelled`` (when given) for a request whose client went away,
+    else ``status`` as it was."""
+    if isinstance(exc, ProblemError):
+        return exc.status
+    if isinstance(exc, asyncio.CancelledError):
+        return status if cancelled is None else cancelled
+    return 500 if isinstance(exc, Exception) else status
 
 
 def audit(request: Request, endpoint: str, outcome: int, patient_id: str | None,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from gateway.pipeline import latest_key, report_key_prefix
-from gateway.routers.common import PROBLEMS, audit, authorize, check_patient_id, store_errors
+from gateway.routers.common import PROBLEMS, audit, authorize, check_patient_id, failure_status, store_errors
 from shared.problems import ProblemError
 from shared.schemas import ErasureResult, ReportList
 
@@ -33,11 +33,8 @@ async def list_reports(request: Request, patient_id: str) -> ReportList:
         if not reports:
             raise ProblemError(404, f"no reports for patient {patient_id}")
         return ReportList(patient_id=patient_id, reports=reports)
-    except ProblemError as exc:
-        status = exc.status
-        raise
-    except Exception:  # audited as the 500 it becomes
-        status = 500
+    except BaseException as exc:  # audited as the status it ends in
+        status = failure_status(exc, status)
         raise
     finally:
         audit(request, "list-reports", status, patient_id if status != 422 else None, detail={"reports": len(reports)})
@@ -65,11 +62,8 @@ async def erase_patient(request: Request, patient_id: str) -> ErasureResult:
         result = ErasureResult(patient_id=patient_id, reports_deleted=erased.reports,
                                thumbnails_deleted=erased.thumbnails, cache_entries_deleted=removed)
         return result
-    except ProblemError as exc:
-        status = exc.status
-        raise
-    except Exception:  # audited as the 500 it becomes
-        status = 500
+    except BaseException as exc:  # audited as the status it ends in
+        status = failure_status(exc, status)
         raise
     finally:
         audit(request, "erase", status, patient_id if status != 422 else None,

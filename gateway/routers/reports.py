@@ -8,8 +8,8 @@ import re
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
-from gateway.routers.common import (PROBLEMS, REPORT_RESPONSES, audit, authorize, check_report_id, render,
-                                    store_errors, upstream_errors)
+from gateway.routers.common import (PROBLEMS, REPORT_RESPONSES, audit, authorize, check_report_id,
+                                    failure_status, render, store_errors, upstream_errors)
 from gateway.store.repository import StaleVersion
 from shared.problems import ProblemError
 from shared.schemas import PatientReport, ReviewRequest
@@ -39,11 +39,8 @@ async def get_report(request: Request, report_id: str,
         if stored.superseded_by:
             response.headers["X-Superseded-By"] = stored.superseded_by
         return response
-    except ProblemError as exc:
-        status = exc.status
-        raise
-    except Exception:  # audited as the 500 it becomes
-        status = 500
+    except BaseException as exc:  # audited as the status it ends in
+        status = failure_status(exc, status)
         raise
     finally:
         report = stored.report if stored else None
@@ -68,11 +65,8 @@ async def cell_thumbnail(request: Request, report_id: str, sha256: str):
         if jpeg is None:
             raise ProblemError(404, f"report {report_id} has no stored thumbnail for cell {sha256[:12]}")
         return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "private, no-store"})
-    except ProblemError as exc:
-        status = exc.status
-        raise
-    except Exception:  # audited as the 500 it becomes
-        status = 500
+    except BaseException as exc:  # audited as the status it ends in
+        status = failure_status(exc, status)
         raise
     finally:  # an image of a patient's blood was shown: audited like a report read
         audit(request, "read-thumbnail", status, None, report_id=report_id[:32], detail={"cell": sha256[:64]})
@@ -110,11 +104,8 @@ async def review_report(request: Request, report_id: str, review: ReviewRequest,
         response.status_code = 201
         response.headers["Location"] = f"/reports/{report.report_id}"
         return response
-    except ProblemError as exc:
-        status = exc.status
-        raise
-    except Exception:  # audited as the 500 it becomes
-        status = 500
+    except BaseException as exc:  # audited as the status it ends in
+        status = failure_status(exc, status)
         raise
     finally:
         subject = report or (base.report if base else None)

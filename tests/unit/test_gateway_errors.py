@@ -36,3 +36,15 @@ def test_an_unexpected_error_is_a_500_problem_and_audited_as_one(tmp_path, monke
     lines = [json.loads(line) for line in audit_path.read_text().splitlines()]
     assert {(line["endpoint"], line["outcome"]) for line in lines} >= {("erase", 500), ("read", 500)}
     assert not any(line["outcome"] == 200 for line in lines)
+
+
+def test_the_audited_status_of_a_failed_request():
+    import asyncio
+
+    from gateway.routers.common import failure_status
+    from shared.problems import ProblemError
+
+    assert failure_status(ProblemError(404, "no report"), 200) == 404
+    assert failure_status(RuntimeError("a bug"), 200) == 500
+    assert failure_status(asyncio.CancelledError(), 200) == 200, "a read whose client left: as it was"
+    assert failure_status(asyncio.CancelledError(), 200, cancelled=499) == 499
