@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -70,6 +70,12 @@ def class_minimum_for_false_positives(probabilities: np.ndarray, labels: np.ndar
     return float(max(threshold, np.nextafter(confidences[len(confidences) - allowed - 1], 1.0)))
 
 
+def macro_f1_present(per_class: dict) -> float:
+    """The mean F1 over the classes with cells (``support`` > 0) of a ``classification_report``'s ``per_class``."""
+    present = [c["f1"] for c in per_class.values() if c["support"] > 0]
+    return sum(present) / len(present) if present else 0.0
+
+
 def classification_report(labels: np.ndarray, predicted: np.ndarray, class_names: list[str]) -> dict:
     """Accuracy, macro-F1, per-class precision/recall/F1/support and the confusion matrix.
 
@@ -79,20 +85,17 @@ def classification_report(labels: np.ndarray, predicted: np.ndarray, class_names
     0.938 over its 9 classes present).
     """
     known = list(range(len(class_names)))
-    present = sorted(set(int(v) for v in np.unique(labels)) & set(known))
     precision, recall, f1, support = precision_recall_fscore_support(
         labels, predicted, labels=known, zero_division=0
     )
+    per_class = {name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+                 for name, p, r, f, s in zip(class_names, precision, recall, f1, support)}
     return {
         "n": int(len(labels)),
         "accuracy": float(accuracy_score(labels, predicted)),
-        "macro_f1": float(f1_score(labels, predicted, labels=present, average="macro", zero_division=0))
-        if present else 0.0,
+        "macro_f1": macro_f1_present(per_class),
         "unclassified_fraction": float(np.mean(predicted == len(class_names))),
-        "per_class": {
-            name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
-            for name, p, r, f, s in zip(class_names, precision, recall, f1, support)
-        },
+        "per_class": per_class,
         "confusion_matrix": confusion_matrix(labels, predicted, labels=known + [len(class_names)]).tolist(),
     }
 

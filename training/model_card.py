@@ -286,7 +286,7 @@ def _markdown(card: dict) -> str:
     ]
     for split, m in card["metrics"].items():
         if "accuracy" in m:
-            lines.append(f"| {split} | {m['n']} | {m['accuracy']:.4f} | {macro_f1_present(m):.4f} | "
+            lines.append(f"| {split} | {m['n']} | {m['accuracy']:.4f} | {split_macro_f1(m):.4f} | "
                          f"{m['unclassified_fraction']:.2%} |")
     leukaemia = {k: m["leukaemia"] for k, m in card["metrics"].items() if "leukaemia" in m}
     if leukaemia:
@@ -414,12 +414,10 @@ def _sizes_line(sizes: list[int]) -> str:
     return "- Image size per epoch (progressive resizing; scaled inside the augmentation): " + ", ".join(parts)
 
 
-def macro_f1_present(metrics: dict) -> float:
-    """Macro-F1 over the types a split has cells of, from its per-class F1 (cards written before 2026-12-07
+def split_macro_f1(metrics: dict) -> float:
+    """A split's macro-F1 over the types it has cells of, from its per-class F1 (cards written before 2026-12-07
     stored ``macro_f1`` over every type, a type without cells counting 0: PBC's test split has no blasts or
     smudge cells)."""
-    per_class = metrics.get("per_class")
-    if not per_class:
-        return metrics["macro_f1"]
-    present = [c["f1"] for c in per_class.values() if c["support"] > 0]
-    return sum(present) / len(present) if present else 0.0
+    from training.metrics import macro_f1_present
+
+    return macro_f1_present(metrics["per_class"]) if metrics.get("per_class") else metrics["macro_f1"]
