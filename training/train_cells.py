@@ -273,11 +273,14 @@ def fit(args: argparse.Namespace, train, val, started: float, train_sources: np.
         "colour_strength": args.colour_strength, "blur_probability": args.blur_probability,
         "blur_sigma_range": tuple(args.blur_sigma_range) if args.blur_sigma_range else None,
         "source_scale": args.source_scale, "sharp_fraction": args.sharp_fraction}
-    training_model, augmentation = cnn.build_training_model(network, tuple(args.zoom_range), **augmentation_options)
-    if args.mixup_alpha > 0:
+    if args.mixup_alpha > 0:  # its own training step around the same augmentation and network
         from training.mixup import MixupTraining
 
+        augmentation = cnn.CellAugmentation(tuple(args.zoom_range), **augmentation_options)
         training_model = MixupTraining(augmentation, network, args.mixup_alpha, args.mixup_probability, args.seed)
+    else:
+        training_model, augmentation = cnn.build_training_model(network, tuple(args.zoom_range),
+                                                                **augmentation_options)
     sizes = [args.small_size if epoch < args.epochs - args.full_size_epochs else IMAGE_SIZE
              for epoch in range(args.epochs)]
     steps_per_epoch = int(np.ceil(len(train.labels) / args.batch_size))
