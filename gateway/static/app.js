@@ -182,6 +182,19 @@ async function fetchKeyed(url, options) {
   return fetch(url, options);
 }
 
+function fetchLatest(patient, key, req, onReport) {
+  // the patient's latest report version with its cells: onReport(body) only while req is the latest request
+  showProgress(`loading the latest report of patient ${patient}…`, null);
+  fetchKeyed(`/patients/${encodeURIComponent(patient)}/classification?include=cells`,
+        { headers: { "X-API-Key": key }, signal: req.signal })
+    .then(async (response) => {
+      const body = await readJson(response);
+      if (!endRequest(req)) return;
+      if (response.ok && body) onReport(body);
+      else showError(problemText(response.status, body, response.headers.get("Retry-After")));
+    }).catch(() => { if (endRequest(req)) showError("Network error: the gateway could not be reached."); });
+}
+
 async function readJson(response) {
   try { return await response.json(); } catch (e) { return null; }
 }
@@ -397,34 +410,28 @@ $("load-newest").addEventListener("click", () => {
   const req = beginRequest("open", patient, `open the newest report of patient ${patient}`, false);
   if (!req) return;
   $("stale").hidden = true;
-  showProgress(`loading the newest report of patient ${patient}…`, null);
-  fetchKeyed(`/patients/${encodeURIComponent(patient)}/classification?include=cells`,
-        { headers: { "X-API-Key": key }, signal: req.signal })
-    .then(async (response) => {
-      const body = await readJson(response);
-      if (!endRequest(req)) return;
-      if (!(response.ok && body)) return showError(problemText(response.status, body, response.headers.get("Retry-After")));
-      const carried = new Map(current.corrections);  // with any made while it loaded
-      const same = lineage(body) === lineage(view.report);
-      render(body, same ? view.local : [...view.local].filter(([k]) => !k.startsWith("name:")));
-      if (!current) return;  // it could not be shown (render said why)
-      const cells = new Map((body.cells || []).map((c) => [c.sha256, c]));
-      let applied = 0, already = 0, absent = 0;
-      carried.forEach((label, sha) => {
-        const cell = cells.get(sha);
-        if (!cell) absent += 1;
-        else if (cell.label === label) already += 1;
-        else { current.corrections.set(sha, label); applied += 1; }
-      });
-      current.corrections.forEach((label, sha) => refreshCell(sha));
-      showCounts();
-      showNotice(`Loaded version ${body.version || 1} of patient ${patient}'s report` +
-        (body.reviewed_by ? ` (reviewed by ${body.reviewed_by})` : "") +
-        `: ${applied} of your corrections re-applied, not saved yet; check them and save or sign off again.` +
-        (already ? ` ${already} cell(s) already had your label.` : "") +
-        (absent ? ` ${absent} cell(s) are not in this version.` : "") +
-        (same ? "" : " This is a newer classification of the patient than the report you reviewed."));
-    }).catch(() => { if (endRequest(req)) showError("Network error: the gateway could not be reached."); });
+  fetchLatest(patient, key, req, (body) => {
+    const carried = new Map(current.corrections);  // with any made while it loaded
+    const same = lineage(body) === lineage(view.report);
+    render(body, same ? view.local : [...view.local].filter(([k]) => !k.startsWith("name:")));
+    if (!current) return;  // it could not be shown (render said why)
+    const cells = new Map((body.cells || []).map((c) => [c.sha256, c]));
+    let applied = 0, already = 0, absent = 0;
+    carried.forEach((label, sha) => {
+      const cell = cells.get(sha);
+      if (!cell) absent += 1;
+      else if (cell.label === label) already += 1;
+      else { current.corrections.set(sha, label); applied += 1; }
+    });
+    current.corrections.forEach((label, sha) => refreshCell(sha));
+    showCounts();
+    showNotice(`Loaded version ${body.version || 1} of patient ${patient}'s report` +
+      (body.reviewed_by ? ` (reviewed by ${body.reviewed_by})` : "") +
+      `: ${applied} of your corrections re-applied, not saved yet; check them and save or sign off again.` +
+      (already ? ` ${already} cell(s) already had your label.` : "") +
+      (absent ? ` ${absent} cell(s) are not in this version.` : "") +
+      (same ? "" : " This is a newer classification of the patient than the report you reviewed."));
+  });
 });
 
 function showApl(report) {
@@ -627,13 +634,5 @@ $("open-latest").addEventListener("click", () => {
   const req = beginRequest("open", patient, `open the latest report of patient ${patient}`);
   if (!req) return;
   sessionStorage.setItem("aml-api-key", key);
-  showProgress(`loading the latest report of patient ${patient}…`, null);
-  fetchKeyed(`/patients/${encodeURIComponent(patient)}/classification?include=cells`,
-        { headers: { "X-API-Key": key }, signal: req.signal })
-    .then(async (response) => {
-      const body = await readJson(response);
-      if (!endRequest(req)) return;
-      if (response.ok && body) { if (mayReplace(req, patient)) render(body, []); }
-      else showError(problemText(response.status, body, response.headers.get("Retry-After")));
-    }).catch(() => { if (endRequest(req)) showError("Network error: the gateway could not be reached."); });
+  fetchLatest(patient, key, req, (body) => { if (mayReplace(req, patient)) render(body, []); });
 });
