@@ -2,8 +2,8 @@
 
 Enabled when INTERNAL_TOKEN is set (compose sets it); /healthz and /readyz stay open for
 health checks. The gateway sends it as ``X-Internal-Token``. Set but empty (or blank) is a
-configuration error (``checked_token``: the cell service's settings refuse it at start, and the
-middleware refuses it whatever built it): it used to turn the check off as silently as leaving it
+configuration error (``checked_token``: the settings of both services and of the gateway refuse it
+at start, and the middleware refuses it whatever built it): it used to turn the check off as silently as leaving it
 unset, so an ``INTERNAL_TOKEN=`` left unfilled in an env file exposed the service.
 """
 
