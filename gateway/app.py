@@ -18,7 +18,7 @@ from gateway.audit import AuditLog
 from gateway.cache import make_cache
 from gateway.clients import CellServiceClient, SubtypeServiceClient
 from gateway.pipeline import PatientClassifier
-from gateway.routers import patients, reports
+from gateway.routers import access, patients, reports
 from gateway.routers.common import (PATIENT_ID, REPORT_RESPONSES, audit, authorize, check_patient_id,
                                     failure_status, render, store_errors, upstream_errors)
 from gateway.security import KeyStore, RateLimiter
@@ -66,6 +66,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         if not len(state.keys):
             log.warning("no API keys configured: every protected call will be refused (401)")
         state.rate_limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
+        state.review_requires_personal_key = settings.review_requires_personal_key
         state.uploads = UploadBudget(settings.max_uploads_bytes)
         state.audit = AuditLog(settings.audit_log_path, settings.audit_hmac_key or secrets.token_hex(32))
         engine = make_engine(settings)
@@ -142,6 +143,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             audit(request, "read", status, patient_id if PATIENT_ID.fullmatch(patient_id) else None, report)
 
     app.include_router(reports.router)
+    app.include_router(access.router)
     app.include_router(patients.router)
 
     @app.get("/healthz", response_model=Health)

@@ -18,6 +18,7 @@ FHIR_MEDIA_TYPE = "application/fhir+json"
 LOINC = "http://loinc.org"
 LOCAL = "urn:aml-classifier:codes"
 PATIENT_IDENTIFIER_SYSTEM = "urn:aml-classifier:patient-id"
+REVIEWER_KEY_SYSTEM = "urn:aml-classifier:reviewer-key"  # identifies a personal API key (gateway.keys --reviewer)
 INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
 APL_CODE = "apl-probability"
 APL_TEXT = "Probability of acute promyelocytic leukaemia (PML::RARA) from the cell images and counts"
@@ -111,13 +112,16 @@ def _apl_observation(report: PatientReport) -> dict:
 
 def to_diagnostic_report(report: PatientReport) -> dict:
     """Status follows the report (preliminary, final, amended), the Observations' too; the reviewer
-    is the ``resultsInterpreter``."""
+    is the ``resultsInterpreter`` (with the personal API key's id as its identifier where one signed)."""
     resource = _diagnostic_report(report)
     for item in resource["contained"]:
         if item["resourceType"] == "Observation":
             item["status"] = report.status
     if report.reviewed_by:
-        resource["resultsInterpreter"] = [{"display": report.reviewed_by}]
+        interpreter = {"display": report.reviewed_by}
+        if report.reviewer_key_id:  # a personal key's own name: say which key vouches for it
+            interpreter["identifier"] = {"system": REVIEWER_KEY_SYSTEM, "value": report.reviewer_key_id}
+        resource["resultsInterpreter"] = [interpreter]
         resource["conclusion"] += (f" Reviewed by {report.reviewed_by} at {report.reviewed_at}"
                                    + (" and signed off." if report.status != "preliminary" else " (not signed off)."))
         if report.review_comment:

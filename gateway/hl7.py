@@ -95,7 +95,8 @@ def to_oru_r01(report: PatientReport, sending_facility: str = "LAB", receiving_a
     obr.obr_22 = _ts(report.reviewed_at or report.created_at)
     obr.obr_25 = status
     if report.reviewed_by:
-        obr.obr_32 = f"&{_text(report.reviewed_by)}"
+        # OBR-32.1 (CNN): ID number & family name; the ID is the personal key that vouches for the name
+        obr.obr_32 = f"{report.reviewer_key_id or ''}&{_text(report.reviewed_by)}"
 
     observations: list[tuple[str, ...]] = []  # (type, code^text^system, value, units[, range, abnormal flag])
     for category, (code, display) in DIFFERENTIAL_LOINC.items():

@@ -400,6 +400,7 @@ class PatientClassifier:
         })
 
     async def store_review(self, base: StoredReport, report: PatientReport, review: ReviewRequest,
-                           key_id: str | None = None) -> PatientReport:
+                           key_id: str | None = None, personal: bool = False) -> PatientReport:
+        """``review.reviewer`` is the name it is signed with; ``personal``: it is the name of key ``key_id``."""
         return await self.store.add_review(base, report, review.reviewer, review.comment, review.sign_off,
-                                           [c.model_dump() for c in review.corrections], key_id)
+                                           [c.model_dump() for c in review.corrections], key_id, personal)

@@ -4,9 +4,14 @@ A key looks like ``aml_<key id>_<secret>``. The configuration holds only the key
 salt, sha256(salt || secret) and the scopes, as a JSON list (env ``API_KEYS`` or the file
 ``API_KEYS_FILE``)::
 
-    [{"id": "lab1", "salt": "<hex>", "hash": "<hex>", "scopes": ["classify", "read"]}]
+    [{"id": "lab1", "salt": "<hex>", "hash": "<hex>", "scopes": ["classify", "read"]},
+     {"id": "ajones", "salt": "<hex>", "hash": "<hex>", "scopes": ["read", "review"], "reviewer": "Dr A. Jones"}]
 
 ``python -m gateway.keys new --id lab1 --scopes classify,read`` prints a new key and its entry.
+A key with a ``reviewer`` is one person's (personal): a review made with it is signed with that name,
+whatever the request says (a different name is refused), so a sign-off names who really held the key.
+A key without one is a system's (e.g. a LIS that signs its own users in): its reviews name whoever
+the request says, as free text.
 Key ids are unique (a presented key is looked up by its id): a rotated key gets a new id (lab1-2),
 and configuration with an id twice is refused at start rather than one key silently dropped.
 The secret is 256 random bits, so one salted sha256 is enough (no password stretching needed).
@@ -36,14 +41,24 @@ class ApiKey:
     salt: str
     hash: str
     scopes: frozenset[str]
+    reviewer: str | None = None
+    """the person this key belongs to (a personal key): the name its reviews are signed with"""
+
+
+def checked_reviewer(name: object) -> str:
+    """A reviewer's name as stored and sent to a LIS: 1-128 printable characters, trimmed."""
+    if not isinstance(name, str) or not name.strip() or len(name.strip()) > 128 or not name.strip().isprintable():
+        raise ValueError("reviewer: a name or staff id of 1-128 printable characters")
+    return name.strip()
 
 
 def hash_secret(secret: str, salt_hex: str) -> str:
     return hashlib.sha256(bytes.fromhex(salt_hex) + secret.encode()).hexdigest()
 
 
-def new_key(key_id: str, scopes: set[str]) -> tuple[str, dict]:
-    """A fresh key (shown once) and the configuration entry that accepts it."""
+def new_key(key_id: str, scopes: set[str], reviewer: str | None = None) -> tuple[str, dict]:
+    """A fresh key (shown once) and the configuration entry that accepts it; ``reviewer`` makes it
+    that person's own key (its reviews are signed with the name)."""
     if not re.fullmatch(r"[A-Za-z0-9-]{1,32}", key_id):
         raise ValueError("key id: 1-32 letters, digits or '-'")
     unknown = set(scopes) - SCOPES
@@ -51,8 +66,10 @@ def new_key(key_id: str, scopes: set[str]) -> tuple[str, dict]:
         raise ValueError(f"scopes must be a non-empty subset of {sorted(SCOPES)}")
     secret = secrets.token_urlsafe(32)
     salt = secrets.token_hex(16)
-    return f"aml_{key_id}_{secret}", {"id": key_id, "salt": salt, "hash": hash_secret(secret, salt),
-                                     "scopes": sorted(scopes)}
+    entry = {"id": key_id, "salt": salt, "hash": hash_secret(secret, salt), "scopes": sorted(scopes)}
+    if reviewer is not None:
+        entry["reviewer"] = checked_reviewer(reviewer)
+    return f"aml_{key_id}_{secret}", entry
 
 
 class KeyStore:
@@ -67,7 +84,14 @@ class KeyStore:
             if not scopes <= SCOPES:
                 raise ValueError(f"key {entry['id']}: unknown scopes {sorted(scopes - SCOPES)}")
             bytes.fromhex(entry["salt"]), bytes.fromhex(entry["hash"])  # noqa: B018 - validates hex
-            self._keys[entry["id"]] = ApiKey(entry["id"], entry["salt"], entry["hash"], scopes)
+            unknown_fields = set(entry) - {"id", "salt", "hash", "scopes", "reviewer"}
+            if unknown_fields:  # e.g. "reviwer": the key would silently stop being personal
+                raise ValueError(f"key {entry['id']}: unknown fields {sorted(unknown_fields)}")
+            try:
+                reviewer = checked_reviewer(entry["reviewer"]) if "reviewer" in entry else None
+            except ValueError as exc:
+                raise ValueError(f"key {entry['id']}: {exc}") from None
+            self._keys[entry["id"]] = ApiKey(entry["id"], entry["salt"], entry["hash"], scopes, reviewer)
 
     @classmethod
     def from_config(cls, inline: str | None, path: Path | None) -> "KeyStore":

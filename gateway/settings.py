@@ -48,6 +48,10 @@ class GatewaySettings(BaseSettings):
     api_keys: str | None = Field(None, validation_alias=AliasChoices("API_KEYS"),
                                  description="JSON list of key entries (python -m gateway.keys new)")
     api_keys_file: Path | None = Field(None, validation_alias=AliasChoices("API_KEYS_FILE"))
+    review_requires_personal_key: bool = Field(
+        False, validation_alias=AliasChoices("REVIEW_REQUIRES_PERSONAL_KEY"),
+        description="refuse reviews (403) made with a key that names no reviewer, so every sign-off names the "
+                    "person who held the key (python -m gateway.keys new --reviewer)")
     rate_limit_per_minute: float = Field(600, gt=0, validation_alias=AliasChoices("RATE_LIMIT_PER_MINUTE"))
     rate_limit_burst: int = Field(60, ge=1, validation_alias=AliasChoices("RATE_LIMIT_BURST"))
     internal_token: str | None = Field(None, validation_alias=AliasChoices("INTERNAL_TOKEN"),

@@ -225,7 +225,12 @@ class PatientReport(BaseModel):
     first_report_id: str | None = Field(
         None, description="version 1's report_id: the report's identifier across all its versions (HL7 OBR-3, "
                           "the FHIR identifier), so that a final or amended version replaces the earlier result")
-    reviewed_by: str | None = None
+    reviewed_by: str | None = Field(None, description="who reviewed this version: the name a personal API key "
+                                                      "belongs to, or the name a shared key's request gave")
+    reviewer_key_id: str | None = Field(
+        None, description="the id of the personal API key the review was made with: `reviewed_by` is then the "
+                          "name that key belongs to, checked by the gateway; null when the name was given as free "
+                          "text (a shared key, e.g. a LIS that signs its own users in) or no review")
     reviewed_at: str | None = Field(None, description="UTC, ISO 8601")
     review_comment: str | None = None
     request_id: str
@@ -273,6 +278,7 @@ class ReportSummary(BaseModel):
     supersedes: str | None = None
     superseded_by: str | None = Field(None, description="the newer version of this report, if any")
     reviewed_by: str | None = None
+    reviewer_key_id: str | None = Field(None, description="as in the report: set when a personal key signed")
     reviewed_at: str | None = None
     prediction: str
     apl_alert: bool | None = Field(None, description="the version's APL alert (None: no APL assessment)")
@@ -292,10 +298,22 @@ class CellCorrection(BaseModel):
 
 class ReviewRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    reviewer: str = Field(min_length=1, max_length=128, description="who checked the cells (name or staff id)")
+    reviewer: str | None = Field(
+        None, min_length=1, max_length=128,
+        description="who checked the cells (name or staff id). With a personal API key (one that names its "
+                    "reviewer) it may be left out, and if given must be that name; with a shared key it is required")
     corrections: list[CellCorrection] = Field(default_factory=list, max_length=10_000)
     comment: str = Field("", max_length=4000)
     sign_off: bool = Field(False, description="true: the new version is final (amended when correcting a final one)")
+
+
+class KeyIdentity(BaseModel):
+    """What the gateway knows of the caller's API key (GET /me): never the key or its hash."""
+    key_id: str
+    scopes: list[str] = Field(description="sorted")
+    reviewer: str | None = Field(None, description="the person a personal key belongs to: its reviews are signed "
+                                                   "with this name; null for a shared key")
+    review_requires_personal_key: bool = Field(description="this gateway refuses reviews made with shared keys")
 
 
 class ErasureResult(BaseModel):

@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse, Response
 from gateway.clients import UpstreamError, UpstreamRejected
 from gateway.fhir import FHIR_MEDIA_TYPE, to_diagnostic_report
 from gateway.hl7 import HL7_MEDIA_TYPE, to_oru_r01
+from gateway.security import ApiKey
 from gateway.store.repository import StoreUnavailable
 from shared.problems import ProblemError
 from shared.schemas import PATIENT_ID_PATTERN, PatientReport, Problem
@@ -49,20 +50,21 @@ def _presented_key(request: Request) -> str | None:
     return request.headers.get("x-api-key")
 
 
-def authorize(request: Request, scope: str) -> str:
-    """The caller's key id; 401 without a valid key, 403 without ``scope``, 429 over its rate."""
+def authorize(request: Request, scope: str | None) -> ApiKey:
+    """The caller's key; 401 without a valid key, 403 without ``scope`` (None: any valid key will do),
+    429 over its rate."""
     state = request.app.state
     key = state.keys.authenticate(_presented_key(request))
     if key is None:
         raise ProblemError(401, "a valid API key is required (Authorization: Bearer <key> or X-API-Key)",
                            headers={"WWW-Authenticate": 'Bearer realm="aml-classifier"'})
     request.state.key_id = key.key_id
-    if scope not in key.scopes:
+    if scope is not None and scope not in key.scopes:
         raise ProblemError(403, f"this key may not {scope} (its scopes: {', '.join(sorted(key.scopes))})")
     wait_s = state.rate_limiter.acquire(key.key_id)
     if wait_s > 0:
         raise ProblemError(429, "rate limit exceeded for this key", headers={"Retry-After": str(math.ceil(wait_s))})
-    return key.key_id
+    return key
 
 
 def render(request: Request, report: PatientReport, include_cells: bool) -> Response:

@@ -10,6 +10,7 @@ from fastapi.responses import Response
 
 from gateway.routers.common import (PROBLEMS, REPORT_RESPONSES, audit, authorize, check_report_id,
                                     failure_status, render, store_errors, upstream_errors)
+from gateway.security import ApiKey, checked_reviewer
 from gateway.store.repository import StaleVersion
 from shared.problems import ProblemError
 from shared.schemas import PatientReport, ReviewRequest
@@ -72,6 +73,28 @@ async def cell_thumbnail(request: Request, report_id: str, sha256: str):
         audit(request, "read-thumbnail", status, None, report_id=report_id[:32], detail={"cell": sha256[:64]})
 
 
+def _same_name(a: str, b: str) -> bool:
+    return " ".join(a.split()).casefold() == " ".join(b.split()).casefold()
+
+
+def signed_review(request: Request, key: ApiKey, review: ReviewRequest) -> ReviewRequest:
+    """The review with the name it is signed with: a personal key's own (a different name is 403), else the
+    name the request gives (422 without one; 403 where this gateway accepts reviews from personal keys only)."""
+    if key.reviewer is not None:
+        if review.reviewer is not None and not _same_name(review.reviewer, key.reviewer):
+            raise ProblemError(403, f"this key is {key.reviewer}'s own: its reviews are signed with that name, not "
+                                    f"{review.reviewer.strip()[:128]!r} (leave out reviewer, or use your own key)")
+        return review.model_copy(update={"reviewer": key.reviewer})
+    if request.app.state.review_requires_personal_key:
+        raise ProblemError(403, f"key {key.key_id} names no reviewer, and this gateway accepts reviews only from "
+                                "personal keys (REVIEW_REQUIRES_PERSONAL_KEY): review with your own key")
+    try:
+        return review.model_copy(update={"reviewer": checked_reviewer(review.reviewer)})
+    except ValueError:
+        raise ProblemError(422, f"key {key.key_id} is a shared key (it names no reviewer): the review must name its "
+                                "reviewer (reviewer: a name or staff id of 1-128 printable characters)") from None
+
+
 @router.post("/reports/{report_id}/review", response_model=PatientReport, status_code=201,
              responses={201: {"description": "the new version"},
                         **{s: PROBLEMS[s] for s in (401, 403, 404, 409, 422, 429, 502, 503, 504)}})
@@ -82,11 +105,14 @@ async def review_report(request: Request, report_id: str, review: ReviewRequest,
     The version reviewed must be the newest of its report (409 otherwise: someone else reviewed
     first; reload and review the newer version). Counts, differential, quality and the subtype
     prediction are recomputed from the corrected labels; the model's labels stay in `model_label`.
+    The version is signed with the reviewer a personal key belongs to (`reviewer_key_id` is then set), or with
+    the `reviewer` a shared key's request names.
     """
     state = request.app.state
     status, base, report = 201, None, None
     try:
-        authorize(request, "review")
+        key = authorize(request, "review")
+        review = signed_review(request, key, review)
         base = await _load(request, report_id)
         if base.superseded_by:
             raise ProblemError(409, f"report {report_id} was already replaced by version {base.superseded_by}: "
@@ -95,8 +121,8 @@ async def review_report(request: Request, report_id: str, review: ReviewRequest,
             draft = await state.classifier.review(base, review, request.state.request_id)
         with store_errors():
             try:
-                report = await state.classifier.store_review(base, draft, review,
-                                                             getattr(request.state, "key_id", None))
+                report = await state.classifier.store_review(base, draft, review, key.key_id,
+                                                             personal=key.reviewer is not None)
             except StaleVersion as exc:
                 raise ProblemError(409, f"report {report_id} was just replaced by version {exc.newer} (another "
                                         "review was first): review the newest version", title="Stale Version") from None

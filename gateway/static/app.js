@@ -19,7 +19,43 @@ let requestSeq = 0;
 let reviewing = false;  // a review POST is in flight: no second one
 // the key lives in this tab's sessionStorage only: gone when the tab closes
 $("api-key").value = sessionStorage.getItem("aml-api-key") || "";
-$("api-key").addEventListener("change", () => sessionStorage.setItem("aml-api-key", $("api-key").value.trim()));
+$("api-key").addEventListener("change", () => {
+  sessionStorage.setItem("aml-api-key", $("api-key").value.trim());
+  showIdentity();
+});
+
+// whose key this is (GET /me): a personal key's reviews are signed with its owner's name, so the reviewer box
+// shows that name, read-only; a shared key's reviewer is typed in
+let identitySeq = 0;
+async function showIdentity() {
+  const seq = ++identitySeq;
+  const key = $("api-key").value.trim();
+  const box = $("reviewer");
+  if (box.readOnly) {  // the name of the key before goes with it
+    box.readOnly = false;
+    box.value = "";
+  }
+  $("reviewer-note").textContent = "";
+  if (!key) return;
+  let me = null;
+  try {
+    const response = await fetch("/me", { headers: { "X-API-Key": key } });
+    if (response.ok) me = await response.json();
+  } catch (e) {
+    return;  // unreachable now: the box stays free, and the gateway checks the name when a review is sent
+  }
+  if (seq !== identitySeq || !me) return;
+  if (me.reviewer) {
+    box.value = me.reviewer;
+    box.readOnly = true;
+    $("reviewer-note").textContent = `your key ${me.key_id}: reviews are signed with this name`;
+  } else if (me.scopes.includes("review")) {
+    $("reviewer-note").textContent = me.review_requires_personal_key
+      ? `key ${me.key_id} is shared, and this gateway takes reviews only from personal keys`
+      : `key ${me.key_id} is shared: enter who reviewed`;
+  }
+}
+showIdentity();
 
 function selectionProblem(files) {
   if (files.length > MAX_IMAGES) return `${files.length} images selected: at most ${MAX_IMAGES} per patient are accepted.`;

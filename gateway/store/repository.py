@@ -179,15 +179,18 @@ class ReportStore:
         return report
 
     async def add_review(self, base: StoredReport, report: PatientReport, reviewer: str, comment: str,
-                         sign_off: bool, corrections: list[dict], key_id: str | None = None) -> PatientReport:
+                         sign_off: bool, corrections: list[dict], key_id: str | None = None,
+                         personal: bool = False) -> PatientReport:
         """Store ``report`` (built from ``base`` by the review) as the version replacing ``base``, with the
-        API key it came with. ``StaleVersion`` when another review replaced ``base`` first."""
+        API key it came with (``personal``: ``reviewer`` is that key's own name, and the report says so).
+        ``StaleVersion`` when another review replaced ``base`` first."""
         now = _now()
         report = report.model_copy(update={
             "report_id": new_report_id(), "version": base.report.version + 1, "supersedes": base.report.report_id,
             "first_report_id": base.report.first_report_id or (base.report.report_id if base.report.version == 1
                                                                else None),
-            "reviewed_by": reviewer, "reviewed_at": _iso(now), "review_comment": comment or None, "cached": False})
+            "reviewed_by": reviewer, "reviewer_key_id": key_id if personal else None, "reviewed_at": _iso(now),
+            "review_comment": comment or None, "cached": False})
 
         async def work(conn):
             newer = (await conn.execute(select(ReportRow.id).where(ReportRow.supersedes == base.report.report_id))
@@ -288,7 +291,8 @@ class ReportStore:
                 out.append(ReportSummary(
                     id=r.id, patient_id=b["patient_id"], version=b["version"], status=b["status"],
                     created_at=b["created_at"], supersedes=r.supersedes, superseded_by=newer.get(r.id),
-                    reviewed_by=b.get("reviewed_by"), reviewed_at=b.get("reviewed_at"), prediction=b["prediction"],
+                    reviewed_by=b.get("reviewed_by"), reviewer_key_id=b.get("reviewer_key_id"),
+                    reviewed_at=b.get("reviewed_at"), prediction=b["prediction"],
                     apl_alert=b.get("apl_alert"),
                     models=ModelsUsed(**b["models"])))
             return out

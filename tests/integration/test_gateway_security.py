@@ -11,7 +11,8 @@ import httpx
 import pytest
 
 from tests.helpers.images import fullsize_images
-from tests.helpers.keys import AUTH, CLASSIFY_KEY, READ_ONLY_KEY
+from tests.helpers.hl7 import segments
+from tests.helpers.keys import AUTH, CLASSIFY_KEY, PERSONAL_KEY, PERSONAL_REVIEWER, READ_ONLY_KEY, REVIEW_KEY
 from tests.helpers.processes import start_cell_service, start_gateway, start_subtype_service
 
 pytestmark = pytest.mark.integration
@@ -131,3 +132,75 @@ def test_client_disconnect_mid_upload(stack):
     assert httpx.get(f"{stack['gateway'].url}/patients/SEC-GONE/classification", headers=AUTH,
                      timeout=10).status_code == 404
     assert httpx.get(f"{stack['gateway'].url}/readyz", timeout=10).status_code == 200
+
+
+def _review(url: str, report_id: str, key: str, **body) -> httpx.Response:
+    return httpx.post(f"{url}/reports/{report_id}/review", headers={"X-API-Key": key}, timeout=60,
+                      json={"corrections": [], "sign_off": True, **body})
+
+
+def test_a_personal_key_signs_with_its_owners_name_and_a_shared_key_with_the_one_given(stack):
+    url = stack["gateway"].url
+    first = classify(url, AUTH, patient="SEC-SIGN-1", n=4)
+    assert first.status_code == 200, first.text
+
+    me = httpx.get(f"{url}/me", headers={"X-API-Key": PERSONAL_KEY}, timeout=10)
+    assert me.status_code == 200 and me.json() == {
+        "key_id": "ajones", "scopes": ["classify", "read", "review"], "reviewer": PERSONAL_REVIEWER,
+        "review_requires_personal_key": False}
+    assert httpx.get(f"{url}/me", headers={"X-API-Key": REVIEW_KEY}, timeout=10).json()["reviewer"] is None
+    assert httpx.get(f"{url}/me", timeout=10).status_code == 401
+
+    impostor = _review(url, first.json()["report_id"], PERSONAL_KEY, reviewer="Dr B. Smith")
+    assert impostor.status_code == 403 and PERSONAL_REVIEWER in impostor.json()["detail"]
+    latest = httpx.get(f"{url}/patients/SEC-SIGN-1/classification", headers=AUTH, timeout=10).json()
+    assert latest["version"] == 1 and latest["reviewed_by"] is None, "a refused review stores nothing"
+
+    signed = _review(url, first.json()["report_id"], PERSONAL_KEY)  # no name: the key's own
+    assert signed.status_code == 201, signed.text
+    assert signed.json()["reviewed_by"] == PERSONAL_REVIEWER and signed.json()["reviewer_key_id"] == "ajones"
+    fhir = httpx.get(f"{url}/reports/{signed.json()['report_id']}", timeout=10,
+                     headers={**AUTH, "Accept": "application/fhir+json"}).json()
+    assert fhir["resultsInterpreter"] == [{"display": PERSONAL_REVIEWER, "identifier": {
+        "system": "urn:aml-classifier:reviewer-key", "value": "ajones"}}]
+    hl7 = httpx.get(f"{url}/reports/{signed.json()['report_id']}", timeout=10,
+                    headers={**AUTH, "Accept": "application/hl7-v2"}).text
+    assert segments(hl7, "OBR")[0][32] == f"ajones&{PERSONAL_REVIEWER}"
+
+    same_name = _review(url, signed.json()["report_id"], PERSONAL_KEY, reviewer="  dr a.  JONES ")
+    assert same_name.status_code == 201 and same_name.json()["reviewed_by"] == PERSONAL_REVIEWER
+
+    nameless = _review(url, same_name.json()["report_id"], REVIEW_KEY)
+    blank = _review(url, same_name.json()["report_id"], REVIEW_KEY, reviewer="   ")
+    assert nameless.status_code == 422 and blank.status_code == 422 and "shared key" in nameless.json()["detail"]
+    shared = _review(url, same_name.json()["report_id"], REVIEW_KEY, reviewer=" Dr Shared ")
+    assert shared.status_code == 201, shared.text
+    assert shared.json()["reviewed_by"] == "Dr Shared" and shared.json()["reviewer_key_id"] is None, \
+        "a shared key's name is free text: no key vouches for it, whoever signed the version before"
+    fhir = httpx.get(f"{url}/reports/{shared.json()['report_id']}", timeout=10,
+                     headers={**AUTH, "Accept": "application/fhir+json"}).json()
+    assert fhir["resultsInterpreter"] == [{"display": "Dr Shared"}]
+    versions = httpx.get(f"{url}/patients/SEC-SIGN-1/reports", headers=AUTH, timeout=10).json()["reports"]
+    assert [(v["reviewed_by"], v["reviewer_key_id"]) for v in versions] == [
+        ("Dr Shared", None), (PERSONAL_REVIEWER, "ajones"), (PERSONAL_REVIEWER, "ajones"), (None, None)]
+
+    lines = [json.loads(line) for line in stack["audit"].read_text().splitlines()]
+    reviews = [e for e in lines if e["endpoint"] == "review" and e["detail"]["replaces"] == first.json()["report_id"]]
+    assert [(e["outcome"], e["key_id"], e["detail"]["reviewer"]) for e in reviews] == [
+        (403, "ajones", "Dr B. Smith"), (201, "ajones", PERSONAL_REVIEWER)]
+
+
+def test_a_gateway_can_take_reviews_from_personal_keys_only(tmp_path, stack):
+    gateway = start_gateway(tmp_path, stack["cell"].url, stack["subtype"].url, INTERNAL_TOKEN=TOKEN,
+                            REVIEW_REQUIRES_PERSONAL_KEY="1")
+    try:
+        report = classify(gateway.url, AUTH, patient="SEC-SIGN-2", n=2)
+        assert report.status_code == 200, report.text
+        assert httpx.get(f"{gateway.url}/me", headers={"X-API-Key": REVIEW_KEY},
+                         timeout=10).json()["review_requires_personal_key"] is True
+        shared = _review(gateway.url, report.json()["report_id"], REVIEW_KEY, reviewer="Dr Shared")
+        assert shared.status_code == 403 and "personal keys" in shared.json()["detail"]
+        personal = _review(gateway.url, report.json()["report_id"], PERSONAL_KEY)
+        assert personal.status_code == 201 and personal.json()["reviewed_by"] == PERSONAL_REVIEWER
+    finally:
+        gateway.stop()

@@ -9,7 +9,7 @@ import pytest
 
 from shared.vocabulary import CELL_LABELS, LEUKOCYTE_TYPES, NON_LEUKOCYTE_TYPES
 from tests.helpers.images import DATA_DIR, fullsize_images
-from tests.helpers.keys import CLASSIFY_KEY, LAB_KEY
+from tests.helpers.keys import CLASSIFY_KEY, LAB_KEY, PERSONAL_KEY, PERSONAL_REVIEWER
 from tests.helpers.processes import REPO_ROOT, start_gateway
 
 pytestmark = pytest.mark.integration
@@ -72,6 +72,29 @@ def test_upload_images_and_see_the_result(browser, gateway):
     page.wait_for_selector("#error:not([hidden])")
     assert "401" in page.inner_text("#error")
     assert page.locator("#progress-box").is_hidden(), "no progress left showing after an error"
+    page.close()
+
+
+def test_a_personal_key_fills_in_its_reviewer_and_a_shared_key_leaves_the_name_to_type(browser, gateway):
+    import httpx
+
+    page = upload(browser, gateway.url, "WEB-PERSONAL", PERSONAL_KEY, [path for _, path in fullsize_images()[:4]])
+    page.wait_for_function(f"document.querySelector('#reviewer').value === {PERSONAL_REVIEWER!r}", timeout=10_000)
+    assert page.evaluate("document.querySelector('#reviewer').readOnly")
+    assert "ajones" in page.inner_text("#reviewer-note")
+    page.click("#sign-off")
+    page.wait_for_function("document.querySelector('#r-status').textContent.startsWith('final')", timeout=60_000)
+    assert PERSONAL_REVIEWER in page.inner_text("#r-status")
+    stored = httpx.get(f"{gateway.url}/patients/WEB-PERSONAL/classification",
+                       headers={"X-API-Key": PERSONAL_KEY}, timeout=10).json()
+    assert stored["reviewed_by"] == PERSONAL_REVIEWER and stored["reviewer_key_id"] == "ajones"
+
+    page.fill("#api-key", LAB_KEY)  # another key in the same tab: the name of the one before goes with it
+    page.locator("#api-key").dispatch_event("change")
+    page.wait_for_function("!document.querySelector('#reviewer').readOnly && "
+                           "document.querySelector('#reviewer').value === ''", timeout=10_000)
+    page.wait_for_function("document.querySelector('#reviewer-note').textContent.includes('shared')",
+                           timeout=10_000)
     page.close()
 
 

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from gateway.keys import main as keys_main
 from gateway.security import KeyStore, new_key
 
 
@@ -34,3 +35,36 @@ def test_rotation_with_a_new_id_keeps_both_keys_valid_until_the_old_entry_goes()
     assert keys.authenticate(old_key).key_id == "lab1" and keys.authenticate(new_key_).key_id == "lab1-2"
     keys = KeyStore([rotated])
     assert keys.authenticate(old_key) is None and keys.authenticate(new_key_).key_id == "lab1-2"
+
+
+def test_a_personal_key_carries_its_reviewer_and_a_shared_key_none():
+    personal_key, personal = new_key("ajones", {"read", "review"}, reviewer="  Dr A. Jones ")
+    shared_key, shared = new_key("lis", {"classify", "read", "review"})
+    assert personal["reviewer"] == "Dr A. Jones" and "reviewer" not in shared
+    keys = KeyStore([personal, shared])
+    assert keys.authenticate(personal_key).reviewer == "Dr A. Jones"
+    assert keys.authenticate(shared_key).reviewer is None
+
+
+@pytest.mark.parametrize("reviewer", ["", "   ", "x" * 129, "Dr\nA", 42])
+def test_a_reviewer_that_cannot_name_anyone_is_refused(reviewer):
+    with pytest.raises(ValueError, match="reviewer"):
+        new_key("ajones", {"review"}, reviewer=reviewer)
+    _, entry = new_key("ajones", {"review"})
+    with pytest.raises(ValueError, match="key ajones: reviewer"):
+        KeyStore([{**entry, "reviewer": reviewer}])
+
+
+def test_an_unknown_field_is_refused_rather_than_a_personal_key_silently_shared():
+    _, entry = new_key("ajones", {"review"})
+    with pytest.raises(ValueError, match=r"key ajones: unknown fields \['reviwer'\]"):
+        KeyStore([{**entry, "reviwer": "Dr A. Jones"}])
+
+
+def test_the_keys_command_makes_a_personal_key(capsys):
+    assert keys_main(["new", "--id", "ajones", "--scopes", "read,review", "--reviewer", "Dr A. Jones"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    key = lines[0].removeprefix("key:").strip()
+    entry = json.loads(lines[1].removeprefix("entry:").strip())
+    assert entry["reviewer"] == "Dr A. Jones" and entry["scopes"] == ["read", "review"]
+    assert KeyStore([entry]).authenticate(key).reviewer == "Dr A. Jones"

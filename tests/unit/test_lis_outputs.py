@@ -13,8 +13,8 @@ from tests.helpers.reports import sample_report
 
 REVIEWED = {"preliminary": {}, "final": {"reviewed_by": "Dr. Ada|Lovelace^&", "reviewed_at": "2026-11-28T13:00:00+00:00",
                                          "version": 2, "supersedes": "1" * 32, "review_comment": "two blasts"},
-            "amended": {"reviewed_by": "Dr B", "reviewed_at": "2026-11-29T13:00:00+00:00", "version": 3,
-                        "supersedes": "2" * 32}}
+            "amended": {"reviewed_by": "Dr B", "reviewer_key_id": "drb", "reviewed_at": "2026-11-29T13:00:00+00:00",
+                        "version": 3, "supersedes": "2" * 32}}  # signed with Dr B's personal key
 
 
 def report_with(status: str):
@@ -50,6 +50,7 @@ def test_hl7_oru_r01_parses_and_carries_the_status(status):
     if report.reviewed_by:
         interpreter = order.OBR.obr_32.to_er7()
         assert _clean(report.reviewed_by) in interpreter and "|" not in interpreter
+        assert order.OBR.obr_32.obr_32_1.to_er7() == f"{report.reviewer_key_id or ''}&{_clean(report.reviewed_by)}"
 
 
 @pytest.mark.parametrize("status", ["preliminary", "final", "amended"])
@@ -72,6 +73,8 @@ def test_fhir_status_and_results_interpreter(status):
         assert resource.conclusion.startswith("Preliminary")
     else:
         assert resource.resultsInterpreter[0].display == report.reviewed_by
+        identifier = resource.resultsInterpreter[0].identifier
+        assert (identifier.value if identifier else None) == report.reviewer_key_id
         assert "signed off" in resource.conclusion
 
 
