@@ -139,8 +139,20 @@ function countsNow() {
 }
 
 function showCounts() {
-  barChart($("chart-counts"), Object.entries(countsNow()), (v) => String(v));
+  // the counts chart and both tables with the unsaved corrections; a figure they change shows the saved one beside
+  const counts = countsNow();
+  barChart($("chart-counts"), Object.entries(counts), (v) => String(v));
+  const report = current.report;
+  const differential = report.leukocyte_differential || {};
+  const per100 = report.per_100_leukocytes || {};
+  // as the gateway computes them: percent of the leukocytes (the differential's categories), rounded to 0.01
+  const leukocytes = Object.keys(differential).reduce((n, t) => n + (counts[t] || 0), 0);
   const n = current.corrections.size;
+  const now = (saved) => (t) => (!n ? saved[t] : leukocytes ? Math.round(10000 * (counts[t] || 0) / leukocytes) / 100 : 0);
+  $("r-differential").querySelector("tbody").replaceChildren(
+    ...tableRows(Object.keys(differential).map((t) => [t, now(differential)(t), differential[t]])));
+  $("r-per100").querySelector("tbody").replaceChildren(
+    ...tableRows(Object.keys(per100).map((t) => [t, now(per100)(t), per100[t]])));
   $("r-corrections").textContent = n ? `${n} correction(s) not saved yet` : "";
 }
 
@@ -506,10 +518,13 @@ function cellBox(view, c, note) {
 }
 
 function tableRows(entries) {
-  return entries.map(([k, v]) => {
+  // [label, figure now, figure as saved]: a figure the unsaved corrections changed is marked, the saved one beside
+  return entries.map(([k, now, saved]) => {
     const tr = document.createElement("tr");
+    const changed = typeof saved === "number" && num(now, 1) !== num(saved, 1);
     tr.append(Object.assign(document.createElement("td"), { textContent: k }),
-              Object.assign(document.createElement("td"), { textContent: num(v, 1) }));
+              Object.assign(document.createElement("td"), { textContent: num(now, 1) + (changed ? ` (saved ${num(saved, 1)})` : ""),
+                                                            className: changed ? "changed" : "" }));
     return tr;
   });
 }
@@ -563,8 +578,6 @@ function draw(view, sameReport) {
     `${pct(quality.smudge_fraction)} smudge cells${distance}` : "";
   showCounts();
   barChart($("chart-probabilities"), Object.entries(report.probabilities || {}), pct);
-  $("r-differential").querySelector("tbody").replaceChildren(...tableRows(Object.entries(report.leukocyte_differential || {})));
-  $("r-per100").querySelector("tbody").replaceChildren(...tableRows(Object.entries(report.per_100_leukocytes || {})));
   const groups = new Map();
   (report.cells || []).forEach((c) => { if (!groups.has(c.label)) groups.set(c.label, []); groups.get(c.label).push(c); });
   const sections = [...groups.entries()].sort((a, b) => b[1].length - a[1].length).map(([label, cells]) => {

@@ -37,6 +37,12 @@ def upload(browser, url: str, patient: str, key: str, paths: list):
     return page
 
 
+def differential_rows(page) -> dict[str, str]:
+    """The differential table as shown: label -> the figure's text."""
+    return dict(zip(page.locator("#r-differential tbody td:first-child").all_inner_texts(),
+                    page.locator("#r-differential tbody td:nth-child(2)").all_inner_texts()))
+
+
 def test_upload_images_and_see_the_result(browser, gateway):
     page = browser.new_page(viewport={"width": 1200, "height": 1600})
     outside = []
@@ -136,6 +142,12 @@ def test_review_a_cell_and_sign_off(browser, gateway):
                             map(int, page.locator("#chart-counts text:nth-child(3n)").all_text_contents())))
     assert counts_after[old] == counts_before[old] - 1 and counts_after[new] == counts_before[new] + 1
     assert "1 correction" in page.inner_text("#r-corrections")
+    leukocytes_after = sum(counts_after[t] for t in LEUKOCYTE_TYPES)
+    figure, saved = differential_rows(page)[new].split(" (saved ")
+    assert float(figure) == pytest.approx(100 * counts_after[new] / leukocytes_after, abs=0.051), \
+        "the differential follows the unsaved correction, the saved figure beside it"
+    assert float(saved.rstrip(")")) == pytest.approx(100 * counts_before[new] / sum(counts_before[t] for t in LEUKOCYTE_TYPES),
+                                                     abs=0.051)
     assert f"(model: {old})" in cell.inner_text()
     page.fill("#reviewer", "Dr. Page")
     page.fill("#review-comment", "blast confirmed on the smear")
@@ -150,6 +162,10 @@ def test_review_a_cell_and_sign_off(browser, gateway):
                        headers={"X-API-Key": LAB_KEY}, timeout=10).json()
     assert stored["status"] == "final" and stored["reviewed_by"] == "Dr. Page"
     assert stored["cell_counts"][new] == counts_before[new] + 1
+    shown = differential_rows(page)
+    assert not any("saved" in text for text in shown.values()), "once saved, nothing is marked"
+    assert {t: float(text) for t, text in shown.items()} == pytest.approx(stored["leukocyte_differential"], abs=0.051), \
+        "once saved, the page's differential is the gateway's"
     page.close()
 
     later = browser.new_page(viewport={"width": 1200, "height": 1600})  # another day, another tab
