@@ -15,6 +15,12 @@ def cell_cache_model(cell_sha256: str, rules_sha256: str | None, apl_head_sha256
     return f"{key}+{apl_head_sha256}" if apl_head_sha256 else key
 
 
+def cell_cache_key(cache_model: str, image_sha256: str) -> str:
+    """The per-cell cache key of one image under one model (``cell_cache_model``): the only place it is built,
+    for the lookup, the write and the erasure alike."""
+    return f"cell:{cache_model}:{image_sha256}"
+
+
 def cell_model_identity(model: Mapping) -> tuple[str, str | None, str | None]:
     """What makes a cell's answer: the CNN file, the labelling rules and the APL head (a cell service's
     ``model``)."""

@@ -211,10 +211,11 @@ class PatientClassifier:
     async def _cache_cells(self, chunk: list, body: dict) -> None:
         """A chunk's labels, keyed by the image hash and the model that answered (failed images are not cached)."""
         model = cell_identity.cell_cache_model(*cell_identity.cell_model_identity(body["model"]))
-        await self.cache.set_many({f"cell:{model}:{sha}": {"label": r["label"], "confidence": r["confidence"],
-                                                           "appearance_distance": r.get("appearance_distance"),
-                                                           "apl_logit": r.get("apl_logit")}
-                                   for (sha, _, _), r in zip(chunk, body["results"]) if "label" in r})
+        await self.cache.set_many({
+            cell_identity.cell_cache_key(model, sha): {"label": r["label"], "confidence": r["confidence"],
+                                                       "appearance_distance": r.get("appearance_distance"),
+                                                       "apl_logit": r.get("apl_logit")}
+            for (sha, _, _), r in zip(chunk, body["results"]) if "label" in r})
 
     async def classify(self, patient_id: str, images: list[tuple[str, bytes]], request_id: str) -> PatientReport:
         """A repeated upload (the same images, the same models) answers the newest stored version of its
@@ -228,7 +229,7 @@ class PatientClassifier:
         looked_up = cell_identity.cell_model_identity_of(models)
         cell_key = cell_identity.cell_cache_model(*looked_up)
         unique = list(dict.fromkeys(hashes))
-        known = dict(zip(unique, await self.cache.get_many([f"cell:{cell_key}:{sha}" for sha in unique])))
+        known = dict(zip(unique, await self.cache.get_many([cell_identity.cell_cache_key(cell_key, sha) for sha in unique])))
         first_of = {}
         for sha, (name, data) in zip(hashes, images):
             first_of.setdefault(sha, (sha, name, data))

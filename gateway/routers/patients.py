@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
+from gateway.cell_identity import cell_cache_key
 from gateway.pipeline import latest_key, report_key_prefix
 from gateway.routers.common import PROBLEMS, audit, authorize, check_patient_id, failure_status, store_errors
 from shared.problems import ProblemError
@@ -58,7 +59,7 @@ async def erase_patient(request: Request, patient_id: str) -> ErasureResult:
         with store_errors():
             erased = await state.store.erase(patient_id)
         removed += await _clear_cache(state.cache, [latest_key(patient_id)] + [
-            f"cell:{model}:{sha}" for model in erased.cell_models for sha in erased.sha256s], patient_id)
+            cell_cache_key(model, sha) for model in erased.cell_models for sha in erased.sha256s], patient_id)
         result = ErasureResult(patient_id=patient_id, reports_deleted=erased.reports,
                                thumbnails_deleted=erased.thumbnails, cache_entries_deleted=removed)
         return result
