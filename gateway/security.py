@@ -11,7 +11,8 @@ salt, sha256(salt || secret) and the scopes, as a JSON list (env ``API_KEYS`` or
 A key with a ``reviewer`` is one person's (personal): a review made with it is signed with that name,
 whatever the request says (a different name is refused), so a sign-off names who really held the key.
 A key without one is a system's (e.g. a LIS that signs its own users in): its reviews name whoever
-the request says, as free text.
+the request says, as free text. An entry's other fields are refused at start (a misspelt ``reviewer``
+would silently make a personal key shared), except notes in fields starting with ``_``.
 Key ids are unique (a presented key is looked up by its id): a rotated key gets a new id (lab1-2),
 and configuration with an id twice is refused at start rather than one key silently dropped.
 The secret is 256 random bits, so one salted sha256 is enough (no password stretching needed).
@@ -26,6 +27,7 @@ import math
 import re
 import secrets
 import time
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,10 +48,20 @@ class ApiKey:
 
 
 def checked_reviewer(name: object) -> str:
-    """A reviewer's name as stored and sent to a LIS: 1-128 printable characters, trimmed."""
-    if not isinstance(name, str) or not name.strip() or len(name.strip()) > 128 or not name.strip().isprintable():
-        raise ValueError("reviewer: a name or staff id of 1-128 printable characters")
-    return name.strip()
+    """A reviewer's name as stored and sent to a LIS: 1-128 printable characters (Unicode NFC), trimmed, at
+    least one of them a letter or digit (so that "&&&", which a LIS message would carry as nothing, names nobody)."""
+    text = unicodedata.normalize("NFC", name).strip() if isinstance(name, str) else ""
+    if (not 1 <= len(text) <= 128 or not text.isprintable()
+            or not any(unicodedata.category(c)[0] in "LN" for c in text)):
+        raise ValueError("reviewer: a name or staff id of 1-128 printable characters, with a letter or digit")
+    return text
+
+
+def same_name(a: str, b: str) -> bool:
+    """Whether two spellings name the same reviewer: compatibility-normalised, case and spacing ignored."""
+    def folded(name: str) -> str:
+        return " ".join(unicodedata.normalize("NFKC", name).split()).casefold()
+    return folded(a) == folded(b)
 
 
 def hash_secret(secret: str, salt_hex: str) -> str:
@@ -84,9 +96,11 @@ class KeyStore:
             if not scopes <= SCOPES:
                 raise ValueError(f"key {entry['id']}: unknown scopes {sorted(scopes - SCOPES)}")
             bytes.fromhex(entry["salt"]), bytes.fromhex(entry["hash"])  # noqa: B018 - validates hex
-            unknown_fields = set(entry) - {"id", "salt", "hash", "scopes", "reviewer"}
-            if unknown_fields:  # e.g. "reviwer": the key would silently stop being personal
-                raise ValueError(f"key {entry['id']}: unknown fields {sorted(unknown_fields)}")
+            # e.g. "reviwer": the key would silently stop being personal; notes go in fields starting with "_"
+            unknown_fields = {f for f in entry if not f.startswith("_")} - {"id", "salt", "hash", "scopes", "reviewer"}
+            if unknown_fields:
+                raise ValueError(f"key {entry['id']}: unknown fields {sorted(unknown_fields)} (the fields are id, "
+                                 "salt, hash, scopes and reviewer; put notes in fields starting with '_')")
             try:
                 reviewer = checked_reviewer(entry["reviewer"]) if "reviewer" in entry else None
             except ValueError as exc:

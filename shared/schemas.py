@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from shared.subtypes import PATIENT_CLASSES
 from shared.vocabulary import CELL_LABELS, CELL_TYPES, LEUKOCYTE_TYPES, NON_LEUKOCYTE_TYPES
@@ -305,6 +305,11 @@ class ReviewRequest(BaseModel):
     corrections: list[CellCorrection] = Field(default_factory=list, max_length=10_000)
     comment: str = Field("", max_length=4000)
     sign_off: bool = Field(False, description="true: the new version is final (amended when correcting a final one)")
+
+    @field_validator("reviewer", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value):  # "" or spaces: no name given (a personal key signs; a shared key's is 422)
+        return (value.strip() or None) if isinstance(value, str) else value
 
 
 class KeyIdentity(BaseModel):

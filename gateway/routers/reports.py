@@ -10,7 +10,7 @@ from fastapi.responses import Response
 
 from gateway.routers.common import (PROBLEMS, REPORT_RESPONSES, audit, authorize, check_report_id,
                                     failure_status, render, store_errors, upstream_errors)
-from gateway.security import ApiKey, checked_reviewer
+from gateway.security import ApiKey, checked_reviewer, same_name
 from gateway.store.repository import StaleVersion
 from shared.problems import ProblemError
 from shared.schemas import PatientReport, ReviewRequest
@@ -73,17 +73,13 @@ async def cell_thumbnail(request: Request, report_id: str, sha256: str):
         audit(request, "read-thumbnail", status, None, report_id=report_id[:32], detail={"cell": sha256[:64]})
 
 
-def _same_name(a: str, b: str) -> bool:
-    return " ".join(a.split()).casefold() == " ".join(b.split()).casefold()
-
-
 def signed_review(request: Request, key: ApiKey, review: ReviewRequest) -> ReviewRequest:
     """The review with the name it is signed with: a personal key's own (a different name is 403), else the
     name the request gives (422 without one; 403 where this gateway accepts reviews from personal keys only)."""
     if key.reviewer is not None:
-        if review.reviewer is not None and not _same_name(review.reviewer, key.reviewer):
+        if review.reviewer is not None and not same_name(review.reviewer, key.reviewer):
             raise ProblemError(403, f"this key is {key.reviewer}'s own: its reviews are signed with that name, not "
-                                    f"{review.reviewer.strip()[:128]!r} (leave out reviewer, or use your own key)")
+                                    f"{review.reviewer!r} (leave out reviewer, or use your own key)")
         return review.model_copy(update={"reviewer": key.reviewer})
     if request.app.state.review_requires_personal_key:
         raise ProblemError(403, f"key {key.key_id} names no reviewer, and this gateway accepts reviews only from "
@@ -92,7 +88,8 @@ def signed_review(request: Request, key: ApiKey, review: ReviewRequest) -> Revie
         return review.model_copy(update={"reviewer": checked_reviewer(review.reviewer)})
     except ValueError:
         raise ProblemError(422, f"key {key.key_id} is a shared key (it names no reviewer): the review must name its "
-                                "reviewer (reviewer: a name or staff id of 1-128 printable characters)") from None
+                                "reviewer (reviewer: a name or staff id of 1-128 printable characters, with a letter or "
+                                "digit)") from None
 
 
 @router.post("/reports/{report_id}/review", response_model=PatientReport, status_code=201,
@@ -109,10 +106,11 @@ async def review_report(request: Request, report_id: str, review: ReviewRequest,
     the `reviewer` a shared key's request names.
     """
     state = request.app.state
-    status, base, report = 201, None, None
+    status, base, report, key, signed = 201, None, None, None, None
+    claimed = review.reviewer
     try:
         key = authorize(request, "review")
-        review = signed_review(request, key, review)
+        review = signed = signed_review(request, key, review)
         base = await _load(request, report_id)
         if base.superseded_by:
             raise ProblemError(409, f"report {report_id} was already replaced by version {base.superseded_by}: "
@@ -137,5 +135,16 @@ async def review_report(request: Request, report_id: str, review: ReviewRequest,
         subject = report or (base.report if base else None)
         audit(request, "review", status, subject.patient_id if subject else None, report,
               report_id=report.report_id if report else report_id[:32],
-              detail={"reviewer": review.reviewer, "corrections": len(review.corrections), "sign_off": review.sign_off,
-                      "replaces": report_id[:32]})
+              detail=_audit_detail(key, claimed, signed, review, report_id))
+
+
+def _audit_detail(key: ApiKey | None, claimed: str | None, signed: ReviewRequest | None, review: ReviewRequest,
+                  report_id: str) -> dict:
+    """A review's audit detail: ``reviewer`` the name it was signed with (refused: the personal key's owner, or
+    none), and ``claimed_reviewer`` the name the request gave where it is not that one."""
+    reviewer = signed.reviewer if signed else (key.reviewer if key else None)
+    detail = {"reviewer": reviewer, "corrections": len(review.corrections), "sign_off": review.sign_off,
+              "replaces": report_id[:32]}
+    if claimed is not None and (reviewer is None or not same_name(claimed, reviewer)):
+        detail["claimed_reviewer"] = claimed[:128]
+    return detail

@@ -37,14 +37,20 @@ async function showIdentity() {
   }
   $("reviewer-note").textContent = "";
   if (!key) return;
-  let me = null;
+  let me = null, problem = "";
   try {
-    const response = await fetch("/me", { headers: { "X-API-Key": key } });
+    const response = await fetchKeyed("/me", { headers: { "X-API-Key": key } });
     if (response.ok) me = await response.json();
-  } catch (e) {
-    return;  // unreachable now: the box stays free, and the gateway checks the name when a review is sent
+    else problem = response.status === 401 ? "this API key is not accepted (401)"
+      : `could not check this API key (${response.status}); the gateway checks the reviewer's name when a review is sent`;
+  } catch (e) {  // unreachable now: the box stays free, and the gateway checks the name when a review is sent
+    problem = "could not check this API key (network error)";
   }
-  if (seq !== identitySeq || !me) return;
+  if (seq !== identitySeq) return;  // another key was entered meanwhile
+  if (!me) {
+    $("reviewer-note").textContent = problem;
+    return;
+  }
   if (me.reviewer) {
     box.value = me.reviewer;
     box.readOnly = true;
@@ -148,12 +154,14 @@ function showCounts() {
   // as the gateway computes them: percent of the leukocytes (the differential's categories), rounded to 0.01
   const leukocytes = Object.keys(differential).reduce((n, t) => n + (counts[t] || 0), 0);
   const n = current.corrections.size;
-  const now = (saved) => (t) => (!n ? saved[t] : leukocytes ? Math.round(10000 * (counts[t] || 0) / leukocytes) / 100 : 0);
+  // no leukocyte left: nothing is a share of them (n/a), and the gateway would refuse such a review
+  const now = (saved) => (t) => (!n ? saved[t] : leukocytes ? Math.round(10000 * (counts[t] || 0) / leukocytes) / 100 : null);
   $("r-differential").querySelector("tbody").replaceChildren(
     ...tableRows(Object.keys(differential).map((t) => [t, now(differential)(t), differential[t]])));
   $("r-per100").querySelector("tbody").replaceChildren(
     ...tableRows(Object.keys(per100).map((t) => [t, now(per100)(t), per100[t]])));
-  $("r-corrections").textContent = n ? `${n} correction(s) not saved yet` : "";
+  $("r-corrections").textContent = n ? `${n} correction(s) not saved yet` +
+    (leukocytes ? "" : ": no leukocyte is left, so there is no differential and the gateway will refuse to save") : "";
 }
 
 // corrections live in this page until saved: never drop them without asking
@@ -354,7 +362,9 @@ function showStatus(report) {
   const status = report.status || "preliminary";
   $("r-status").className = `status ${status}`;
   $("r-status").textContent = `${status} · version ${report.version || 1}` +
-    (report.reviewed_by ? ` · reviewed by ${report.reviewed_by} at ${report.reviewed_at}` : " · not reviewed yet");
+    (report.reviewed_by ? ` · reviewed by ${report.reviewed_by} at ${report.reviewed_at}` +
+      (report.reviewer_key_id ? ` (personal key ${report.reviewer_key_id})` : " (name given with a shared key)")
+      : " · not reviewed yet");
   $("r-review-comment").textContent = report.review_comment ? `Reviewer's comment: ${report.review_comment}` : "";
   $("r-review-comment").hidden = !report.review_comment;
   $("sign-off").textContent = status === "preliminary" ? "Sign off" : "Sign off amendment";
@@ -412,12 +422,14 @@ function sendReview(signOff) {
   if (reviewing || !current) return;
   clearMessages();
   $("stale").hidden = true;
+  const personal = $("reviewer").readOnly;  // the key's own reviewer signs: the gateway fills in the name
   const reviewer = $("reviewer").value.trim();
-  if (!reviewer) return showError("Enter the reviewer's name.");
+  if (!reviewer && !personal) return showError("Enter the reviewer's name.");
   const key = $("api-key").value.trim();
   const view = current;
-  const body = { reviewer, comment: $("review-comment").value.trim(), sign_off: signOff,
+  const body = { comment: $("review-comment").value.trim(), sign_off: signOff,
                  corrections: [...view.corrections].map(([sha256, label]) => ({ sha256, label })) };
+  if (!personal) body.reviewer = reviewer;
   const req = beginRequest("review", view.report.patient_id, `save the review of patient ${view.report.patient_id}`, false);
   if (!req) return;
   req.abort = () => {};  // a review once sent may be saved already: a later request only leaves its answer unshown

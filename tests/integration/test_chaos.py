@@ -7,7 +7,6 @@ is bounded in time and requests, on loopback only.
 
 from __future__ import annotations
 
-import io
 import threading
 import time
 from collections import Counter

@@ -172,7 +172,9 @@ def test_a_personal_key_signs_with_its_owners_name_and_a_shared_key_with_the_one
 
     nameless = _review(url, same_name.json()["report_id"], REVIEW_KEY)
     blank = _review(url, same_name.json()["report_id"], REVIEW_KEY, reviewer="   ")
-    assert nameless.status_code == 422 and blank.status_code == 422 and "shared key" in nameless.json()["detail"]
+    no_letter = _review(url, same_name.json()["report_id"], REVIEW_KEY, reviewer="&&&")
+    assert [r.status_code for r in (nameless, blank, no_letter)] == [422] * 3
+    assert all("shared key" in r.json()["detail"] for r in (nameless, blank, no_letter))
     shared = _review(url, same_name.json()["report_id"], REVIEW_KEY, reviewer=" Dr Shared ")
     assert shared.status_code == 201, shared.text
     assert shared.json()["reviewed_by"] == "Dr Shared" and shared.json()["reviewer_key_id"] is None, \
@@ -186,8 +188,9 @@ def test_a_personal_key_signs_with_its_owners_name_and_a_shared_key_with_the_one
 
     lines = [json.loads(line) for line in stack["audit"].read_text().splitlines()]
     reviews = [e for e in lines if e["endpoint"] == "review" and e["detail"]["replaces"] == first.json()["report_id"]]
-    assert [(e["outcome"], e["key_id"], e["detail"]["reviewer"]) for e in reviews] == [
-        (403, "ajones", "Dr B. Smith"), (201, "ajones", PERSONAL_REVIEWER)]
+    assert [(e["outcome"], e["key_id"], e["detail"]["reviewer"], e["detail"].get("claimed_reviewer"))
+            for e in reviews] == [(403, "ajones", PERSONAL_REVIEWER, "Dr B. Smith"), (201, "ajones", PERSONAL_REVIEWER, None)], \
+        "the audit names who holds the key, and the name a refused review claimed beside it"
 
 
 def test_a_gateway_can_take_reviews_from_personal_keys_only(tmp_path, stack):

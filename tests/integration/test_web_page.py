@@ -90,7 +90,7 @@ def test_a_personal_key_fills_in_its_reviewer_and_a_shared_key_leaves_the_name_t
     assert "ajones" in page.inner_text("#reviewer-note")
     page.click("#sign-off")
     page.wait_for_function("document.querySelector('#r-status').textContent.startsWith('final')", timeout=60_000)
-    assert PERSONAL_REVIEWER in page.inner_text("#r-status")
+    assert f"{PERSONAL_REVIEWER} at" in page.inner_text("#r-status") and "(personal key ajones)" in page.inner_text("#r-status")
     stored = httpx.get(f"{gateway.url}/patients/WEB-PERSONAL/classification",
                        headers={"X-API-Key": PERSONAL_KEY}, timeout=10).json()
     assert stored["reviewed_by"] == PERSONAL_REVIEWER and stored["reviewer_key_id"] == "ajones"
@@ -101,6 +101,35 @@ def test_a_personal_key_fills_in_its_reviewer_and_a_shared_key_leaves_the_name_t
                            "document.querySelector('#reviewer').value === ''", timeout=10_000)
     page.wait_for_function("document.querySelector('#reviewer-note').textContent.includes('shared')",
                            timeout=10_000)
+    page.close()
+
+
+def test_the_per_100_table_follows_a_correction_and_no_leukocyte_left_is_said(browser, gateway):
+    page = upload(browser, gateway.url, "WEB-PER100", LAB_KEY, [path for _, path in fullsize_images()[2:6]])
+    shas = page.locator("#gallery .group:not(.apl-top) .cell").evaluate_all("cells => cells.map(c => c.dataset.sha256)")
+    assert len(shas) == 4
+
+    def relabel(sha: str, label: str) -> None:
+        page.locator(f'#gallery .group:not(.apl-top) .cell[data-sha256="{sha}"]').click()
+        page.select_option("#relabel", label)
+
+    def counts() -> dict[str, int]:
+        return dict(zip(page.locator("#chart-counts text:nth-child(3n+1)").all_text_contents(),
+                        map(int, page.locator("#chart-counts text:nth-child(3n)").all_text_contents())))
+
+    relabel(shas[0], "platelet")  # a leukocyte (or not) becomes a platelet: the leukocyte total may change too
+    now = counts()
+    leukocytes = sum(now[t] for t in LEUKOCYTE_TYPES)
+    per100 = dict(zip(page.locator("#r-per100 tbody td:first-child").all_inner_texts(),
+                      page.locator("#r-per100 tbody td:nth-child(2)").all_inner_texts()))
+    shown = float(per100["platelet"].split(" ")[0]) if leukocytes else None
+    assert shown == (pytest.approx(100 * now["platelet"] / leukocytes, abs=0.051) if leukocytes else None)
+
+    for sha in shas[1:]:
+        relabel(sha, "platelet")
+    assert all(text.startswith("n/a") for text in differential_rows(page).values()), \
+        "no leukocyte left: no differential, never a row of zeros"
+    assert "no leukocyte is left" in page.inner_text("#r-corrections")
     page.close()
 
 
@@ -153,7 +182,7 @@ def test_review_a_cell_and_sign_off(browser, gateway):
     page.fill("#review-comment", "blast confirmed on the smear")
     page.click("#sign-off")
     page.wait_for_function("document.querySelector('#r-status').textContent.startsWith('final')", timeout=60_000)
-    assert "Dr. Page" in page.inner_text("#r-status")
+    assert "Dr. Page" in page.inner_text("#r-status") and "(name given with a shared key)" in page.inner_text("#r-status")
     assert page.inner_text("#r-review-comment") == "Reviewer's comment: blast confirmed on the smear"
     assert f"(model: {old})" in page.locator(f'#gallery .cell[data-sha256="{sha}"]').first.inner_text()
     ARTIFACTS.mkdir(parents=True, exist_ok=True)

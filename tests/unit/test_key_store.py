@@ -8,7 +8,7 @@ import json
 import pytest
 
 from gateway.keys import main as keys_main
-from gateway.security import KeyStore, new_key
+from gateway.security import KeyStore, checked_reviewer, new_key, same_name
 
 
 def test_duplicate_key_ids_are_refused():
@@ -46,7 +46,7 @@ def test_a_personal_key_carries_its_reviewer_and_a_shared_key_none():
     assert keys.authenticate(shared_key).reviewer is None
 
 
-@pytest.mark.parametrize("reviewer", ["", "   ", "x" * 129, "Dr\nA", 42])
+@pytest.mark.parametrize("reviewer", ["", "   ", "x" * 129, "Dr\nA", 42, "&&&", "^|~", "\u0301\u0301"])
 def test_a_reviewer_that_cannot_name_anyone_is_refused(reviewer):
     with pytest.raises(ValueError, match="reviewer"):
         new_key("ajones", {"review"}, reviewer=reviewer)
@@ -59,6 +59,15 @@ def test_an_unknown_field_is_refused_rather_than_a_personal_key_silently_shared(
     _, entry = new_key("ajones", {"review"})
     with pytest.raises(ValueError, match=r"key ajones: unknown fields \['reviwer'\]"):
         KeyStore([{**entry, "reviwer": "Dr A. Jones"}])
+    assert len(KeyStore([{**entry, "_note": "issued 2026-12-07 to the haematology lab"}])) == 1, \
+        "notes go in fields starting with '_'"
+
+
+def test_a_reviewer_name_is_stored_in_one_normal_form_and_matched_loosely():
+    decomposed = "Dr Ame\u0301lie Durand"  # e + combining acute, as some keyboards send it
+    assert checked_reviewer(f"  {decomposed} ") == "Dr Am\u00e9lie Durand"
+    assert same_name("dr  AM\u00c9LIE durand", decomposed) and same_name("Dr \uff21. Jones", "dr a. jones")
+    assert not same_name("Dr A. Jones", "Dr A. Jone")
 
 
 def test_the_keys_command_makes_a_personal_key(capsys):
