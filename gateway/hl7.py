@@ -32,11 +32,14 @@ from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.core import Message
 
 from gateway.fhir import DIFFERENTIAL_LOINC, NUCLEATED_RBC_LOINC, chain_id
-from shared.schemas import PatientReport
+from shared.schemas import REVIEW_COMMENT_MAX, PatientReport
 
 HL7_MEDIA_TYPE = "application/hl7-v2"
 RESULT_STATUS = {"preliminary": "P", "final": "F", "amended": "C"}
 _SPECIAL = re.compile(r"[|^~\\&\r\n]")
+COMMENT_MAX = REVIEW_COMMENT_MAX  # the reviewer's comment goes into the note whole
+NOTE_MAX = 2000  # the note's length before the warnings are cut (a longer comment makes a longer note)
+WARNINGS_MIN = 200  # the warnings' room however long the comment
 
 
 def _text(value: str, limit: int = 200) -> str:
@@ -138,14 +141,16 @@ def to_oru_r01(report: PatientReport, sending_facility: str = "LAB", receiving_a
         note += "REVIEW EVERY CELL: the automated counts may be wrong. "
     note += (f"Automated pre-classification from {report.n_images} cell images; decision support only. "
             + (f"Reviewed by {_text(report.reviewed_by)}." if report.reviewed_by else "Not yet reviewed."))
-    if report.review_comment:  # before the warnings: the cut at 2000 characters must never reach it
-        note += f" Comment: {_text(report.review_comment, 1000)}"
+    if report.review_comment:  # whole (the API takes at most 4000 characters), before the warnings
+        note += f" Comment: {_text(report.review_comment, COMMENT_MAX)}"
     if report.warnings:
-        note += " Warnings: " + "; ".join(report.warnings) + "."
-    if len(note) > 2000:
-        note = note[:1997] + "..."  # the cut is visible: more warnings than fit (the FHIR report has them all)
+        # the warnings fill the note up to NOTE_MAX characters (at least WARNINGS_MIN of them however long the
+        # comment), the cut visible: more warnings than fit (the FHIR report has them all)
+        warnings = " Warnings: " + "; ".join(report.warnings) + "."
+        room = max(NOTE_MAX - len(note), WARNINGS_MIN)
+        note += warnings if len(warnings) <= room else warnings[:room - 3] + "..."
     nte = order.add_segment("NTE")
     nte.nte_1 = "1"
-    nte.nte_3 = _text(note, 2000)
+    nte.nte_3 = _text(note, len(note))
     message.validate()
     return message.to_er7() + "\r"

@@ -296,6 +296,9 @@ class CellCorrection(BaseModel):
     label: CellLabel
 
 
+REVIEW_COMMENT_MAX = 4000  # characters; the HL7 note carries a comment whole
+
+
 class ReviewRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     reviewer: str | None = Field(
@@ -303,7 +306,7 @@ class ReviewRequest(BaseModel):
         description="who checked the cells (name or staff id). With a personal API key (one that names its "
                     "reviewer) it may be left out, and if given must be that name; with a shared key it is required")
     corrections: list[CellCorrection] = Field(default_factory=list, max_length=10_000)
-    comment: str = Field("", max_length=4000)
+    comment: str = Field("", max_length=REVIEW_COMMENT_MAX)
     sign_off: bool = Field(False, description="true: the new version is final (amended when correcting a final one)")
 
     @field_validator("reviewer", mode="before")

@@ -9,6 +9,7 @@ from hl7apy.parser import parse_message
 
 from gateway.fhir import DIFFERENTIAL_LOINC, NUCLEATED_RBC_LOINC, to_diagnostic_report
 from gateway.hl7 import RESULT_STATUS, _text, to_oru_r01
+from shared.schemas import REVIEW_COMMENT_MAX
 from tests.helpers.reports import sample_report
 
 REVIEWED = {"preliminary": {}, "final": {"reviewed_by": "Dr. Ada|Lovelace^&", "reviewed_at": "2026-11-28T13:00:00+00:00",
@@ -211,11 +212,11 @@ def test_fhir_every_contained_resource_is_referenced(case, status):
         assert "#apl-cell-head-model" in _references(observation)
 
 
-def test_hl7_note_keeps_the_reviewer_comment_however_many_warnings():
-    comment = "two blasts missed; " * 40  # ~760 characters, under the comment's own 1000-character limit
+@pytest.mark.parametrize("comment_length", [760, REVIEW_COMMENT_MAX])
+def test_hl7_note_keeps_the_reviewer_comment_whole_however_many_warnings(comment_length):
+    comment = ("two blasts missed; " * 300)[:comment_length - 4] + " END"  # up to the longest the API takes
     warnings = [f"warning {i}: " + "x" * 300 for i in range(20)]
     report = report_with("final").model_copy(update={"review_comment": comment, "warnings": warnings})
     _, note = _observations_by_code(report)
-    assert _text(comment, 1000) in note
-    assert len(note) <= 2000 and "Warnings: warning 0" in note
-    assert note.index("Comment:") < note.index("Warnings:")
+    assert f"Comment: {_text(comment, len(comment))} Warnings: warning 0" in note, "whole, and before the warnings"
+    assert note.endswith("...") and len(note) == max(2000, note.index(" Warnings:") + 200)
