@@ -10,9 +10,11 @@ the label of the newest review. ``python -m training.train_cells --extra-labelle
 
 Training reads the label folders, so a re-export into the same DIR leaves exactly the current
 cells: it removes the ``<label>/<sha256>.jpg`` files of cells relabelled (now under another label),
-erased or no longer reviewed since. Anything else in DIR is left alone; DIR must be new, empty or
-an earlier export (it has ``cells.csv``), else the export refuses it rather than delete files it
-did not make.
+erased or no longer reviewed since, and says how many. Anything else in DIR is left alone; DIR must
+be new, empty or an earlier export of the same report store (``export.json`` names the store's id),
+else the export refuses it rather than delete files it did not make: an export of another store (a
+DATABASE_URL not set in a new shell finds the default SQLite store, empty) would otherwise remove
+every cell. A label folder that is a symbolic link is refused too (its files are not DIR's).
 
 Reads the report store directly (DATABASE_URL, DATABASE_SCHEMA, DATA_DIR as for the gateway).
 """
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
+import json
 import os
 import re
 import sys
@@ -36,18 +39,42 @@ COLUMNS = ["sha256", "label", "model_label", "report_id", "reviewed_by", "review
 _EXPORTED_NAME = re.compile(r"[0-9a-f]{64}\.jpg")
 
 
-def _check_out(out: Path) -> None:
-    """``out`` is new, empty or an earlier export: only then are its ``<label>/<sha256>.jpg`` files ours
-    to remove."""
-    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
-        return
-    listing = out / "cells.csv"
-    if listing.is_file():
-        with open(listing, newline="") as handle:
-            if next(csv.reader(handle), [])[:1] == COLUMNS[:1]:
-                return
-    raise FileExistsError(f"{out} is not empty and not an earlier export (no cells.csv): choose a new or empty "
-                          "folder (a re-export removes the cell images that are no longer current)")
+MARKER = "export.json"  # {"store": <the report store's id>}: whose export DIR is
+
+
+def _check_out(out: Path, store_id: str) -> None:
+    """``out`` is new, empty or an earlier export of this store: only then are its ``<label>/<sha256>.jpg``
+    files ours to remove. Its label folders must be real folders (never links to files elsewhere)."""
+    if out.exists() and not (out.is_dir() and not any(out.iterdir())):
+        listing = out / "cells.csv"
+        if not listing.is_file() or not _is_listing(listing):
+            raise FileExistsError(f"{out} is not empty and not an earlier export (no cells.csv): choose a new or "
+                                  "empty folder (a re-export removes the cell images that are no longer current)")
+        exported_from = _exported_from(out)
+        if exported_from is not None and exported_from != store_id:
+            raise FileExistsError(
+                f"{out} is an export of another report store ({exported_from}, this one is {store_id}): a re-export "
+                "would remove its cells. Check DATABASE_URL (and DATABASE_SCHEMA, DATA_DIR), or choose a new folder")
+    linked = [label for label in CELL_LABELS if (out / label).is_symlink()]
+    if linked:
+        raise FileExistsError(f"{out}/{linked[0]} is a symbolic link: the export writes and removes cell images only "
+                              "in label folders of its own")
+
+
+def _is_listing(path: Path) -> bool:
+    with open(path, newline="") as handle:
+        return next(csv.reader(handle), [])[:1] == COLUMNS[:1]
+
+
+def _exported_from(out: Path) -> str | None:
+    """The store id an earlier export recorded (None: an export made before ids were recorded)."""
+    try:
+        return json.loads((out / MARKER).read_text())["store"]
+    except FileNotFoundError:
+        return None
+    except (ValueError, KeyError, TypeError):
+        raise FileExistsError(f"{out / MARKER} is not readable as an export's marker: choose a new folder, or "
+                              "remove that file if this folder is an export of this store") from None
 
 
 def _write_listing(out: Path, rows: list[dict]) -> None:
@@ -68,20 +95,26 @@ def _remove_stale(out: Path, current: set[Path]) -> int:
         folder = out / label
         if not folder.is_dir():
             continue
-        for path in folder.iterdir():
-            if _EXPORTED_NAME.fullmatch(path.name) and path not in current and path.is_file():
+        for path in folder.iterdir():  # a link named like a cell is removed itself, never what it points to
+            if _EXPORTED_NAME.fullmatch(path.name) and path not in current and (path.is_file() or path.is_symlink()):
                 path.unlink()
                 removed += 1
     return removed
 
 
-async def export(out: Path, settings: GatewaySettings) -> int:
-    _check_out(out)
+async def export(out: Path, settings: GatewaySettings) -> tuple[int, int]:
+    """(cells written, stale cell images removed)."""
     store = ReportStore(make_engine(settings))
     try:
-        if await current_revision(store.engine) is None:
+        revision = await current_revision(store.engine)
+        if revision is None:
             raise StoreUnavailable("this database holds no report store (no migrations applied): point DATABASE_URL "
                                    "(and DATABASE_SCHEMA, DATA_DIR) at the gateway's database")
+        if revision < "0003":
+            raise StoreUnavailable(f"the report store is at revision {revision}: upgrade it first (python -m "
+                                   "gateway.store migrate, or start the upgraded gateway)")
+        store_id = await store.identity()
+        _check_out(out, store_id)
         heads = await store.reviewed_heads()
         chosen: dict[str, dict] = {}
         for stored in heads:  # oldest first: a newer review of the same cell wins
@@ -94,6 +127,7 @@ async def export(out: Path, settings: GatewaySettings) -> int:
                     "cell_model": f"{report.models.cell['name']} {report.models.cell['version']}"}
         written = []
         out.mkdir(parents=True, exist_ok=True)
+        (out / MARKER).write_text(json.dumps({"store": store_id}) + "\n")
         if not (out / "cells.csv").exists():  # marks DIR as an export before any image: a killed run can rerun
             _write_listing(out, [])
         shas = sorted(chosen)
@@ -105,13 +139,15 @@ async def export(out: Path, settings: GatewaySettings) -> int:
                     continue
                 path = out / row["label"] / f"{sha}.jpg"
                 path.parent.mkdir(parents=True, exist_ok=True)
+                if path.is_symlink():  # replace the link itself: never write through it
+                    path.unlink()
                 path.write_bytes(jpegs[sha])
                 written.append({**row, "file": str(path.relative_to(out))})
     finally:
         await store.close()
     _write_listing(out, written)
-    _remove_stale(out, {out / row["file"] for row in written})
-    return len(written)
+    removed = _remove_stale(out, {out / row["file"] for row in written})
+    return len(written), removed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,11 +157,12 @@ def main(argv: list[str] | None = None) -> int:
                         "new, empty or an earlier export")
     args = parser.parse_args(argv)
     try:
-        n = asyncio.run(export(args.out, GatewaySettings()))
+        n, removed = asyncio.run(export(args.out, GatewaySettings()))
     except (StoreUnavailable, OSError) as exc:
         print(f"aml-export-reviewed: {exc}", file=sys.stderr)
         return 1
-    print(f"{n} reviewed cells written to {args.out}", file=sys.stderr)
+    print(f"{n} reviewed cells written to {args.out}" + (f"; {removed} cell image(s) no longer current removed"
+                                                         if removed else ""), file=sys.stderr)
     return 0
 
 

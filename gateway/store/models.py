@@ -75,3 +75,11 @@ class ReviewRow(Base):
     corrections: Mapped[list] = mapped_column(JSON, nullable=False)
     key_id: Mapped[str | None] = mapped_column(String(32), nullable=True,
                                                doc="the API key the review came with (null before revision 0002)")
+
+
+class StoreIdentityRow(Base):
+    """One row: this store's random id, made by migration 0003 (an export of reviewed cells records it)."""
+
+    __tablename__ = "store_identity"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)

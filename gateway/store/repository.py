@@ -19,7 +19,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, Operation
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway.cell_identity import cell_cache_model_of
-from gateway.store.models import ReportImageRow, ReportRow, ReviewRow, ThumbnailRow
+from gateway.store.models import ReportImageRow, ReportRow, ReviewRow, StoreIdentityRow, ThumbnailRow
 from shared.schemas import ModelsUsed, PatientReport, ReportSummary
 
 INSERT_RETRIES = 8
@@ -317,6 +317,13 @@ class ReportStore:
                                               ReportRow.id.not_in(replaced))
                                        .order_by(ReportRow.created_at))).all()
             return [self._stored(r, None) for r in rows]
+
+        return await self._run(work, write=False)
+
+    async def identity(self) -> str:
+        """This store's random id (made once, by migration 0003): tells one store's exports from another's."""
+        async def work(conn):
+            return (await conn.execute(select(StoreIdentityRow.id))).scalar_one()
 
         return await self._run(work, write=False)
 

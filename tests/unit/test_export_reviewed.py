@@ -46,8 +46,8 @@ def test_export_reviewed_cells_for_training(database, tmp_path):
 
     asyncio.run(fill())
     out = tmp_path / "reviewed"
-    written = asyncio.run(export(out, database.settings(data_dir=tmp_path)))
-    assert written == len(report.cells)
+    written, removed = asyncio.run(export(out, database.settings(data_dir=tmp_path)))
+    assert written == len(report.cells) and removed == 0
     rows = list(csv.DictReader(open(out / "cells.csv")))
     assert len(rows) == written and "patient_id" not in rows[0] and "P-export" not in (out / "cells.csv").read_text()
     by_sha = {r["sha256"]: r for r in rows}
@@ -119,9 +119,10 @@ def test_re_export_leaves_exactly_the_current_cells(database, tmp_path):
 
     asyncio.run(review(final_id, "promyelocyte", "amended"))
     asyncio.run(erase("P-erased"))
-    written = asyncio.run(export(out, database.settings(data_dir=tmp_path)))
+    written, removed = asyncio.run(export(out, database.settings(data_dir=tmp_path)))
     rows = list(csv.DictReader(open(out / "cells.csv")))
     assert written == len(rows) == len(report.cells)
+    assert removed == 1 + len(other.cells), "the relabelled cell's old image and the erased patient's, counted"
     assert _files(out) == {r["file"] for r in rows} | {"blast/mine.jpg"}, "exactly the current cells"
     assert f"promyelocyte/{cell.sha256}.jpg" in _files(out) and f"blast/{cell.sha256}.jpg" not in _files(out)
     assert not any(c.sha256 in name for c in other.cells for name in _files(out)), "erased patient's cells gone"
@@ -142,5 +143,68 @@ def test_export_refuses_a_folder_that_is_not_an_earlier_export(database, tmp_pat
     with pytest.raises(FileExistsError, match="earlier export"):
         asyncio.run(export(out, database.settings(data_dir=tmp_path)))
     assert (out / "blast" / f"{'a' * 64}.jpg").read_bytes() == b"someone else's"
-    assert asyncio.run(export(tmp_path / "new", database.settings(data_dir=tmp_path))) == 0
-    assert asyncio.run(export(tmp_path / "new", database.settings(data_dir=tmp_path))) == 0, "its own: rerun"
+    assert asyncio.run(export(tmp_path / "new", database.settings(data_dir=tmp_path))) == (0, 0)
+    assert asyncio.run(export(tmp_path / "new", database.settings(data_dir=tmp_path))) == (0, 0), "its own: rerun"
+
+
+def _store_with_one_review(settings, patient: str = "P-mine") -> list[str]:
+    """A migrated store holding one signed-off report of 4 cells; their sha256s."""
+    paths = [path for _, path in fullsize_images()[:4]]
+    report = sample_report(patient).model_copy()
+    report = report.model_copy(update={"cells": report.cells[:4]})
+    thumbnails = [make_thumbnail(cell.sha256, path.read_bytes()) for cell, path in zip(report.cells, paths)]
+
+    async def fill():
+        engine = make_engine(settings)
+        await migrate(engine, settings.database_schema)
+        store = ReportStore(engine)
+        try:
+            first = await store.add_report(report, "k", {}, thumbnails)
+            await store.add_review(await store.get(first.report_id), first.model_copy(update={"status": "final"}),
+                                   "Dr X", "", True, [])
+        finally:
+            await store.close()
+
+    asyncio.run(fill())
+    return [cell.sha256 for cell in report.cells]
+
+
+def test_an_export_of_another_store_is_refused_not_emptied(database, tmp_path):
+    """A shell without DATABASE_URL finds another (empty) store: re-exporting it into an earlier export
+    would remove every cell; it is refused, and nothing is touched."""
+    mine = database.settings(data_dir=tmp_path)
+    shas = _store_with_one_review(mine)
+    out = tmp_path / "reviewed"
+    assert asyncio.run(export(out, mine))[0] == len(shas)
+    before = _files(out)
+    other = database.settings(database_url=f"sqlite:///{tmp_path / 'other.db'}", database_schema=None)
+
+    async def migrate_other():
+        engine = make_engine(other)
+        await migrate(engine, None)
+        await engine.dispose()
+
+    asyncio.run(migrate_other())
+    with pytest.raises(FileExistsError, match="another report store"):
+        asyncio.run(export(out, other))
+    assert _files(out) == before and len(before) == len(shas)
+    assert asyncio.run(export(out, mine)) == (len(shas), 0), "its own store may re-export"
+
+
+def test_a_label_folder_that_is_a_link_is_refused_and_its_files_kept(database, tmp_path):
+    mine = database.settings(data_dir=tmp_path)
+    shas = _store_with_one_review(mine)
+    out = tmp_path / "reviewed"
+    asyncio.run(export(out, mine))
+    pool = tmp_path / "shared-pool"
+    pool.mkdir()
+    (pool / f"{'b' * 64}.jpg").write_bytes(b"a pool's image, named like a cell")
+    for label in {p.parent.name for p in out.rglob("*.jpg")}:
+        for image in (out / label).iterdir():
+            image.unlink()
+        (out / label).rmdir()
+    (out / "blast").symlink_to(pool, target_is_directory=True)
+    with pytest.raises(FileExistsError, match="symbolic link"):
+        asyncio.run(export(out, mine))
+    assert (pool / f"{'b' * 64}.jpg").read_bytes() == b"a pool's image, named like a cell"
+    assert len(shas) == 4

@@ -37,13 +37,13 @@ def test_migrations_from_empty_and_back(database):
         try:
             assert not (await _tables(engine)) & TABLES
             await migrate(engine, database.schema)
-            assert await current_revision(engine) == "0002"
+            assert await current_revision(engine) == "0003"
             assert TABLES <= await _tables(engine)
             await migrate(engine, database.schema)  # idempotent
             await downgrade(engine, "base")
             assert (await _tables(engine)) & TABLES <= {"alembic_version"}
             await migrate(engine, database.schema)
-            assert await current_revision(engine) == "0002"
+            assert await current_revision(engine) == "0003"
         finally:
             await engine.dispose()
 
@@ -154,7 +154,7 @@ def test_replicas_migrating_at_once(database):
         engines = [make_engine(database.settings()) for _ in range(3)]
         try:
             await asyncio.gather(*(migrate(e, database.schema) for e in engines))
-            assert {await current_revision(e) for e in engines} == {"0002"}
+            assert {await current_revision(e) for e in engines} == {"0003"}
         finally:
             for e in engines:
                 await e.dispose()
@@ -176,7 +176,7 @@ def test_migrate_command(tmp_path):
     migrated = subprocess.run([sys.executable, "-m", "gateway.store", "migrate"], cwd=REPO_ROOT, env=env,
                               capture_output=True, text=True, timeout=60)
     assert migrated.returncode == 0, migrated.stderr
-    assert "sqlite: schema revision 0002" in migrated.stdout
+    assert "sqlite: schema revision 0003" in migrated.stdout
 
 
 def test_upgrade_from_0001_keeps_the_reports(database):
@@ -193,7 +193,7 @@ def test_upgrade_from_0001_keeps_the_reports(database):
         try:
             old = await store.add_report(sample_report("P-old"), "k-old", {}, thumbs(sample_report("P-old")))
             await migrate(engine, database.schema)
-            assert await current_revision(engine) == "0002"
+            assert await current_revision(engine) == "0003"
             assert (await store.latest("P-old")) == old
             assert (await store.for_content("P-old", "k-old")) == old and await store.for_content("P-old", "k") is None
             base = await store.get(old.report_id)
