@@ -1,0 +1,311 @@
+"""aml-classify over a batch, against a small local HTTP server standing in for the gateway: one bad
+patient is that patient's error row and the batch goes on; subfolders, invalid ids and over-limit
+folders are refused without an upload; hidden entries are skipped; 429/503 and connection errors are
+retried; an unreachable gateway stops the run; cell texts cannot run as spreadsheet formulas."""
+
+from __future__ import annotations
+
+import csv
+import json
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from gateway import cli
+from tests.helpers.reports import sample_report
+
+KEY = "aml_x_" + "y" * 20
+
+
+class FakeGateway:
+    """Answers POST /patients/{id}/classify with a sample report, or with the answers queued for a path
+    (status, headers, body). Records each request's path and number of image parts."""
+
+    def __init__(self):
+        self.requests: list[tuple[str, int]] = []
+        self.queued: dict[str, list[tuple[int, dict, bytes]]] = {}
+        self.report_overrides: dict = {}
+        gateway = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                gateway.requests.append((self.path, body.count(b'name="images"')))
+                status, headers, payload = gateway.answer(self.path)
+                self.send_response(status)
+                for name, value in {"Content-Type": "application/json", **headers}.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
+        self.thread.start()
+
+    def answer(self, path: str) -> tuple[int, dict, bytes]:
+        if self.queued.get(path):
+            return self.queued[path].pop(0)
+        patient_id = path.split("/")[2]
+        report = {**sample_report(patient_id).model_dump(mode="json"), **self.report_overrides}
+        return 200, {}, json.dumps(report).encode()
+
+    def paths(self) -> list[str]:
+        return [path for path, _ in self.requests]
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def gateway(monkeypatch):
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    server = FakeGateway()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def waits(monkeypatch) -> list[float]:
+    """The retry waits, recorded instead of slept."""
+    recorded: list[float] = []
+    monkeypatch.setattr(cli, "_wait", recorded.append, raising=False)
+    return recorded
+
+
+def make_patient(root: Path, name: str, n_images: int = 2) -> Path:
+    folder = root / name
+    folder.mkdir(parents=True)
+    for index in range(n_images):
+        (folder / f"c{index}.jpg").write_bytes(b"jpeg bytes")
+    return folder
+
+
+def run(root: Path, out: Path, url: str, *extra: str) -> int:
+    return cli.main([str(root), "--out", str(out), "--gateway", url, "--api-key", KEY, *extra])
+
+
+def rows(out: Path) -> dict[str, dict]:
+    return {row["patient_id"]: row for row in csv.DictReader(open(out, newline="", encoding="utf-8"))}
+
+
+def path_of(patient_id: str) -> str:
+    return f"/patients/{patient_id}/classify"
+
+
+# --- 1: one bad patient does not stop the batch --------------------------------------------------------
+
+def test_a_broken_link_is_an_error_row_and_later_patients_are_done(tmp_path, gateway):
+    root = tmp_path / "patients"
+    broken = make_patient(root, "PAT-A")
+    (broken / "c9.jpg").symlink_to(tmp_path / "gone.jpg")
+    make_patient(root, "PAT-B")
+    out = tmp_path / "results.csv"
+    assert run(root, out, gateway.url) == 1
+    result = rows(out)
+    assert result["PAT-A"]["status"] == "error" and "c9.jpg" in result["PAT-A"]["error"]
+    assert "broken link" in result["PAT-A"]["error"]
+    assert result["PAT-B"]["status"] == "ok"
+    assert gateway.paths() == [path_of("PAT-B")]
+
+
+def test_an_unlistable_folder_is_an_error_row(tmp_path, gateway, monkeypatch):
+    root = tmp_path / "patients"
+    locked = make_patient(root, "PAT-A")
+    make_patient(root, "PAT-B")
+    real_iterdir = Path.iterdir
+
+    def iterdir(self):
+        if self == locked:  # chmod 000 does not stop root, so the refusal is simulated
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_iterdir(self)
+
+    monkeypatch.setattr(Path, "iterdir", iterdir)
+    out = tmp_path / "results.csv"
+    assert run(root, out, gateway.url) == 1
+    result = rows(out)
+    assert result["PAT-A"]["status"] == "error" and "Permission denied" in result["PAT-A"]["error"]
+    assert result["PAT-B"]["status"] == "ok"
+
+
+def test_a_200_that_is_not_json_or_not_a_report_is_an_error_row(tmp_path, gateway):
+    root = tmp_path / "patients"
+    for name in ("PAT-A", "PAT-B", "PAT-C"):
+        make_patient(root, name)
+    gateway.queued[path_of("PAT-A")] = [(200, {"Content-Type": "text/html"}, b"<html>proxy login</html>")]
+    gateway.queued[path_of("PAT-B")] = [(200, {}, json.dumps({"patient_id": "PAT-B"}).encode())]
+    out = tmp_path / "results.csv"
+    assert run(root, out, gateway.url) == 1
+    result = rows(out)
+    assert result["PAT-A"]["status"] == "error" and "not JSON" in result["PAT-A"]["error"]
+    assert result["PAT-B"]["status"] == "error" and "KeyError" in result["PAT-B"]["error"]
+    assert result["PAT-C"]["status"] == "ok"
+
+
+# --- 2: subfolders and hidden entries -------------------------------------------------------------------
+
+def test_a_subfolder_is_an_error_row_and_hidden_entries_are_skipped(tmp_path, gateway):
+    root = tmp_path / "patients"
+    nested = make_patient(root, "PAT-A")
+    make_patient(nested, "slide2")
+    clean = make_patient(root, "PAT-B", n_images=3)
+    (clean / "._c0.jpg").write_bytes(b"AppleDouble")
+    (clean / ".DS_Store").write_bytes(b"x")
+    make_patient(clean, ".ipynb_checkpoints")
+    make_patient(clean, "@eaDir")
+    make_patient(root, "@eaDir")
+    make_patient(root, ".Trash")
+    make_patient(root, "System Volume Information")
+    out = tmp_path / "results.csv"
+    assert run(root, out, gateway.url) == 1
+    result = rows(out)
+    assert set(result) == {"PAT-A", "PAT-B"}, "hidden and system folders are not patients"
+    assert result["PAT-A"]["status"] == "error"
+    assert "slide2" in result["PAT-A"]["error"] and "directly in its folder" in result["PAT-A"]["error"]
+    assert result["PAT-B"]["status"] == "ok"
+    assert gateway.requests == [(path_of("PAT-B"), 3)], "PAT-A not sent; PAT-B without its hidden files"
+
+
+# --- 4: retries and stopping ----------------------------------------------------------------------------
+
+def test_429_with_retry_after_is_retried(tmp_path, gateway, waits):
+    root = tmp_path / "patients"
+    make_patient(root, "PAT-A")
+    gateway.queued[path_of("PAT-A")] = [(429, {"Retry-After": "7"}, b'{"detail": "rate limit"}'),
+                                        (429, {"Retry-After": "600"}, b'{"detail": "rate limit"}')]
+    out = tmp_path / "results.csv"
+    assert run(root, out, gateway.url) == 0
+    assert rows(out)["PAT-A"]["status"] == "ok"
+    assert gateway.paths() == [path_of("PAT-A")] * 3
+    assert waits == [7.0, 60.0], "Retry-After, capped at a minute"
+
+
+def test_503_without_retry_after_backs_off_and_gives_up_after_retries(tmp_path, gateway, waits):
+    root = tmp_path / "patients"
+    make_patient(root, "PAT-A")
+    make_patient(root, "PAT-B")
+    gateway.queued[path_of("PAT-A")] = [(503, {}, b'{"detail": "busy"}')] * 3
+    out = tmp_path / "results.csv"
+    assert run(root, out, gateway.url, "--retries", "2") == 1
+    result = rows(out)
+    assert result["PAT-A"]["status"] == "error" and "HTTP 503: busy" in result["PAT-A"]["error"]
+    assert result["PAT-B"]["status"] == "ok"
+    assert gateway.paths() == [path_of("PAT-A")] * 3 + [path_of("PAT-B")]
+    assert waits == [2.0, 4.0]
+
+
+def test_other_errors_are_not_retried(tmp_path, gateway, waits):
+    root = tmp_path / "patients"
+    make_patient(root, "PAT-A")
+    gateway.queued[path_of("PAT-A")] = [(422, {}, b'{"detail": "no decodable image"}')]
+    out = tmp_path / "results.csv"
+    assert run(root, out, gateway.url) == 1
+    assert rows(out)["PAT-A"]["error"] == "HTTP 422: no decodable image"
+    assert len(gateway.requests) == 1 and waits == []
+
+
+def closed_port_url() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+def test_an_unreachable_gateway_stops_the_run_after_three_patients(tmp_path, waits, capsys):
+    root = tmp_path / "patients"
+    for index in range(6):
+        make_patient(root, f"PAT-{index}")
+    out = tmp_path / "results.csv"
+    assert run(root, out, closed_port_url()) == 1
+    result = rows(out)
+    assert list(result) == ["PAT-0", "PAT-1", "PAT-2"], "stopped; the rest is left for a rerun"
+    assert all(r["status"] == "error" and "unreachable" in r["error"] for r in result.values())
+    assert waits == [2.0, 4.0, 8.0] * 3, "each patient tried 1 + --retries times with backoff"
+    assert "stopped" in capsys.readouterr().err
+
+
+# --- 5: patient ids -------------------------------------------------------------------------------------
+
+def test_an_invalid_patient_id_is_an_error_row_without_an_upload(tmp_path, gateway):
+    root = tmp_path / "patients"
+    make_patient(root, "PAT#2")
+    make_patient(root, "PAT-B")
+    out = tmp_path / "results.csv"
+    assert run(root, out, gateway.url) == 1
+    result = rows(out)
+    assert result["PAT#2"]["status"] == "error" and "not a valid patient id: 'PAT#2'" in result["PAT#2"]["error"]
+    assert gateway.paths() == [path_of("PAT-B")]
+
+
+def test_the_patient_id_is_quoted_in_the_url():
+    assert cli.classify_path("PAT#2") == "/patients/PAT%232/classify"
+    assert cli.classify_path("a/b?c") == "/patients/a%2Fb%3Fc/classify"
+
+
+# --- 6: CSV formula injection ---------------------------------------------------------------------------
+
+def test_texts_that_a_spreadsheet_would_run_are_quoted(tmp_path, gateway):
+    root = tmp_path / "patients"
+    make_patient(root, "PAT-A")
+    gateway.report_overrides = {"warnings": ['=HYPERLINK("http://x","click")'], "prediction": "+cmd",
+                                "quality": {"appearance_distance": -1.5, "smudge_fraction": 0.1}}
+    make_patient(root, "PAT-B")
+    out = tmp_path / "results.csv"
+    gateway.queued[path_of("PAT-B")] = [(400, {}, b'{"detail": "-2+3\\nsecond line"}')]
+    run(root, out, gateway.url)
+    result = rows(out)
+    assert result["PAT-A"]["warnings"] == '\'=HYPERLINK("http://x","click")'
+    assert result["PAT-A"]["prediction"] == "'+cmd"
+    assert result["PAT-A"]["appearance_distance"] == "-1.5", "numbers are left as numbers"
+    assert result["PAT-B"]["error"] == "HTTP 400: -2+3 second line", "one line per row"
+    assert cli._safe_cell("@SUM(A1)") == "'@SUM(A1)" and cli._safe_cell("\tx") == "'\tx"
+    assert cli._safe_cell("-x") == "'-x" and cli._safe_cell(-2) == -2
+
+
+# --- 7: limits checked before the upload ----------------------------------------------------------------
+
+def test_too_many_images_is_an_error_row_without_an_upload(tmp_path, gateway):
+    root = tmp_path / "patients"
+    make_patient(root, "PAT-A", n_images=3)
+    make_patient(root, "PAT-B", n_images=2)
+    out = tmp_path / "results.csv"
+    assert run(root, out, gateway.url, "--max-images", "2") == 1
+    result = rows(out)
+    assert "3 images, more than --max-images 2" in result["PAT-A"]["error"]
+    assert gateway.paths() == [path_of("PAT-B")]
+
+
+def test_an_image_over_the_size_limit_is_an_error_row_without_an_upload(tmp_path, gateway):
+    root = tmp_path / "patients"
+    big = make_patient(root, "PAT-A")
+    (big / "huge.png").write_bytes(b"\0" * (2 * 2 ** 20))
+    out = tmp_path / "results.csv"
+    assert run(root, out, gateway.url, "--max-image-mib", "1") == 1
+    error = rows(out)["PAT-A"]["error"]
+    assert "huge.png (2.0 MiB)" in error and "--max-image-mib 1" in error
+    assert gateway.requests == []
+
+
+def test_the_default_limits_are_the_gateways():
+    from gateway.settings import GatewaySettings
+
+    fields = GatewaySettings.model_fields
+    assert cli.DEFAULT_MAX_IMAGES == fields["max_images"].default
+    assert cli.DEFAULT_MAX_IMAGE_MIB * 2 ** 20 == fields["max_image_bytes"].default
+
+
+# --- 8: the last row is the result ----------------------------------------------------------------------
+
+def test_help_says_a_patients_last_row_is_its_result(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    assert "last row is its result" in capsys.readouterr().out.lower().replace("\n", " ")
