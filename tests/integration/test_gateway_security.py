@@ -82,8 +82,19 @@ def test_audit_log_and_request_id(stack):
     assert "SEC-AUDIT-77" not in raw, "no raw patient id in the audit or the gateway's logs"
     # the whole secret: key ids have no "_", the secret (token_urlsafe) may
     assert CLASSIFY_KEY not in raw and CLASSIFY_KEY.split("_", 2)[2] not in raw
-    refused = [e for e in lines if e["outcome"] == 401]
-    assert refused and all(e["key_id"] is None for e in refused)
+
+    # a refused request is audited too, under its own request id, with no key named
+    wrong_key = {"Authorization": "Bearer " + CLASSIFY_KEY[:-2] + "xx", "X-Request-ID": "audit-refused-1"}
+    refused = classify(stack["gateway"].url, wrong_key, patient="SEC-AUDIT-78")
+    assert refused.status_code == 401 and refused.headers["x-request-id"] == "audit-refused-1"
+    lines = [json.loads(line) for line in stack["audit"].read_text().splitlines()]
+    entries = [e for e in lines if e["request_id"] == "audit-refused-1"]
+    assert len(entries) == 1, entries
+    assert entries[0]["outcome"] == 401 and entries[0]["key_id"] is None and entries[0]["endpoint"] == "classify"
+    assert entries[0]["n_images"] is None and entries[0].get("prediction") is None, "it classified nothing"
+    raw = stack["audit"].read_text() + stack["gateway"].log_tail(200_000)
+    assert "SEC-AUDIT-78" not in raw and wrong_key["Authorization"].split("_", 2)[2] not in raw, \
+        "neither the patient id nor the refused secret is logged"
 
 
 def test_ordinary_logs_are_json_lines(stack):
@@ -104,7 +115,7 @@ def test_rate_limit_per_key(tmp_path, cell_service, subtype_service):
     try:
         url = f"{gateway.url}/patients/RL-1/classification"
         statuses = [httpx.get(url, headers=AUTH, timeout=10).status_code for _ in range(3)]
-        assert statuses[:2] == [404, 404]
+        assert statuses == [404, 404, 429], "a burst of 2, then refused"
         limited = httpx.get(url, headers=AUTH, timeout=10)
         assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
         other_key = httpx.get(url, headers={"X-API-Key": READ_ONLY_KEY}, timeout=10)

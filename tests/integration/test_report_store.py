@@ -5,6 +5,7 @@ FHIR final, HL7 OBR-25 F; concurrent reviews: one 409; erasure; a database brief
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import sqlite3
@@ -17,6 +18,7 @@ from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.parser import parse_message
 from PIL import Image
 
+from tests.helpers.cell_metrics import cell_images_classified
 from tests.helpers.images import fullsize_images
 from tests.helpers.keys import ADMIN_AUTH, AUTH, REVIEW_AUTH
 from tests.helpers.processes import start_gateway
@@ -25,6 +27,7 @@ from tests.helpers.tcp_proxy import TcpProxy
 pytestmark = pytest.mark.integration
 FHIR = {"Accept": "application/fhir+json"}
 HL7 = {"Accept": "application/hl7-v2"}
+CACHE_TTL_S = 900  # far below the default (7 days): the keys' TTL shows the setting is the one used
 
 
 @pytest.fixture(scope="module")
@@ -56,15 +59,26 @@ def other_label(label: str) -> str:
     return "blast" if label != "blast" else "lymphocyte"
 
 
+def cell_keys(redis_url: str, sha256: str = "") -> list[str]:
+    """The per-cell label keys in Redis (``cell:<model>:<image sha256>``), of one image when ``sha256`` is given."""
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    return sorted(client.scan_iter(match=f"cell:*:{sha256}" if sha256 else "cell:*", count=1000))
+
+
 def test_versions_survive_flush_and_restart_then_review_to_final(database, tmp_path, cell_service, subtype_service,
                                                                  redis_server, originals):
-    env = {**database.env, "AUDIT_LOG_PATH": str(tmp_path / "audit.jsonl")}
+    env = {**database.env, "AUDIT_LOG_PATH": str(tmp_path / "audit.jsonl"), "CACHE_TTL_S": str(CACHE_TTL_S)}
     gateway = start_gateway(tmp_path, cell_service.url, subtype_service.url, redis_server.url, **env)
     try:
         created = post(gateway.url, "P-store", originals[:24], params={"include": "cells"})
         assert created.status_code == 200, created.text
         first = created.json()
         assert first["status"] == "preliminary" and first["version"] == 1 and len(first["report_id"]) == 32
+        client = redis.Redis.from_url(redis_server.url)
+        keys = cell_keys(redis_server.url)
+        assert len(keys) == len(first["cells"]) == 24, "one label key per cell"
+        ttls = [client.ttl(key) for key in keys]
+        assert all(0 < ttl <= CACHE_TTL_S for ttl in ttls), ttls
     finally:
         gateway.stop()
     redis.Redis.from_url(redis_server.url).flushall()
@@ -83,7 +97,11 @@ def test_versions_survive_flush_and_restart_then_review_to_final(database, tmp_p
         assert reviewed.status_code == 201, reviewed.text
         second = reviewed.json()
         assert second["status"] == "final" and second["version"] == 2 and second["supersedes"] == first["report_id"]
-        assert second["reviewed_by"] == "Dr. Test" and second["reviewed_at"] and reviewed.headers["location"]
+        assert second["reviewed_by"] == "Dr. Test" and second["reviewed_at"]
+        assert reviewed.headers["location"] == f"/reports/{second['report_id']}"
+        superseded = get(f"{gateway.url}/reports/{first['report_id']}")
+        assert superseded.status_code == 200 and superseded.headers["x-superseded-by"] == second["report_id"]
+        assert "x-superseded-by" not in get(f"{gateway.url}/reports/{second['report_id']}").headers
         diff = {k: second["cell_counts"][k] - first["cell_counts"][k] for k in first["cell_counts"]}
         expected = {k: 0 for k in diff} | {cell["label"]: -1, new_label: +1}
         assert diff == expected, "counts changed by exactly the one corrected cell"
@@ -140,8 +158,13 @@ def test_versions_survive_flush_and_restart_then_review_to_final(database, tmp_p
         for t in threads:
             t.join()
         assert sorted(r.status_code for r in results) == [201, 409], [r.text for r in results]
-        third = [r for r in results if r.status_code == 201][0].json()
+        won = [r for r in results if r.status_code == 201][0]
+        third = won.json()
         assert third["status"] == "amended" and third["version"] == 3
+        assert won.headers["location"] == f"/reports/{third['report_id']}"
+        assert get(f"{gateway.url}/reports/{second['report_id']}").headers["x-superseded-by"] == third["report_id"]
+        assert get(f"{gateway.url}/reports/{first['report_id']}").headers["x-superseded-by"] == second["report_id"], \
+            "a version names the one that replaced it, not the newest"
         hl7_third = get(f"{gateway.url}/reports/{third['report_id']}", HL7).text
         third_obr = parse_message(hl7_third, find_groups=True).ORU_R01_PATIENT_RESULT.ORU_R01_ORDER_OBSERVATION.OBR
         assert third_obr.obr_25.to_er7() == "C"
@@ -178,20 +201,33 @@ def test_erasure(database, tmp_path, cell_service, subtype_service, redis_server
         kept = post(gateway.url, "P-keep", originals[36:40]).json()  # shares two images with P-erase
         second = review(gateway.url, first["report_id"], {"reviewer": "Dr. E", "sign_off": True}).json()
         sha = first["cells"][0]["sha256"]
+        erased_shas = {c["sha256"] for c in first["cells"]}
+        assert erased_shas == {hashlib.sha256(data).hexdigest() for _, data in images}, "8 cells, all labelled"
+        shared_sha = hashlib.sha256(originals[36][1]).hexdigest()
+        kept_only = {hashlib.sha256(data).hexdigest() for _, data in originals[38:40]}
+        assert all(cell_keys(redis_server.url, s) for s in erased_shas | kept_only), "every cell's label is cached"
         assert httpx.delete(f"{gateway.url}/patients/P-erase", headers=AUTH, timeout=30).status_code == 403
         erased = httpx.delete(f"{gateway.url}/patients/P-erase", headers=ADMIN_AUTH, timeout=30)
         assert erased.status_code == 200, erased.text
         result = erased.json()
         assert result["reports_deleted"] == 2 and result["thumbnails_deleted"] == 6
-        assert result["cache_entries_deleted"] >= 2
+        assert result["cache_entries_deleted"] == len(erased_shas) == 8, "one label key per erased cell"
+        assert not [k for s in erased_shas for k in cell_keys(redis_server.url, s)], "no erased cell's label is left"
+        assert {k.rsplit(":", 1)[1] for k in cell_keys(redis_server.url)} == kept_only, \
+            "the labels of the kept patient's own cells stay"
+        shared = get(f"{gateway.url}/reports/{kept['report_id']}/cells/{shared_sha}.jpg")
+        assert shared.status_code == 200 and shared.headers["content-type"] == "image/jpeg", \
+            "a thumbnail another patient's report shows is kept"
         assert get(f"{gateway.url}/patients/P-erase/classification").status_code == 404
         assert get(f"{gateway.url}/patients/P-erase/reports").status_code == 404
         for report in (first, second):
             assert get(f"{gateway.url}/reports/{report['report_id']}").status_code == 404
         assert get(f"{gateway.url}/reports/{second['report_id']}/cells/{sha}.jpg").status_code == 404
         assert get(f"{gateway.url}/patients/P-keep/classification").json()["report_id"] == kept["report_id"]
+        before = cell_images_classified(cell_service.url)
         again = post(gateway.url, "P-erase", images).json()
-        assert again["cached"] is False and again["report_id"] != first["report_id"], "nothing left in the cache"
+        assert again["cached"] is False and again["report_id"] != first["report_id"], "nothing left in the store"
+        assert cell_images_classified(cell_service.url) - before == 8, "every image is classified again"
         assert httpx.delete(f"{gateway.url}/patients/P-nobody", headers=ADMIN_AUTH, timeout=30).json() \
             == {"patient_id": "P-nobody", "reports_deleted": 0, "thumbnails_deleted": 0, "cache_entries_deleted": 0}
     finally:
