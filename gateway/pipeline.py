@@ -273,8 +273,9 @@ class PatientClassifier:
                 failed.append({"filename": name, "error": result.get("error", "not classified")})
         leukocytes = sum(counts[t] for t in LEUKOCYTE_TYPES)
         if leukocytes == 0:
+            example = f"; e.g. {failed[0]['filename']}: {failed[0]['error']}" if failed else ""
             raise ProblemError(422, f"no leukocytes among the {len(images)} images ({len(failed)} could not be "
-                                    "read): a differential needs white cells")
+                                    f"read{example}): a differential needs white cells")
         head = models.get("apl_cell_head")
         subtype = await self.subtype.predict(apl.subtype_request(counts, cells, head and head["sha256"]), request_id)
         answered = {"subtype": _models_info(subtype["model"])}

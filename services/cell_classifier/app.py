@@ -60,7 +60,7 @@ def _decode_upload(data: bytes, settings: CellServiceSettings, model: CellModel)
     """Bytes -> (network input, appearance distance), in a decode worker."""
     if len(data) > settings.max_image_bytes:
         raise ImageRejected(f"file larger than {settings.max_image_bytes} bytes")
-    image = decode_image(data, settings.max_pixels, size=model.input_size)
+    image = decode_image(data, settings.max_pixels, size=model.input_size, min_side=settings.min_image_side)
     return image, model.appearance_distance(image)
 
 

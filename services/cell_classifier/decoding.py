@@ -23,7 +23,8 @@ def wide_mode_pixel_limit(image: Image.Image, max_pixels: int) -> int:
     return max_pixels * RGB_BYTES_PER_PIXEL // conversion_bytes_per_pixel(image)
 
 
-def decode_image(data: bytes, max_pixels: int, decoder: str = DEFAULT_DECODER, size: int = IMAGE_SIZE) -> np.ndarray:
+def decode_image(data: bytes, max_pixels: int, decoder: str = DEFAULT_DECODER, size: int = IMAGE_SIZE,
+                 min_side: int = 1) -> np.ndarray:
     """Bytes of a JPEG/PNG/TIFF/BMP file -> preprocessed ``(size, size, 3)`` uint8 array (``size``: the
     model's input side, from its card), or ``ImageRejected``.
 
@@ -33,7 +34,8 @@ def decode_image(data: bytes, max_pixels: int, decoder: str = DEFAULT_DECODER, s
     ``max_pixels`` is the limit of 8-bit images; 16-bit, 32-bit, float and transparent ones, whose conversion
     to 8-bit RGB takes several times their memory before the resize (a 92 KB single-colour 16-bit PNG of
     6300x6300 took 0.9 GB), get a proportionally lower one (``wide_mode_pixel_limit``), refused before
-    decoding, so that no image costs more than an 8-bit RGB one at ``max_pixels``."""
+    decoding, so that no image costs more than an 8-bit RGB one at ``max_pixels``. An image narrower or lower
+    than ``min_side`` pixels is refused as too small to show a cell."""
     if decoder not in DECODERS:
         raise ValueError(f"decoder must be one of {DECODERS}, not {decoder!r}")
     if not data:
@@ -52,6 +54,9 @@ def decode_image(data: bytes, max_pixels: int, decoder: str = DEFAULT_DECODER, s
         width, height = image.size
         if width < 1 or height < 1:
             raise ImageRejected("image has no pixels")
+        if width < min_side or height < min_side:
+            raise ImageRejected(f"too small to show a cell: {width}x{height} px (at least {min_side} px a side; "
+                                "send the single-cell crop, not a thumbnail)")
         if width * height > max_pixels:
             raise ImageRejected(f"too many pixels: {width}x{height} exceeds the limit of {max_pixels}")
         limit = wide_mode_pixel_limit(image, max_pixels)

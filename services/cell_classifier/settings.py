@@ -49,6 +49,10 @@ class CellServiceSettings(BaseSettings):
     max_image_bytes: int = Field(50 * 1024 * 1024, ge=1, validation_alias=AliasChoices("CELL_MAX_IMAGE_BYTES"))
     max_pixels: int = Field(40_000_000, ge=1, validation_alias=AliasChoices("CELL_MAX_PIXELS"),
                             description="width x height above which an image is refused (decompression bombs)")
+    min_image_side: int = Field(32, ge=1, validation_alias=AliasChoices("CELL_MIN_IMAGE_SIDE"),
+                                description="pixels: an image narrower or lower than this is refused as too small to "
+                                            "show a cell (single-cell crops are 100-400 px; a thumbnail or an icon "
+                                            "would otherwise be labelled as a cell)")
     cores: int = Field(0, ge=0, validation_alias=AliasChoices("CELL_CORES"),
                        description="cores the service may use, shared out among its worker processes for the "
                                    "decoding and onnxruntime threads; 0 = the machine's (Kubernetes: the CPU limit)")

@@ -108,7 +108,7 @@ def test_bad_images_fail_alone(service, originals):
     files = [
         ("good.jpg", data), ("empty.jpg", b""), ("garbage.png", b"not an image"),
         ("truncated.jpg", data[: len(data) // 3]), ("bomb.png", png_bomb()), ("anim.gif", encode(cell, "GIF")),
-        ("good-again.jpg", data),
+        ("icon.png", encode(cell.resize((31, 40)), "PNG")), ("good-again.jpg", data),
     ]
     response = classify(service.url, files)
     assert response.status_code == 200
@@ -121,6 +121,9 @@ def test_bad_images_fail_alone(service, originals):
     assert "truncated" in errors["truncated.jpg"]
     assert "too many pixels" in errors["bomb.png"]
     assert "unsupported format GIF" in errors["anim.gif"]
+    assert "too small to show a cell: 31x40 px (at least 32 px a side" in errors["icon.png"]
+    smallest = classify(service.url, [("smallest.png", encode(cell.resize((32, 32)), "PNG"))])
+    assert "label" in smallest.json()["results"][0], "32 px a side is enough"
     assert_still_ready(service.url)
 
 
