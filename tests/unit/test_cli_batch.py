@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from gateway import cli
+from gateway.batch import posting, results_file
 from tests.helpers.reports import sample_report
 
 KEY = "aml_x_" + "y" * 20
@@ -78,7 +79,7 @@ def gateway(monkeypatch):
 def waits(monkeypatch) -> list[float]:
     """The retry waits, recorded instead of slept."""
     recorded: list[float] = []
-    monkeypatch.setattr(cli, "_wait", recorded.append, raising=False)
+    monkeypatch.setattr(posting, "_wait", recorded.append, raising=False)
     return recorded
 
 
@@ -247,8 +248,8 @@ def test_an_invalid_patient_id_is_an_error_row_without_an_upload(tmp_path, gatew
 
 
 def test_the_patient_id_is_quoted_in_the_url():
-    assert cli.classify_path("PAT#2") == "/patients/PAT%232/classify"
-    assert cli.classify_path("a/b?c") == "/patients/a%2Fb%3Fc/classify"
+    assert posting.classify_path("PAT#2") == "/patients/PAT%232/classify"
+    assert posting.classify_path("a/b?c") == "/patients/a%2Fb%3Fc/classify"
 
 
 # --- 6: CSV formula injection ---------------------------------------------------------------------------
@@ -267,8 +268,8 @@ def test_texts_that_a_spreadsheet_would_run_are_quoted(tmp_path, gateway):
     assert result["PAT-A"]["prediction"] == "'+cmd"
     assert result["PAT-A"]["appearance_distance"] == "-1.5", "numbers are left as numbers"
     assert result["PAT-B"]["error"] == "HTTP 400: -2+3 second line", "one line per row"
-    assert cli._safe_cell("@SUM(A1)") == "'@SUM(A1)" and cli._safe_cell("\tx") == "'\tx"
-    assert cli._safe_cell("-x") == "'-x" and cli._safe_cell(-2) == -2
+    assert results_file.safe_cell("@SUM(A1)") == "'@SUM(A1)" and results_file.safe_cell("\tx") == "'\tx"
+    assert results_file.safe_cell("-x") == "'-x" and results_file.safe_cell(-2) == -2
 
 
 # --- 7: limits checked before the upload ----------------------------------------------------------------

@@ -10,6 +10,7 @@ import csv
 import pytest
 
 from gateway import cli
+from gateway.batch import results_file
 from tests.helpers.reports import sample_report
 
 
@@ -62,7 +63,7 @@ def _ok_line(patient_id: str) -> str:
     import io
 
     buffer = io.StringIO()
-    row = cli._row(patient_id, sample_report(patient_id).model_dump(), None)
+    row = results_file.report_row(patient_id, sample_report(patient_id).model_dump(), None)
     csv.DictWriter(buffer, fieldnames=cli.COLUMNS).writerow(row)
     return buffer.getvalue()
 
