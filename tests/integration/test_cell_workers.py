@@ -19,6 +19,7 @@ import pytest
 from services.cell_classifier.settings import DEFAULT_MODEL_DIR
 from tests.helpers.images import fullsize_images
 from tests.helpers.processes import REPO_ROOT, start_cell_service
+from tests.helpers.waiting import until_sync
 
 pytestmark = pytest.mark.integration
 
@@ -27,6 +28,24 @@ def ok_requests(metrics: str) -> float:
     match = re.search(r'^cell_requests_total\{outcome="ok"\} ([0-9.e+]+)$', metrics, re.M)
     assert match, metrics[:2000]
     return float(match.group(1))
+
+
+def ok_requests_of_worker(metrics_dir: Path, pid: int, scratch: Path) -> float:
+    """One worker's own ``cell_requests_total{outcome="ok"}``, read from its counter file in the multiprocess
+    directory (a copy, read as /metrics reads every worker's: prometheus_client's multiprocess collector)."""
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    source = metrics_dir / f"counter_{pid}.db"
+    if not source.exists():  # nothing counted yet
+        return 0.0
+    alone = scratch / str(pid)
+    shutil.rmtree(alone, ignore_errors=True)
+    alone.mkdir(parents=True)
+    shutil.copyfile(source, alone / source.name)
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(alone))
+    return registry.get_sample_value("cell_requests_total", {"outcome": "ok"}) or 0.0
 
 
 def workers_of(pid: int) -> list[psutil.Process]:
@@ -43,6 +62,7 @@ def test_two_worker_processes_share_the_port_and_the_metrics(tmp_path):
         metrics_dir = Path(workers[0].environ()["PROMETHEUS_MULTIPROC_DIR"])
         assert metrics_dir.is_dir()
         images = [(path.name, path.read_bytes()) for _, path in fullsize_images()[:24]]
+        scratch = tmp_path / "one-worker"
 
         def one(item):  # a fresh connection per request: the kernel hands them to either worker
             name, data = item
@@ -50,15 +70,30 @@ def test_two_worker_processes_share_the_port_and_the_metrics(tmp_path):
                                 timeout=60)
             return answer.status_code, answer.json()["results"][0]
 
+        def served() -> list[float]:
+            return [ok_requests_of_worker(metrics_dir, w.pid, scratch) for w in workers]
+
+        assert served() == [0.0, 0.0]
+        # rounds of 24 concurrent requests until each worker has answered some (which one accepts a connection
+        # is the kernel's choice: usually both in the first round, but no number of rounds guarantees it)
+        sent = 0
         with ThreadPoolExecutor(8) as pool:
-            answers = list(pool.map(one, images))
-        assert [status for status, _ in answers] == [200] * len(images)
-        assert [result["filename"] for _, result in answers] == [name for name, _ in images]
-        assert all("label" in result for _, result in answers)
-        # every worker's count, whichever worker answers /metrics
+            for _ in range(10):
+                answers = list(pool.map(one, images))
+                sent += len(images)
+                assert [status for status, _ in answers] == [200] * len(images)
+                assert [result["filename"] for _, result in answers] == [name for name, _ in images]
+                assert all("label" in result for _, result in answers)
+                if all(count > 0 for count in served()):
+                    break
+        per_worker = served()
+        assert all(count > 0 for count in per_worker), f"one worker served all {sent} requests: {per_worker}"
+        # a worker counts an answer just after sending it: wait for the last counts to land, then every worker's
+        # count, whichever worker answers /metrics
+        until_sync(lambda: sum(served()) == sent, what=f"{sent} requests counted in the workers' files")
+        per_worker = served()
         totals = {ok_requests(httpx.get(f"{service.url}/metrics", timeout=10).text) for _ in range(6)}
-        assert totals == {float(len(images))}
-        assert all(w.cpu_times().user > 0 for w in workers)
+        assert totals == {float(sent)} and sum(per_worker) == sent, (totals, per_worker)
     finally:
         service.stop()
     assert service.process.returncode == 0

@@ -10,10 +10,19 @@ import pytest
 from shared.vocabulary import CELL_LABELS, LEUKOCYTE_TYPES, NON_LEUKOCYTE_TYPES
 from tests.helpers.images import DATA_DIR, fullsize_images
 from tests.helpers.keys import CLASSIFY_KEY, LAB_KEY, PERSONAL_KEY, PERSONAL_REVIEWER
-from tests.helpers.processes import REPO_ROOT, start_gateway
+from tests.helpers.processes import start_gateway
 
 pytestmark = pytest.mark.integration
-ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS_DIR", REPO_ROOT / "artifacts"))
+
+
+@pytest.fixture(scope="session")
+def artifacts(tmp_path_factory) -> Path:
+    """Where the screenshots go: TEST_ARTIFACTS_DIR where given (CI keeps them), else a pytest temporary
+    directory (never the repository)."""
+    given = os.environ.get("TEST_ARTIFACTS_DIR")
+    directory = Path(given) if given else tmp_path_factory.mktemp("artifacts")
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +52,7 @@ def differential_rows(page) -> dict[str, str]:
                     page.locator("#r-differential tbody td:nth-child(2)").all_inner_texts()))
 
 
-def test_upload_images_and_see_the_result(browser, gateway):
+def test_upload_images_and_see_the_result(browser, gateway, artifacts):
     page = browser.new_page(viewport={"width": 1200, "height": 1600})
     outside = []
     page.on("request", lambda r: outside.append(r.url) if not r.url.startswith((gateway.url, "blob:", "data:")) else None)
@@ -64,8 +73,7 @@ def test_upload_images_and_see_the_result(browser, gateway):
     assert "unclassified" in page.inner_text("#r-quality")
     assert page.locator("#r-quality-banner").is_hidden(), "in-domain originals raise no quality banner"
     assert page.locator("#gallery .group:not(.apl-top) .cell img").count() == 32
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / "web_page.png"), full_page=True)
+    page.screenshot(path=str(artifacts / "web_page.png"), full_page=True)
     assert outside == [], "the page loads nothing from outside the gateway"
 
     assert page.evaluate("sessionStorage.getItem('aml-api-key')") == CLASSIFY_KEY
@@ -153,7 +161,7 @@ def test_every_cell_of_a_large_group_can_be_reviewed_least_confident_first(brows
     page.close()
 
 
-def test_review_a_cell_and_sign_off(browser, gateway):
+def test_review_a_cell_and_sign_off(browser, gateway, artifacts):
     import httpx
 
     page = upload(browser, gateway.url, "WEB-REVIEW", LAB_KEY, [path for _, path in fullsize_images()[1::4]])
@@ -185,8 +193,7 @@ def test_review_a_cell_and_sign_off(browser, gateway):
     assert "Dr. Page" in page.inner_text("#r-status") and "(name given with a shared key)" in page.inner_text("#r-status")
     assert page.inner_text("#r-review-comment") == "Reviewer's comment: blast confirmed on the smear"
     assert f"(model: {old})" in page.locator(f'#gallery .cell[data-sha256="{sha}"]').first.inner_text()
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / "web_page_review.png"), full_page=True)
+    page.screenshot(path=str(artifacts / "web_page_review.png"), full_page=True)
     stored = httpx.get(f"{gateway.url}/patients/WEB-REVIEW/classification",
                        headers={"X-API-Key": LAB_KEY}, timeout=10).json()
     assert stored["status"] == "final" and stored["reviewed_by"] == "Dr. Page"
@@ -267,6 +274,18 @@ def hold(page, pattern: str) -> list:
     return held
 
 
+NOTE_XHR_ENDS = """(() => {
+  // the address of each XMLHttpRequest that ended (answered, failed or abandoned), noted in a task after the
+  // page's own handlers of that end have run
+  window.xhrEnded = [];
+  const open = XMLHttpRequest.prototype.open;
+  XMLHttpRequest.prototype.open = function (method, url, ...rest) {
+    this.addEventListener("loadend", () => setTimeout(() => window.xhrEnded.push(String(url)), 0));
+    return open.call(this, method, url, ...rest);
+  };
+})();"""
+
+
 def wait_held(page, held: list) -> None:
     for _ in range(400):
         if held:
@@ -300,6 +319,10 @@ def test_a_late_answer_never_replaces_a_newer_one_and_each_cell_shows_its_own_fi
     b_files = [tmp_path / "slide0" / "cell.jpg", tmp_path / "slide1" / "cell.jpg", *images[9:15]]
 
     page = browser.new_page(viewport={"width": 1200, "height": 1600})
+    page.add_init_script(NOTE_XHR_ENDS)
+    ended = {}  # request URL -> how the browser saw it end
+    page.on("requestfinished", lambda r: ended.setdefault(r.url, "finished"))
+    page.on("requestfailed", lambda r: ended.setdefault(r.url, f"failed: {r.failure}"))
     held_a = hold(page, "**/patients/WEB-LATE-A/classify*")
     held_b = hold(page, "**/patients/WEB-LATE-B/classify*")
     page.goto(gateway.url + "/")
@@ -318,11 +341,18 @@ def test_a_late_answer_never_replaces_a_newer_one_and_each_cell_shows_its_own_fi
     page.set_input_files("#images", [str(p) for p in images[40:44]])  # another choice while B is classified
     held_b[0].continue_()
     page.wait_for_function("document.querySelector('#r-patient').textContent === 'WEB-LATE-B'", timeout=120_000)
-    try:
-        held_a[0].continue_()  # A's answer, late: the page no longer waits for it
-    except Exception:  # noqa: BLE001 - the page abandoned the request
-        pass
-    page.wait_for_timeout(1_500)
+    # A's answer, late: a complete report (B's, as patient A's) that the page must not show now, delivered at
+    # once (a real classification of A could still be running when the assertions below are made)
+    b_report = held_b[0].request.response().json()
+    assert b_report["patient_id"] == "WEB-LATE-B"
+    held_a[0].fulfill(json={**b_report, "patient_id": "WEB-LATE-A"})
+    a_url = held_a[0].request.url
+    for _ in range(1200):  # the browser is done with A's request: answered, or abandoned by the page earlier
+        if a_url in ended:
+            break
+        page.wait_for_timeout(25)
+    assert a_url in ended, "A's request never ended"
+    page.wait_for_function(f"window.xhrEnded.includes({a_url.removeprefix(gateway.url)!r})", timeout=30_000)
     assert page.inner_text("#r-patient") == "WEB-LATE-B" and "8 images" in page.inner_text("#r-summary")
     assert page.locator("#progress-box").is_hidden()
     alts = page.locator("#gallery .group:not(.apl-top) .cell img").evaluate_all("imgs => imgs.map(i => i.alt)")
@@ -411,7 +441,7 @@ def alerting_gateway(tmp_path_factory, apl_cell_service, apl_alert_subtype_servi
     process.stop()
 
 
-def test_apl_alert_banner_and_the_top_cells_first(browser, alerting_gateway):
+def test_apl_alert_banner_and_the_top_cells_first(browser, alerting_gateway, artifacts):
     import httpx
 
     from tests.helpers.images import DEEPAPL_DIR
@@ -431,8 +461,7 @@ def test_apl_alert_banner_and_the_top_cells_first(browser, alerting_gateway):
     shown = first_group.locator(".cell").evaluate_all("boxes => boxes.map(b => b.dataset.sha256)")
     assert shown == [c["sha256"] for c in report["apl_top_cells"]] and len(shown) == 10
     assert "APL logit" in first_group.locator(".cell").first.inner_text()
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / "web_page_apl_alert.png"), full_page=True)
+    page.screenshot(path=str(artifacts / "web_page_apl_alert.png"), full_page=True)
 
     first_group.locator(".cell").first.click()  # a top cell can be relabelled like any other
     assert page.locator("#cell-editor").is_visible()

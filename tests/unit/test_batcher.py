@@ -5,7 +5,8 @@ import time
 import numpy as np
 import pytest
 
-from services.cell_classifier.batcher import BatcherStopped, DynamicBatcher, QueueFull
+from services.cell_classifier.batcher import BatcherStopped, BatchStats, DynamicBatcher, QueueFull
+from tests.helpers.waiting import HANG_S, settle, until
 
 
 class Recorder:
@@ -29,15 +30,27 @@ def run(coro):
     return asyncio.run(coro)
 
 
-def gated(handler: Recorder) -> tuple[threading.Event, object]:
-    """A handler that blocks until the returned event is set (to hold a batch in flight)."""
-    gate = threading.Event()
+class Held:
+    """A handler that holds each batch (in flight, in the executor) until ``release()``, and says when the first
+    one has reached it: the test waits for that instead of sleeping."""
 
-    def slow(batch):
-        gate.wait(5)
-        return handler(batch)
+    def __init__(self, handler):
+        self.handler = handler
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+        self.calls = 0  # batches handed to it, whatever they hold
 
-    return gate, slow
+    def __call__(self, batch):
+        self.calls += 1
+        self.entered.set()
+        self.gate.wait(HANG_S)
+        return self.handler(batch)
+
+    async def reached(self) -> None:
+        await until(self.entered.is_set, what="a batch in the handler")
+
+    def release(self) -> None:
+        self.gate.set()
 
 
 def test_results_come_back_in_order_per_request():
@@ -58,24 +71,42 @@ def test_results_come_back_in_order_per_request():
     assert len(handler.batches) < 26, "concurrent requests share batches"
 
 
-def test_waits_at_most_max_delay_for_more_items():
+def test_a_lone_item_waits_for_the_delay_then_runs_alone():
     async def main():
         handler = Recorder()
-        batcher = DynamicBatcher(handler, max_batch=64, max_delay_s=0.05, max_queue=100)
+        stats: list[BatchStats] = []
+        batcher = DynamicBatcher(handler, max_batch=64, max_delay_s=0.05, max_queue=100, on_batch=stats.append)
         batcher.start()
-        started = time.perf_counter()
-        await batcher.submit(np.array([1]))
-        lone = time.perf_counter() - started
-        # a second request arriving within the delay joins the first one's batch
-        first = asyncio.create_task(batcher.submit(np.array([2])))
-        await asyncio.sleep(0.01)
-        await asyncio.gather(first, batcher.submit(np.array([3])))
+        out = await asyncio.wait_for(batcher.submit(np.array([1])), HANG_S)  # not held for a full batch of 64
         await batcher.stop()
-        return handler, lone
+        return handler, stats, out
 
-    handler, lone = run(main())
-    assert handler.batches == [[1], [2, 3]]
-    assert 0.04 <= lone < 2.0, "a lone item waits for the delay, then runs alone"
+    handler, stats, out = run(main())
+    assert out.tolist() == [2]
+    assert handler.batches == [[1]], "no full batch came: the lone item ran alone once the delay was over"
+    # the batcher's own clock: it kept the item at least the delay, waiting for company (a lower bound, which
+    # a slow machine can only raise; 1 ms for the event loop's and perf_counter's clocks)
+    assert stats[0].size == 1 and stats[0].queue_waits_s[0] >= 0.05 - 0.001
+
+
+def test_a_request_arriving_within_the_delay_joins_the_waiting_batch():
+    async def main():
+        handler = Recorder()
+        depths: list[int] = []
+        batcher = DynamicBatcher(handler, max_batch=2, max_delay_s=HANG_S, max_queue=100,
+                                 on_queue_depth=depths.append)
+        batcher.start()
+        first = asyncio.create_task(batcher.submit(np.array([2])))
+        # item 2 was queued (depth 1 reported) and the collector took it (no longer counted): it waits for more
+        await until(lambda: depths[:1] == [1] and batcher.queued == 0, what="the collector holding item 2")
+        second = await asyncio.wait_for(batcher.submit(np.array([3])), HANG_S)  # fills the batch: it runs now
+        results = [(await first).tolist(), second.tolist()]
+        await batcher.stop()
+        return handler, results
+
+    handler, results = run(main())
+    assert results == [[4], [6]]
+    assert handler.batches == [[2, 3]], "the second request joined the batch that waited for it"
 
 
 def test_zero_delay_runs_without_waiting():
@@ -93,16 +124,18 @@ def test_zero_delay_runs_without_waiting():
 def test_full_queue_refuses_whole_request():
     async def main():
         handler = Recorder()
-        gate, slow = gated(handler)
-        batcher = DynamicBatcher(slow, max_batch=2, max_delay_s=0.0, max_queue=4)
+        held = Held(handler)
+        batcher = DynamicBatcher(held, max_batch=2, max_delay_s=0.0, max_queue=4)
         batcher.start()
-        running = asyncio.create_task(batcher.submit(np.array([1, 2])))  # taken by the handler
-        await asyncio.sleep(0.05)
-        waiting = asyncio.create_task(batcher.submit(np.array([3, 4, 5])))  # queued: 3 of 4
-        await asyncio.sleep(0.01)
-        with pytest.raises(QueueFull):
-            await batcher.submit(np.array([6, 7]))
-        gate.set()
+        try:
+            running = asyncio.create_task(batcher.submit(np.array([1, 2])))
+            await held.reached()  # taken by the handler
+            waiting = asyncio.create_task(batcher.submit(np.array([3, 4, 5])))
+            await until(lambda: batcher.queued == 3)  # queued: 3 of 4
+            with pytest.raises(QueueFull):
+                await batcher.submit(np.array([6, 7]))
+        finally:
+            held.release()
         results = await asyncio.gather(running, waiting)
         await batcher.stop()
         return handler, results
@@ -130,24 +163,27 @@ def test_failing_batch_fails_only_its_requests():
 def test_cancelled_request_is_not_computed():
     async def main():
         handler = Recorder()
-        gate, slow = gated(handler)
-        batcher = DynamicBatcher(slow, max_batch=1, max_delay_s=0.0, max_queue=100)
+        held = Held(handler)
+        batcher = DynamicBatcher(held, max_batch=1, max_delay_s=0.0, max_queue=100)
         batcher.start()
-        first = asyncio.create_task(batcher.submit(np.array([1])))
-        await asyncio.sleep(0.05)
-        abandoned = asyncio.create_task(batcher.submit(np.array([2, 3])))
-        await asyncio.sleep(0.01)
-        abandoned.cancel()
-        await asyncio.sleep(0.01)
-        gate.set()
+        try:
+            first = asyncio.create_task(batcher.submit(np.array([1])))
+            await held.reached()
+            abandoned = asyncio.create_task(batcher.submit(np.array([2, 3])))
+            await until(lambda: batcher.queued == 2)  # queued behind the held batch
+            abandoned.cancel()
+            (cancelled,) = await asyncio.gather(abandoned, return_exceptions=True)
+            assert isinstance(cancelled, asyncio.CancelledError)
+        finally:
+            held.release()
         await first
         after = await batcher.submit(np.array([4]))
         await batcher.stop()
-        return handler, after
+        return handler, held.calls, after
 
-    handler, after = run(main())
+    handler, calls, after = run(main())
     assert after.tolist() == [8]
-    assert [2] not in handler.batches and [3] not in handler.batches
+    assert calls == 2 and handler.batches == [[1], [4]], "the cancelled request's items never reached the handler"
 
 
 def test_submit_before_start_and_after_stop():
@@ -180,26 +216,32 @@ def test_the_next_batch_starts_while_one_runs_only_when_concurrent_batches_allow
 
         def handler(batch):
             started.append(int(batch[0]))
-            gate.wait(5)
+            gate.wait(HANG_S)
             return batch * 2
 
         pool = ThreadPoolExecutor(concurrent)
         batcher = DynamicBatcher(handler, max_batch=1, max_delay_s=0.0, max_queue=10, executor=pool,
                                  max_concurrent_batches=concurrent)
         batcher.start()
-        first = asyncio.create_task(batcher.submit(np.array([1])))
-        second = asyncio.create_task(batcher.submit(np.array([2])))
-        for _ in range(100):  # give both batches every chance to start
-            await asyncio.sleep(0.005)
-        running_together = sorted(started)
-        gate.set()
+        try:
+            first = asyncio.create_task(batcher.submit(np.array([1])))
+            second = asyncio.create_task(batcher.submit(np.array([2])))
+            if concurrent == 2:
+                await until(lambda: len(started) == 2, what="both batches running")
+            else:
+                await until(lambda: started == [1], what="the first batch running")
+                await settle()  # a free slot would have let the collector take item 2 by now
+            running_together, left_queued = sorted(started), batcher.queued
+        finally:
+            gate.set()
         results = await asyncio.gather(first, second)
         await batcher.stop()
         pool.shutdown()
-        return running_together, results
+        return running_together, left_queued, results
 
-    running_together, results = run(main())
+    running_together, left_queued, results = run(main())
     assert running_together == ([1, 2] if concurrent == 2 else [1])
+    assert left_queued == (0 if concurrent == 2 else 1), "with one slot, item 2 waits in the queue"
     assert [r.tolist() for r in results] == [[2], [4]]
 
 
@@ -207,18 +249,21 @@ def test_stop_lets_batches_in_the_executor_answer_their_requests():
     from concurrent.futures import ThreadPoolExecutor
 
     async def main():
-        gate = threading.Event()
+        held = Held(lambda b: b * 3)
         pool = ThreadPoolExecutor(2)
-        batcher = DynamicBatcher(lambda b: (gate.wait(5), b * 3)[1], max_batch=4, max_delay_s=0.0, max_queue=10,
+        batcher = DynamicBatcher(held, max_batch=4, max_delay_s=0.0, max_queue=10,
                                  executor=pool, max_concurrent_batches=2)
         batcher.start()
-        request = asyncio.create_task(batcher.submit(np.array([5])))
-        await asyncio.sleep(0.05)  # the batch is in the executor
-        stopping = asyncio.create_task(batcher.stop())
-        await asyncio.sleep(0.05)
-        assert not stopping.done(), "stop waits for the running batch"
-        gate.set()
-        await stopping
+        try:
+            request = asyncio.create_task(batcher.submit(np.array([5])))
+            await held.reached()  # the batch is in the executor
+            stopping = asyncio.create_task(batcher.stop())
+            await until(lambda: not batcher.running, what="the collector stopped")
+            await settle()  # stop has done all it can without the running batch
+            assert not stopping.done(), "stop waits for the running batch"
+        finally:
+            held.release()
+        await asyncio.wait_for(stopping, HANG_S)
         pool.shutdown()
         return await request
 
@@ -247,21 +292,24 @@ def test_inference_threads_are_shared_out_among_the_concurrent_batches(monkeypat
 def test_a_cancelled_requests_items_leave_the_queue_limit_at_once():
     async def main():
         handler = Recorder()
-        gate, slow = gated(handler)
-        batcher = DynamicBatcher(slow, max_batch=1, max_delay_s=0.0, max_queue=4)
+        held = Held(handler)
+        batcher = DynamicBatcher(held, max_batch=1, max_delay_s=0.0, max_queue=4)
         batcher.start()
-        first = asyncio.create_task(batcher.submit(np.array([1])))  # taken by the handler (held)
-        await asyncio.sleep(0.05)
-        abandoned = asyncio.create_task(batcher.submit(np.array([2, 3, 4])))
-        await asyncio.sleep(0.01)
-        assert batcher.queued == 3
-        abandoned.cancel()
-        await asyncio.sleep(0.01)
-        assert batcher.queued == 0, "nothing will compute them: they hold no room"
-        later = asyncio.create_task(batcher.submit(np.array([5, 6, 7, 8])))  # the whole limit, not QueueFull
-        await asyncio.sleep(0.01)
-        assert batcher.queued == 4
-        gate.set()
+        try:
+            first = asyncio.create_task(batcher.submit(np.array([1])))
+            await held.reached()  # taken by the handler (held)
+            abandoned = asyncio.create_task(batcher.submit(np.array([2, 3, 4])))
+            await until(lambda: batcher.queued == 3)
+            abandoned.cancel()
+            await asyncio.gather(abandoned, return_exceptions=True)  # its cancellation has been handled
+            assert batcher.queued == 0, "nothing will compute them: they hold no room"
+            later = asyncio.create_task(batcher.submit(np.array([5, 6, 7, 8])))  # the whole limit, not QueueFull
+            await until(lambda: later.done() or batcher.queued == 4)
+            if later.done():
+                later.result()  # raises the QueueFull it met
+            assert batcher.queued == 4
+        finally:
+            held.release()
         results = await asyncio.gather(first, later)
         await batcher.stop()
         return handler, results
@@ -275,13 +323,15 @@ def test_the_queue_depth_is_reported_as_items_are_queued_and_taken():
     async def main():
         depths: list[int] = []
         handler = Recorder()
-        gate, slow = gated(handler)
-        batcher = DynamicBatcher(slow, max_batch=2, max_delay_s=0.0, max_queue=100, on_queue_depth=depths.append)
+        held = Held(handler)
+        batcher = DynamicBatcher(held, max_batch=2, max_delay_s=0.0, max_queue=100, on_queue_depth=depths.append)
         batcher.start()
-        waiting = asyncio.create_task(batcher.submit(np.arange(5)))
-        await asyncio.sleep(0.05)  # 2 taken into the held batch, 3 queued
-        seen = list(depths)
-        gate.set()
+        try:
+            waiting = asyncio.create_task(batcher.submit(np.arange(5)))
+            await held.reached()  # 2 taken into the held batch (reported before it ran), 3 queued
+            seen = list(depths)
+        finally:
+            held.release()
         await waiting
         await batcher.stop()
         return seen, depths

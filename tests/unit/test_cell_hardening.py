@@ -26,6 +26,7 @@ from services.cell_classifier.workers import LoopWorkers, WorkersStopped
 from shared.internal_auth import InternalTokenMiddleware
 from shared.preprocessing import IMAGE_SIZE, preprocess
 from tests.helpers.images import encode
+from tests.helpers.waiting import HANG_S, until
 
 LIMIT = 40_000_000
 
@@ -137,12 +138,17 @@ def test_an_unset_internal_token_still_means_no_internal_auth(monkeypatch):
 
 def test_stop_fails_the_items_of_the_batch_being_collected():
     async def main():
-        batcher = DynamicBatcher(lambda batch: batch * 2, max_batch=8, max_delay_s=1.0, max_queue=100)
+        depths: list[int] = []
+        batcher = DynamicBatcher(lambda batch: batch * 2, max_batch=8, max_delay_s=HANG_S, max_queue=100,
+                                 on_queue_depth=depths.append)
         batcher.start()
         waiting = asyncio.ensure_future(batcher.submit(np.arange(3)))
-        await asyncio.sleep(0.1)  # the collector holds the 3 items, waiting up to 1 s for more
+        # the 3 items were queued (depth 3 reported), then the collector took them off the queue (no longer
+        # counted, its own report comes when it is done): it holds them, waiting (long) for more
+        await until(lambda: depths[:1] == [3] and batcher.queued == 0, what="the collector holding the items")
+        assert not waiting.done()
         await batcher.stop()
-        return await asyncio.wait_for(waiting, 2)
+        return await asyncio.wait_for(waiting, HANG_S)
 
     with pytest.raises(BatcherStopped):
         asyncio.run(main())
@@ -150,16 +156,22 @@ def test_stop_fails_the_items_of_the_batch_being_collected():
 
 def test_shutdown_fails_the_jobs_it_drops_and_refuses_new_ones():
     workers = LoopWorkers(1, "decode")
-    gate = threading.Event()
+    started, gate = threading.Event(), threading.Event()
+
+    def first_job():
+        started.set()
+        return gate.wait(HANG_S)
 
     async def main():
-        first = workers.run(gate.wait, 5)
+        first = workers.run(first_job)
         dropped = workers.run(lambda: "never")
-        await asyncio.sleep(0.05)  # the one thread is busy with the first job
-        workers.shutdown()
-        gate.set()
-        outcome = await asyncio.wait_for(asyncio.gather(first, dropped, return_exceptions=True), 2)
-        later = await asyncio.wait_for(asyncio.gather(workers.run(lambda: "late"), return_exceptions=True), 2)
+        try:
+            await until(started.is_set, what="the first job running")  # the one thread is busy with it
+            workers.shutdown()
+        finally:
+            gate.set()
+        outcome = await asyncio.wait_for(asyncio.gather(first, dropped, return_exceptions=True), HANG_S)
+        later = await asyncio.wait_for(asyncio.gather(workers.run(lambda: "late"), return_exceptions=True), HANG_S)
         return outcome, later
 
     (first, dropped), (later,) = asyncio.run(main())
