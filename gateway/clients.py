@@ -232,7 +232,9 @@ class _ServiceClient:
         names to every address that often (one replica per address)."""
         headers = {"X-Internal-Token": internal_token} if internal_token else {}
         self.replicas = Replicas(self.name, base_url, resolve_s)
-        self._client = httpx.AsyncClient(timeout=timeout_s, headers=headers,
+        # trust_env=False: the services are internal; an HTTP_PROXY meant for the hospital's outbound traffic
+        # must never receive patients' images and the internal token (nor make the services unreachable)
+        self._client = httpx.AsyncClient(timeout=timeout_s, headers=headers, trust_env=False,
                                          limits=httpx.Limits(max_connections=max_connections))
         self.backoff_s = backoff_s
 

@@ -1,9 +1,13 @@
 """`make run` (`python -m launcher`): the whole system on localhost. Starts the cell service, the subtype service, a
-redis-server of its own when one is installed (else the gateway's in-process cache) and the
-gateway; waits until all are ready, prints the URL, stops everything on Ctrl-C, on SIGTERM (``kill``, a
-process supervisor) and on SIGHUP (the terminal closed), so that no service is left holding its port.
+redis-server of its own when one is installed (else the gateway's in-process cache) and the gateway; waits until
+all are ready, prints the URL, and stops everything on Ctrl-C, on SIGTERM (``kill``, a process supervisor) and on
+SIGHUP (the terminal closed), so that no service is left holding its port.
 
-Addresses come from the usual variables (CELL_PORT, SUBTYPE_PORT, GATEWAY_PORT, ...).
+Addresses come from the usual variables (CELL_PORT, SUBTYPE_PORT, GATEWAY_PORT, ...); a port already taken (often
+by a service an earlier run left behind, whose /readyz would otherwise pass for the new one's) stops the launcher
+before it starts anything. The children are stopped in order, the gateway first; a second Ctrl-C hurries that
+(launcher/children.py). Its redis-server listens on a private unix socket only: on a shared workstation any local
+user could otherwise rewrite cached cell labels over an unauthenticated loopback port.
 """
 
 from __future__ import annotations
@@ -12,49 +16,145 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import httpx
 
 from gateway.security import new_key
+from launcher.children import Child, StopRequested, StopSignals, describe_exit, start_child, stop_children
+
+# (variable prefix, default port) of every service the launcher starts on a TCP port
+SERVICE_PORTS = (("CELL", 8001), ("SUBTYPE", 8002), ("GATEWAY", 8000))
+GATEWAY_GRACE_S = 125.0  # the gateway's 120 s for classifications in flight (gateway/__main__.py), then its shutdown
+SERVICE_GRACE_S = 15.0
+REDIS_GRACE_S = 10.0
+REDIS_SOCKET = "redis.sock"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def _host(env: dict[str, str], prefix: str) -> str:
+    return env.get(f"{prefix}_HOST", "127.0.0.1")
 
 
-def _url(prefix: str, default_port: int) -> str:
-    return f"http://{os.environ.get(f'{prefix}_HOST', '127.0.0.1')}:{os.environ.get(f'{prefix}_PORT', default_port)}"
+def _url(env: dict[str, str], prefix: str, default_port: int) -> str:
+    return f"http://{_host(env, prefix)}:{env.get(f'{prefix}_PORT', default_port)}"
 
 
-def _wait_ready(name: str, process: subprocess.Popen, url: str, deadline: float) -> bool:
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            print(f"{name} exited with {process.returncode}", file=sys.stderr)
-            return False
+def _port_clash(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be bound, or None. SO_REUSEADDR as uvicorn binds, so that a port whose last
+    connections linger in TIME_WAIT after an earlier run counts as free, while one something listens on does not."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
+def port_clashes(env: dict[str, str]) -> list[str]:
+    """One message per port the launcher would start a service on that is not free: naming the port and the
+    variable that sets it. Checked before anything starts, since the readiness check cannot tell an old
+    service that still answers on the port from the one just started."""
+    problems = []
+    for prefix, default_port in SERVICE_PORTS:
+        variable, value = f"{prefix}_PORT", env.get(f"{prefix}_PORT", str(default_port))
         try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                print(f"ready: {name} at {url}", flush=True)
-                return True
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
+            port = int(value)
+        except ValueError:
+            problems.append(f"{variable}={value!r} is not a port number")
+            continue
+        host = _host(env, prefix)
+        if why := _port_clash(host, port):
+            problems.append(f"port {port} on {host} is not free ({why}): stop what holds it (an earlier run's "
+                            f"service? `ss -ltnp 'sport = :{port}'` names it) or choose another with {variable}")
+    return problems
+
+
+def loopback_without_proxy(env: dict[str, str]) -> None:
+    """Add the services' hosts to NO_PROXY (and no_proxy, which wins where both are set) for the children: the
+    gateway's clients honour HTTP_PROXY, and behind a hospital proxy its calls to 127.0.0.1 went to the proxy."""
+    current = env.get("no_proxy") or env.get("NO_PROXY") or ""
+    hosts = [host for host in current.split(",") if host.strip()]
+    for host in ["127.0.0.1", "localhost", "::1"] + [_host(env, prefix) for prefix, _ in SERVICE_PORTS]:
+        if host not in hosts:
+            hosts.append(host)
+    env["NO_PROXY"] = env["no_proxy"] = ",".join(hosts)
+
+
+def redis_command(binary: str, socket_dir: str) -> list[str]:
+    """redis-server on a unix socket only (``--port 0``: no TCP port), usable by this user alone (the socket
+    0700 in a 0700 directory): the cache holds the cell labels differentials are made of. No persistence."""
+    return [binary, "--port", "0", "--unixsocket", os.path.join(socket_dir, REDIS_SOCKET), "--unixsocketperm", "700",
+            "--dir", socket_dir, "--save", "", "--appendonly", "no"]
+
+
+def private_socket_dir() -> str:
+    """A fresh directory of mode 0700 for the redis socket (mkdtemp makes it so); under /tmp where TMPDIR is too
+    long for a unix socket path (about 107 bytes)."""
+    socket_dir = tempfile.mkdtemp(prefix="aml-redis-")
+    if len(os.path.join(socket_dir, REDIS_SOCKET)) > 100:
+        os.rmdir(socket_dir)
+        socket_dir = tempfile.mkdtemp(prefix="aml-redis-", dir="/tmp")
+    os.chmod(socket_dir, 0o700)
+    return socket_dir
+
+
+def _redis_answers(path: str) -> bool:
+    try:
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(1)
+            sock.connect(path)
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def _wait_redis(child: Child, path: str, deadline: float) -> bool:
+    """redis-server answers on its socket before the gateway starts (else the gateway's first /readyz says
+    its cache is unavailable)."""
+    while time.monotonic() < deadline:
+        if not child.running:
+            print(f"{child.name} exited ({describe_exit(child.process.returncode)})", file=sys.stderr)
+            return False
+        if _redis_answers(path):
+            return True
+        time.sleep(0.1)
+    print(f"{child.name} not ready in time", file=sys.stderr)
+    return False
+
+
+def _wait_ready(name: str, child: Child, url: str, deadline: float) -> bool:
+    """Poll ``url``/readyz until 200. trust_env=False: the calls are to the launcher's own loopback services,
+    and behind a proxy (HTTP_PROXY) httpx would otherwise send them to the proxy, which never answers 200."""
+    with httpx.Client(trust_env=False, timeout=1) as client:
+        while time.monotonic() < deadline:
+            if not child.running:
+                print(f"{name} exited ({describe_exit(child.process.returncode)})", file=sys.stderr)
+                return False
+            try:
+                if client.get(f"{url}/readyz").status_code == 200:
+                    print(f"ready: {name} at {url}", flush=True)
+                    return True
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
     print(f"{name} not ready in time", file=sys.stderr)
     return False
 
 
-class _StopRequested(Exception):
-    """SIGTERM or SIGHUP arrived: stop the services as Ctrl-C does."""
-
-
-def _stop_requested(signum: int, _frame: object) -> None:
-    raise _StopRequested(signal.Signals(signum).name)
+def _watch(children: list[Child]) -> Child:
+    """Block until a child exits (none should while the system runs); that child."""
+    while True:
+        for child in children:
+            if not child.running:
+                return child
+        time.sleep(0.5)
 
 
 def ensure_internal_token(env: dict[str, str]) -> None:
@@ -64,63 +164,95 @@ def ensure_internal_token(env: dict[str, str]) -> None:
         env["INTERNAL_TOKEN"] = secrets.token_urlsafe(24)
 
 
+def _ensure_api_key(env: dict[str, str]) -> None:
+    if not env.get("API_KEYS") and not env.get("API_KEYS_FILE"):
+        key, entry = new_key("local", {"classify", "read", "review"})
+        env["API_KEYS"] = json.dumps([entry])
+        print(f"API key for this run (enter it in the page; not stored): {key}", flush=True)
+
+
+def _own_redis_binary(env: dict[str, str]) -> str | None:
+    """redis-server's path where the run should start its own: no REDIS_URL given and one installed."""
+    binary = shutil.which("redis-server")
+    if "REDIS_URL" not in env and not binary:
+        print("cache: in-process (redis-server is not installed)", flush=True)
+    return None if "REDIS_URL" in env else binary
+
+
+def _start_redis(binary: str, socket_dir: str, env: dict[str, str], children: list[Child], signals: StopSignals,
+                 deadline: float) -> None:
+    """redis-server on a socket in ``socket_dir``, answering; REDIS_URL for the gateway."""
+    path = os.path.join(socket_dir, REDIS_SOCKET)
+    redis = start_child(children, signals, "redis-server", redis_command(binary, socket_dir), 0, REDIS_GRACE_S,
+                        stdout=subprocess.DEVNULL)
+    if not _wait_redis(redis, path, deadline):
+        raise _StartFailed
+    env["REDIS_URL"] = f"unix://{path}"
+    print(f"cache: redis-server on unix socket {path}", flush=True)
+
+
+class _StartFailed(Exception):
+    """A child exited or was not ready in time (already reported)."""
+
+
+def _start_services(env: dict[str, str], children: list[Child], signals: StopSignals, deadline: float) -> str:
+    """The cell and subtype services, then the gateway, each ready-checked; the gateway's URL."""
+    services = [("cell classifier", "services.cell_classifier", _url(env, "CELL", 8001)),
+                ("subtype", "services.subtype", _url(env, "SUBTYPE", 8002))]
+    env.setdefault("CELL_URL", services[0][2])
+    env.setdefault("SUBTYPE_URL", services[1][2])
+    started = [start_child(children, signals, name, [sys.executable, "-m", module], 1, SERVICE_GRACE_S, env=env)
+               for name, module, _ in services]
+    for (name, _, url), child in zip(services, started):
+        if not _wait_ready(name, child, url, deadline):
+            raise _StartFailed
+    gateway_url = _url(env, "GATEWAY", 8000)
+    gateway = start_child(children, signals, "gateway", [sys.executable, "-m", "gateway"], 2, GATEWAY_GRACE_S,
+                          env=env)
+    if not _wait_ready("gateway", gateway, gateway_url, deadline):
+        raise _StartFailed
+    return gateway_url
+
+
 def main(timeout_s: float = 180.0) -> int:
-    for stop_signal in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(stop_signal, _stop_requested)
-    env = dict(os.environ)
-    processes: list[tuple[str, subprocess.Popen]] = []
+    signals = StopSignals()
+    children: list[Child] = []
+    socket_dir = None
     try:
-        redis_binary = shutil.which("redis-server")
-        if "REDIS_URL" not in env and redis_binary:
-            port = _free_port()
-            processes.append(("redis-server", subprocess.Popen(
-                [redis_binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-                stdout=subprocess.DEVNULL)))
-            env["REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
-            print(f"cache: redis-server on 127.0.0.1:{port}", flush=True)
-        elif "REDIS_URL" not in env:
-            print("cache: in-process (redis-server is not installed)", flush=True)
-        if not env.get("API_KEYS") and not env.get("API_KEYS_FILE"):
-            key, entry = new_key("local", {"classify", "read", "review"})
-            env["API_KEYS"] = json.dumps([entry])
-            print(f"API key for this run (enter it in the page; not stored): {key}", flush=True)
-        ensure_internal_token(env)
-        cell_url, subtype_url = _url("CELL", 8001), _url("SUBTYPE", 8002)
-        env.setdefault("CELL_URL", cell_url)
-        env.setdefault("SUBTYPE_URL", subtype_url)
-        deadline = time.monotonic() + timeout_s
-        services = [("cell classifier", "services.cell_classifier", cell_url),
-                    ("subtype", "services.subtype", subtype_url)]
-        for name, module, _ in services:
-            processes.append((name, subprocess.Popen([sys.executable, "-m", module], env=env)))
-        for (name, _, url), (_, process) in zip(services, processes[-2:]):
-            if not _wait_ready(name, process, url, deadline):
-                return 1
-        gateway_url = _url("GATEWAY", 8000)
-        gateway = subprocess.Popen([sys.executable, "-m", "gateway"], env=env)
-        processes.append(("gateway", gateway))
-        if not _wait_ready("gateway", gateway, gateway_url, deadline):
+        signals.install()
+        env = dict(os.environ)
+        if problems := port_clashes(env):
+            for problem in problems:
+                print(f"cannot start: {problem}", file=sys.stderr)
             return 1
+        deadline = time.monotonic() + timeout_s
+        loopback_without_proxy(env)
+        if redis_binary := _own_redis_binary(env):
+            socket_dir = private_socket_dir()
+            _start_redis(redis_binary, socket_dir, env, children, signals, deadline)
+        _ensure_api_key(env)
+        ensure_internal_token(env)
+        gateway_url = _start_services(env, children, signals, deadline)
         print(f"\nAML classifier running: open {gateway_url}/ (API docs {gateway_url}/docs). Ctrl-C stops it.",
               flush=True)
-        while all(process.poll() is None for _, process in processes):
-            time.sleep(0.5)
-        print("a process stopped; stopping the rest", file=sys.stderr)
+        gone = _watch(children)
+        print(f"{gone.name} (pid {gone.process.pid}) exited unexpectedly ({describe_exit(gone.process.returncode)}); "
+              "stopping the rest", file=sys.stderr, flush=True)
         return 1
-    except (KeyboardInterrupt, _StopRequested) as stop:
-        print(f"stopping ({stop or 'Ctrl-C'})", flush=True)
+    except _StartFailed:
+        return 1
+    except StopRequested as stop:
+        print(f"stopping ({stop})", flush=True)
         return 0
     finally:
-        for stop_signal in (signal.SIGTERM, signal.SIGHUP):  # a second one must not cut the shutdown short
-            signal.signal(stop_signal, signal.SIG_IGN)
-        for _, process in reversed(processes):
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for _, process in processes:
+        while True:
             try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                process.kill()
+                stop_children(children, signals)
+                break
+            except StopRequested:  # the first signal came just as the launcher began stopping for another reason
+                continue
+        if socket_dir:
+            shutil.rmtree(socket_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -300,3 +300,18 @@ def test_thousands_of_tiny_images(tmp_path, cell_service, subtype_service):
         assert too_many.status_code == 413
     finally:
         big.stop()
+
+
+def test_the_gateway_never_sends_service_calls_through_a_proxy(tmp_path, cell_service, subtype_service, originals):
+    """A hospital's HTTP_PROXY is for outbound traffic: the calls to the internal services (images, the internal
+    token) must not go to it; here it is a dead address, so a gateway that used it could classify nothing."""
+    dead = "http://127.0.0.1:9"
+    proxied = start_gateway(tmp_path, cell_service.url, subtype_service.url, HTTP_PROXY=dead, HTTPS_PROXY=dead,
+                            ALL_PROXY=dead, http_proxy=dead, https_proxy=dead, all_proxy=dead, NO_PROXY="",
+                            no_proxy="")
+    try:
+        response = post_patient(proxied.url, "P-proxy", originals[:4])
+        assert response.status_code == 200, response.text[:300]
+        assert httpx.get(f"{proxied.url}/readyz", timeout=10).json()["ready"] is True
+    finally:
+        proxied.stop()
