@@ -23,7 +23,7 @@ from gateway.routers.common import (PATIENT_ID, REPORT_RESPONSES, audit, authori
                                     failure_status, render, store_errors, upstream_errors)
 from gateway.security import KeyStore, RateLimiter
 from gateway.settings import GatewaySettings
-from gateway.store.database import make_engine, migrate
+from gateway.store.database import check_schema, make_engine, migrate
 from gateway.store.repository import ReportStore
 from shared.body_limit import BodySizeLimitMiddleware
 from shared.problems import ProblemError, install_problem_handlers
@@ -72,6 +72,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         engine = make_engine(settings)
         if settings.migrate_on_start:
             await migrate(engine, settings.database_schema)
+        else:
+            await check_schema(engine)
         state.store = ReportStore(engine)
         state.classifier = PatientClassifier(state.cache, state.cells, state.subtype,
                                              chunk_size=settings.chunk_size,

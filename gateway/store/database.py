@@ -70,6 +70,24 @@ def alembic_config() -> Config:
     return config
 
 
+def head_revision() -> str:
+    """The newest schema revision this code knows (its migrations' head)."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+async def check_schema(engine: AsyncEngine) -> None:
+    """For a gateway that does not migrate at start (MIGRATE_ON_START=0): refuse to run on a database older than
+    its code (no tables yet, or a revision before the head), which would fail request by request with missing
+    tables or columns. A newer database (a gateway rolled back after an upgrade) is accepted: migrations only add."""
+    current, head = await current_revision(engine), head_revision()
+    if current is None or current < head:
+        raise RuntimeError(f"the report database is at schema revision {current or 'none (empty)'}, this gateway "
+                           f"needs {head}: run `python -m gateway.store migrate` (same DATABASE_URL, DATABASE_SCHEMA) "
+                           "before starting it, or start it with MIGRATE_ON_START=1")
+
+
 async def migrate(engine: AsyncEngine, schema: str | None = None, revision: str = "head") -> None:
     """Bring the database to ``revision`` (from empty, too)."""
     def upgrade(sync_connection) -> None:
