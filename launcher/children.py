@@ -29,6 +29,15 @@ from dataclasses import dataclass
 HURRY_GRACE_S = 15.0
 
 
+def say(message: str, error: bool = False) -> None:
+    """A line for the operator, flushed. Never raises: after the terminal closes (SIGHUP) every write to it fails
+    with EIO, and the shutdown that follows must still stop every child."""
+    try:
+        print(message, file=sys.stderr if error else sys.stdout, flush=True)
+    except (OSError, ValueError):  # ValueError: the stream is closed
+        pass
+
+
 def describe_exit(returncode: int) -> str:
     """``exit code 1`` or ``signal SIGKILL``: Popen's negative return codes are signals (uvicorn ends on the
     SIGTERM it was stopped by, after its graceful shutdown)."""
@@ -60,17 +69,17 @@ class Child:
     def terminate(self, now: float, cap_s: float | None = None) -> None:
         """SIGTERM once; ``cap_s`` shortens the grace left (a hurried shutdown)."""
         if self.deadline is None:
-            print(f"stopping {self.name} (pid {self.process.pid}; up to {self.grace_s:g} s)", flush=True)
-            self.process.send_signal(signal.SIGTERM)
+            self.process.send_signal(signal.SIGTERM)  # before any output: the signal must go whatever happens to it
             self.deadline = now + self.grace_s
+            say(f"stopping {self.name} (pid {self.process.pid}; up to {self.grace_s:g} s)")
         if cap_s is not None:
             self.deadline = min(self.deadline, now + cap_s)
 
     def kill(self, why: str) -> None:
         if not self.killed:
-            print(f"killing {self.name} (pid {self.process.pid}): {why}", file=sys.stderr, flush=True)
             self.process.kill()
             self.killed = True
+            say(f"killing {self.name} (pid {self.process.pid}): {why}", error=True)
 
 
 def start_child(children: list[Child], signals: StopSignals, name: str, argv: list[str], stage: int,
@@ -81,7 +90,7 @@ def start_child(children: list[Child], signals: StopSignals, name: str, argv: li
     with signals.deferred():
         process = subprocess.Popen(argv, start_new_session=True, **popen)
         children.append(Child(name, process, stage, grace_s))
-    print(f"started {name} (pid {process.pid})", flush=True)
+    say(f"started {name} (pid {process.pid})")
     return children[-1]
 
 
@@ -109,7 +118,7 @@ class StopSignals:
         self.hurry += 1
         what = ("stopping everything at once" if self.hurry == 1
                 else "killing everything still running")
-        print(f"{name} again: {what}", file=sys.stderr, flush=True)
+        say(f"{name} again: {what}", error=True)
 
     @contextmanager
     def deferred(self) -> Iterator[None]:
@@ -143,7 +152,7 @@ def _current_stage(running: list[Child]) -> list[Child]:
 def _report_stopped(children: list[Child]) -> None:
     for child in children:
         if child.deadline is not None and not child.reported and not child.running:
-            print(f"stopped {child.name} ({describe_exit(child.process.returncode)})", flush=True)
+            say(f"stopped {child.name} ({describe_exit(child.process.returncode)})")
             child.reported = True
 
 

@@ -25,7 +25,8 @@ import time
 import httpx
 
 from gateway.security import new_key
-from launcher.children import Child, StopRequested, StopSignals, describe_exit, start_child, stop_children
+from launcher.children import (Child, StopRequested, StopSignals, describe_exit, say, start_child,
+                               stop_children)
 
 # (variable prefix, default port) of every service the launcher starts on a TCP port
 SERVICE_PORTS = (("CELL", 8001), ("SUBTYPE", 8002), ("GATEWAY", 8000))
@@ -78,8 +79,9 @@ def port_clashes(env: dict[str, str]) -> list[str]:
 def loopback_without_proxy(env: dict[str, str]) -> None:
     """Add the services' hosts to NO_PROXY (and no_proxy, which wins where both are set) for the children: the
     gateway's clients honour HTTP_PROXY, and behind a hospital proxy its calls to 127.0.0.1 went to the proxy."""
-    current = env.get("no_proxy") or env.get("NO_PROXY") or ""
-    hosts = [host for host in current.split(",") if host.strip()]
+    hosts = []
+    for current in (env.get("no_proxy", ""), env.get("NO_PROXY", "")):  # both kept: one set of hosts for both
+        hosts += [host.strip() for host in current.split(",") if host.strip() and host.strip() not in hosts]
     for host in ["127.0.0.1", "localhost", "::1"] + [_host(env, prefix) for prefix, _ in SERVICE_PORTS]:
         if host not in hosts:
             hosts.append(host)
@@ -97,7 +99,7 @@ def private_socket_dir() -> str:
     """A fresh directory of mode 0700 for the redis socket (mkdtemp makes it so); under /tmp where TMPDIR is too
     long for a unix socket path (about 107 bytes)."""
     socket_dir = tempfile.mkdtemp(prefix="aml-redis-")
-    if len(os.path.join(socket_dir, REDIS_SOCKET)) > 100:
+    if len(os.fsencode(os.path.join(socket_dir, REDIS_SOCKET))) > 100:  # the limit is in bytes
         os.rmdir(socket_dir)
         socket_dir = tempfile.mkdtemp(prefix="aml-redis-", dir="/tmp")
     os.chmod(socket_dir, 0o700)
@@ -120,12 +122,12 @@ def _wait_redis(child: Child, path: str, deadline: float) -> bool:
     its cache is unavailable)."""
     while time.monotonic() < deadline:
         if not child.running:
-            print(f"{child.name} exited ({describe_exit(child.process.returncode)})", file=sys.stderr)
+            say(f"{child.name} exited ({describe_exit(child.process.returncode)})", error=True)
             return False
         if _redis_answers(path):
             return True
         time.sleep(0.1)
-    print(f"{child.name} not ready in time", file=sys.stderr)
+    say(f"{child.name} not ready in time", error=True)
     return False
 
 
@@ -135,16 +137,16 @@ def _wait_ready(name: str, child: Child, url: str, deadline: float) -> bool:
     with httpx.Client(trust_env=False, timeout=1) as client:
         while time.monotonic() < deadline:
             if not child.running:
-                print(f"{name} exited ({describe_exit(child.process.returncode)})", file=sys.stderr)
+                say(f"{name} exited ({describe_exit(child.process.returncode)})", error=True)
                 return False
             try:
                 if client.get(f"{url}/readyz").status_code == 200:
-                    print(f"ready: {name} at {url}", flush=True)
+                    say(f"ready: {name} at {url}")
                     return True
             except httpx.HTTPError:
                 pass
             time.sleep(0.3)
-    print(f"{name} not ready in time", file=sys.stderr)
+    say(f"{name} not ready in time", error=True)
     return False
 
 
@@ -168,14 +170,14 @@ def _ensure_api_key(env: dict[str, str]) -> None:
     if not env.get("API_KEYS") and not env.get("API_KEYS_FILE"):
         key, entry = new_key("local", {"classify", "read", "review"})
         env["API_KEYS"] = json.dumps([entry])
-        print(f"API key for this run (enter it in the page; not stored): {key}", flush=True)
+        say(f"API key for this run (enter it in the page; not stored): {key}")
 
 
 def _own_redis_binary(env: dict[str, str]) -> str | None:
     """redis-server's path where the run should start its own: no REDIS_URL given and one installed."""
     binary = shutil.which("redis-server")
     if "REDIS_URL" not in env and not binary:
-        print("cache: in-process (redis-server is not installed)", flush=True)
+        say("cache: in-process (redis-server is not installed)")
     return None if "REDIS_URL" in env else binary
 
 
@@ -188,7 +190,7 @@ def _start_redis(binary: str, socket_dir: str, env: dict[str, str], children: li
     if not _wait_redis(redis, path, deadline):
         raise _StartFailed
     env["REDIS_URL"] = f"unix://{path}"
-    print(f"cache: redis-server on unix socket {path}", flush=True)
+    say(f"cache: redis-server on unix socket {path}")
 
 
 class _StartFailed(Exception):
@@ -223,7 +225,7 @@ def main(timeout_s: float = 180.0) -> int:
         env = dict(os.environ)
         if problems := port_clashes(env):
             for problem in problems:
-                print(f"cannot start: {problem}", file=sys.stderr)
+                say(f"cannot start: {problem}", error=True)
             return 1
         deadline = time.monotonic() + timeout_s
         loopback_without_proxy(env)
@@ -233,16 +235,15 @@ def main(timeout_s: float = 180.0) -> int:
         _ensure_api_key(env)
         ensure_internal_token(env)
         gateway_url = _start_services(env, children, signals, deadline)
-        print(f"\nAML classifier running: open {gateway_url}/ (API docs {gateway_url}/docs). Ctrl-C stops it.",
-              flush=True)
+        say(f"\nAML classifier running: open {gateway_url}/ (API docs {gateway_url}/docs). Ctrl-C stops it.")
         gone = _watch(children)
-        print(f"{gone.name} (pid {gone.process.pid}) exited unexpectedly ({describe_exit(gone.process.returncode)}); "
-              "stopping the rest", file=sys.stderr, flush=True)
+        say(f"{gone.name} (pid {gone.process.pid}) exited unexpectedly ({describe_exit(gone.process.returncode)}); "
+            "stopping the rest", error=True)
         return 1
     except _StartFailed:
         return 1
     except StopRequested as stop:
-        print(f"stopping ({stop})", flush=True)
+        say(f"stopping ({stop})")
         return 0
     finally:
         while True:
