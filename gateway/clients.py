@@ -232,10 +232,12 @@ class _ServiceClient:
         names to every address that often (one replica per address)."""
         headers = {"X-Internal-Token": internal_token} if internal_token else {}
         self.replicas = Replicas(self.name, base_url, resolve_s)
-        # trust_env=False: the services are internal; an HTTP_PROXY meant for the hospital's outbound traffic
-        # must never receive patients' images and the internal token (nor make the services unreachable)
-        self._client = httpx.AsyncClient(timeout=timeout_s, headers=headers, trust_env=False,
-                                         limits=httpx.Limits(max_connections=max_connections))
+        # a transport of our own: httpx then takes no proxy from the environment (the services are internal; an
+        # HTTP_PROXY meant for the hospital's outbound traffic must never receive patients' images and the internal
+        # token, nor make the services unreachable), while SSL_CERT_FILE / SSL_CERT_DIR still name the CAs that
+        # sign an https:// CELL_URL or SUBTYPE_URL
+        transport = httpx.AsyncHTTPTransport(limits=httpx.Limits(max_connections=max_connections))
+        self._client = httpx.AsyncClient(timeout=timeout_s, headers=headers, transport=transport)
         self.backoff_s = backoff_s
 
     async def _ready_one(self, url: str) -> bool:

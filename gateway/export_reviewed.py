@@ -31,7 +31,7 @@ import sys
 from pathlib import Path
 
 from gateway.settings import GatewaySettings
-from gateway.store.database import current_revision, make_engine
+from gateway.store.database import current_revision, make_engine, revision_at_least
 from gateway.store.repository import ReportStore, StoreUnavailable
 from shared.vocabulary import CELL_LABELS
 
@@ -59,6 +59,28 @@ def _check_out(out: Path, store_id: str) -> None:
     if linked:
         raise FileExistsError(f"{out}/{linked[0]} is a symbolic link: the export writes and removes cell images only "
                               "in label folders of its own")
+
+
+async def _check_unmarked_export(out: Path, store: ReportStore) -> None:
+    """An export made before exports recorded their store (no export.json): it is this store's only if the
+    reports its cells came from are here; else a re-export (e.g. from a shell whose DATABASE_URL finds another,
+    empty store) would remove every cell and stamp the folder as this store's."""
+    listing = out / "cells.csv"
+    if (out / MARKER).exists() or not listing.is_file():
+        return
+    with open(listing, newline="") as handle:
+        report_ids = sorted({row["report_id"] for row in csv.DictReader(handle) if row.get("report_id")})
+    if report_ids and not await store.known_report_ids(report_ids[:1000]):
+        raise FileExistsError(
+            f"{out} is an earlier export whose {len(report_ids)} report(s) are none of them in this report store: "
+            "check DATABASE_URL (and DATABASE_SCHEMA, DATA_DIR), or choose a new folder")
+
+
+def _write_marker(out: Path, store_id: str) -> None:
+    """export.json, replaced in one step, after cells.csv (a kill between leaves a folder the next run accepts)."""
+    partial = out / f"{MARKER}.partial"
+    partial.write_text(json.dumps({"store": store_id}) + "\n")
+    os.replace(partial, out / MARKER)
 
 
 def _is_listing(path: Path) -> bool:
@@ -110,11 +132,12 @@ async def export(out: Path, settings: GatewaySettings) -> tuple[int, int]:
         if revision is None:
             raise StoreUnavailable("this database holds no report store (no migrations applied): point DATABASE_URL "
                                    "(and DATABASE_SCHEMA, DATA_DIR) at the gateway's database")
-        if revision < "0003":
+        if not revision_at_least(revision, "0003"):
             raise StoreUnavailable(f"the report store is at revision {revision}: upgrade it first (python -m "
                                    "gateway.store migrate, or start the upgraded gateway)")
         store_id = await store.identity()
         _check_out(out, store_id)
+        await _check_unmarked_export(out, store)
         heads = await store.reviewed_heads()
         chosen: dict[str, dict] = {}
         for stored in heads:  # oldest first: a newer review of the same cell wins
@@ -127,9 +150,9 @@ async def export(out: Path, settings: GatewaySettings) -> tuple[int, int]:
                     "cell_model": f"{report.models.cell['name']} {report.models.cell['version']}"}
         written = []
         out.mkdir(parents=True, exist_ok=True)
-        (out / MARKER).write_text(json.dumps({"store": store_id}) + "\n")
         if not (out / "cells.csv").exists():  # marks DIR as an export before any image: a killed run can rerun
             _write_listing(out, [])
+        _write_marker(out, store_id)
         shas = sorted(chosen)
         for i in range(0, len(shas), 500):
             jpegs = await store.thumbnails(shas[i: i + 500])

@@ -19,8 +19,9 @@ that do not speak FHIR.
   patient threshold, OBX-8 ``A`` when the images look unlike the training data); OBX-11 carries
   the same status as OBR-25.
 - NTE: the APL alert and the review-every-cell instruction first, then the reviewer's comment, then the
-  report's warnings (as in the FHIR report's conclusion); the note is cut at 2000 characters, so the
-  warnings come last: only they can be cut, never the comment (which has its own 1000-character limit).
+  report's warnings (as in the FHIR report's conclusion). The comment is carried whole (the API takes at
+  most 4000 characters); the warnings come last and are cut where the note would pass 2000 characters,
+  keeping at least 200 of them (NTE-3 is FT, up to 65536 characters in v2.5.1).
 """
 
 from __future__ import annotations

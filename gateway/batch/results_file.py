@@ -115,4 +115,8 @@ def report_row(patient_id: str, report: dict | None, error: str | None) -> dict:
     quality = report.get("quality") or {}
     row.update({k: quality.get(k) for k in ("unclassified_fraction", "smudge_fraction", "appearance_distance",
                                              "review_every_cell")})
+    unknown = sorted(set(row) - set(COLUMNS))
+    if unknown:  # a gateway with a newer vocabulary: this patient's error row, never a crash of the batch
+        raise ValueError(f"the gateway's report has fields this aml-classify does not know ({', '.join(unknown[:5])}): "
+                         "update aml-classify to the gateway's version")
     return row

@@ -17,6 +17,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 log = logging.getLogger("gateway.store")
@@ -77,12 +78,36 @@ def head_revision() -> str:
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
+def revision_at_least(current: str | None, needed: str) -> bool:
+    """Whether a database at ``current`` has every migration up to ``needed``: ``needed`` is ``current`` or one
+    of its ancestors. A revision this code does not know is a newer one (a gateway rolled back after an upgrade:
+    migrations only add), so it counts as at least; None (no tables) never does."""
+    from alembic.script import ScriptDirectory
+    from alembic.script.revision import RevisionError
+
+    if current is None:
+        return False
+    script = ScriptDirectory.from_config(alembic_config())
+    try:
+        ancestors = {r.revision for r in script.iterate_revisions(current, "base")}
+    except RevisionError:  # not one of ours: newer
+        return True
+    return needed in ancestors
+
+
 async def check_schema(engine: AsyncEngine) -> None:
     """For a gateway that does not migrate at start (MIGRATE_ON_START=0): refuse to run on a database older than
     its code (no tables yet, or a revision before the head), which would fail request by request with missing
-    tables or columns. A newer database (a gateway rolled back after an upgrade) is accepted: migrations only add."""
-    current, head = await current_revision(engine), head_revision()
-    if current is None or current < head:
+    tables or columns. A database that cannot be reached now is left to /readyz (not ready until it answers),
+    as it is when the gateway migrates."""
+    try:
+        current = await current_revision(engine)
+    except (OSError, asyncio.TimeoutError, SQLAlchemyError) as exc:
+        log.warning("could not check the report database's schema at start (%s): /readyz says not ready until it "
+                    "answers; run `python -m gateway.store current` to check it", type(exc).__name__)
+        return
+    head = head_revision()
+    if not revision_at_least(current, head):
         raise RuntimeError(f"the report database is at schema revision {current or 'none (empty)'}, this gateway "
                            f"needs {head}: run `python -m gateway.store migrate` (same DATABASE_URL, DATABASE_SCHEMA) "
                            "before starting it, or start it with MIGRATE_ON_START=1")

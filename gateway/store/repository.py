@@ -320,6 +320,13 @@ class ReportStore:
 
         return await self._run(work, write=False)
 
+    async def known_report_ids(self, report_ids: list[str]) -> set[str]:
+        """Those of ``report_ids`` that are versions in this store."""
+        async def work(conn):
+            return set((await conn.execute(select(ReportRow.id).where(ReportRow.id.in_(report_ids)))).scalars())
+
+        return await self._run(work, write=False) if report_ids else set()
+
     async def identity(self) -> str:
         """This store's random id (made once, by migration 0003): tells one store's exports from another's."""
         async def work(conn):

@@ -152,6 +152,23 @@ def test_a_200_that_is_not_json_or_not_a_report_is_an_error_row(tmp_path, gatewa
     assert result["PAT-C"]["status"] == "ok"
 
 
+def test_a_report_with_labels_this_version_does_not_know_is_an_error_row(tmp_path, gateway):
+    """A gateway with a newer vocabulary: the CSV's columns cannot hold its counts; that patient's error row (the
+    CSV writer raised outside the per-patient guard and ended the batch)."""
+    root = tmp_path / "patients"
+    for name in ("PAT-A", "PAT-B"):
+        make_patient(root, name)
+    newer = sample_report("PAT-A").model_dump()
+    newer["cell_counts"]["myelocyte"] = 3
+    gateway.queued[path_of("PAT-A")] = [(200, {}, json.dumps(newer).encode())]
+    out = tmp_path / "results.csv"
+    assert run(root, out, gateway.url) == 1
+    result = rows(out)
+    assert result["PAT-A"]["status"] == "error" and "count_myelocyte" in result["PAT-A"]["error"]
+    assert "update aml-classify" in result["PAT-A"]["error"]
+    assert result["PAT-B"]["status"] == "ok"
+
+
 # --- 2: subfolders and hidden entries -------------------------------------------------------------------
 
 def test_a_subfolder_is_an_error_row_and_hidden_entries_are_skipped(tmp_path, gateway):

@@ -208,3 +208,27 @@ def test_a_label_folder_that_is_a_link_is_refused_and_its_files_kept(database, t
         asyncio.run(export(out, mine))
     assert (pool / f"{'b' * 64}.jpg").read_bytes() == b"a pool's image, named like a cell"
     assert len(shas) == 4
+
+
+def test_an_unmarked_earlier_export_is_this_stores_only_if_its_reports_are_here(database, tmp_path):
+    """Exports made before export.json existed: another (empty) store must not empty one and stamp it as its own;
+    this store re-exports it and marks it."""
+    mine = database.settings(data_dir=tmp_path)
+    shas = _store_with_one_review(mine)
+    out = tmp_path / "reviewed"
+    asyncio.run(export(out, mine))
+    (out / "export.json").unlink()  # as an export made before this change left it
+    before = _files(out)
+    other = database.settings(database_url=f"sqlite:///{tmp_path / 'other.db'}", database_schema=None)
+
+    async def migrate_other():
+        engine = make_engine(other)
+        await migrate(engine, None)
+        await engine.dispose()
+
+    asyncio.run(migrate_other())
+    with pytest.raises(FileExistsError, match="none of them in this report store"):
+        asyncio.run(export(out, other))
+    assert _files(out) == before and not (out / "export.json").exists()
+    assert asyncio.run(export(out, mine)) == (len(shas), 0)
+    assert (out / "export.json").is_file(), "marked as this store's from now on"

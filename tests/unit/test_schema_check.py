@@ -51,3 +51,14 @@ def test_a_database_at_the_head_starts_and_answers(tmp_path):
     _migrate_to(settings, "head")
     with TestClient(create_app(settings)) as client:
         assert client.get("/patients/P-none/classification", headers=AUTH).status_code == 404
+
+
+def test_a_database_unreachable_at_start_is_left_to_readiness_not_a_crash(tmp_path):
+    """A PostgreSQL failover while the gateway starts: it starts and says not ready (a crash would put a
+    Kubernetes pod in CrashLoopBackOff with growing delays)."""
+    settings = GatewaySettings(API_KEYS=API_KEYS_JSON, DATABASE_URL="postgresql://postgres@127.0.0.1:1/test",
+                               DATABASE_TIMEOUT_S="1", MIGRATE_ON_START="0", CELL_URL="http://127.0.0.1:9",
+                               SUBTYPE_URL="http://127.0.0.1:9", AUDIT_LOG_PATH=str(tmp_path / "audit.jsonl"))
+    with TestClient(create_app(settings)) as client:
+        ready = client.get("/readyz")
+    assert ready.status_code == 503 and ready.json()["checks"]["database"]["available"] is False
