@@ -169,14 +169,8 @@ def _store_with_one_review(settings, patient: str = "P-mine") -> list[str]:
     return [cell.sha256 for cell in report.cells]
 
 
-def test_an_export_of_another_store_is_refused_not_emptied(database, tmp_path):
-    """A shell without DATABASE_URL finds another (empty) store: re-exporting it into an earlier export
-    would remove every cell; it is refused, and nothing is touched."""
-    mine = database.settings(data_dir=tmp_path)
-    shas = _store_with_one_review(mine)
-    out = tmp_path / "reviewed"
-    assert asyncio.run(export(out, mine))[0] == len(shas)
-    before = _files(out)
+def _another_empty_store(database, tmp_path):
+    """Settings of a second, migrated and empty store (what a shell without DATABASE_URL would find)."""
     other = database.settings(database_url=f"sqlite:///{tmp_path / 'other.db'}", database_schema=None)
 
     async def migrate_other():
@@ -185,6 +179,18 @@ def test_an_export_of_another_store_is_refused_not_emptied(database, tmp_path):
         await engine.dispose()
 
     asyncio.run(migrate_other())
+    return other
+
+
+def test_an_export_of_another_store_is_refused_not_emptied(database, tmp_path):
+    """A shell without DATABASE_URL finds another (empty) store: re-exporting it into an earlier export
+    would remove every cell; it is refused, and nothing is touched."""
+    mine = database.settings(data_dir=tmp_path)
+    shas = _store_with_one_review(mine)
+    out = tmp_path / "reviewed"
+    assert asyncio.run(export(out, mine))[0] == len(shas)
+    before = _files(out)
+    other = _another_empty_store(database, tmp_path)
     with pytest.raises(FileExistsError, match="another report store"):
         asyncio.run(export(out, other))
     assert _files(out) == before and len(before) == len(shas)
@@ -219,14 +225,7 @@ def test_an_unmarked_earlier_export_is_this_stores_only_if_its_reports_are_here(
     asyncio.run(export(out, mine))
     (out / "export.json").unlink()  # as an export made before this change left it
     before = _files(out)
-    other = database.settings(database_url=f"sqlite:///{tmp_path / 'other.db'}", database_schema=None)
-
-    async def migrate_other():
-        engine = make_engine(other)
-        await migrate(engine, None)
-        await engine.dispose()
-
-    asyncio.run(migrate_other())
+    other = _another_empty_store(database, tmp_path)
     with pytest.raises(FileExistsError, match="none of them in this report store"):
         asyncio.run(export(out, other))
     assert _files(out) == before and not (out / "export.json").exists()
