@@ -21,6 +21,8 @@ from contextlib import contextmanager
 
 import httpx
 
+from gateway.http_answers import problem_detail, retry_after_s
+
 log = logging.getLogger("gateway.clients")
 
 EJECT_S = 5.0  # how long a replica that refused a connection is left out while others remain
@@ -47,12 +49,9 @@ class UpstreamRejected(Exception):
 RETRY_AFTER_CAP_S = 5.0  # at most this long for a busy service's Retry-After before the one retry
 
 
-def _retry_after_s(response: httpx.Response) -> float:
-    """A 503's Retry-After in seconds (0 when absent or not a number), capped at ``RETRY_AFTER_CAP_S``."""
-    try:
-        return min(max(float(response.headers.get("retry-after", 0)), 0.0), RETRY_AFTER_CAP_S)
-    except ValueError:
-        return 0.0
+def _retry_wait_s(response: httpx.Response) -> float:
+    """A 503's Retry-After in seconds (0 when absent or unreadable), capped at ``RETRY_AFTER_CAP_S``."""
+    return min(retry_after_s(response) or 0.0, RETRY_AFTER_CAP_S)
 
 
 def _json(name: str, response: httpx.Response) -> dict:
@@ -64,13 +63,6 @@ def _json(name: str, response: httpx.Response) -> dict:
     if not isinstance(body, dict):
         raise UpstreamError(502, f"{name} answered with JSON that is not an object")
     return body
-
-
-def _detail(response: httpx.Response) -> str:
-    try:
-        return str(response.json().get("detail", response.text[:200]))
-    except (ValueError, AttributeError):
-        return response.text[:200]
 
 
 def parse_base_urls(spec: str) -> list[str]:
@@ -205,10 +197,10 @@ async def _call(name: str, replicas: Replicas, send: Callable[[str], Awaitable[h
             if response.status_code == 200:
                 return response
             if response.status_code == 503:
-                failure = UpstreamError(503, f"{name} is unavailable: {_detail(response)}")
-                wait_s = _retry_after_s(response)
+                failure = UpstreamError(503, f"{name} is unavailable: {problem_detail(response)}")
+                wait_s = _retry_wait_s(response)
             elif 400 <= response.status_code < 500 and response.status_code not in (408, 429):
-                raise UpstreamRejected(response.status_code, f"{name}: {_detail(response)}")
+                raise UpstreamRejected(response.status_code, f"{name}: {problem_detail(response)}")
             else:
                 failure = UpstreamError(502, f"{name} failed with HTTP {response.status_code}")
         if refused:

@@ -3,13 +3,13 @@ Retry-After or a growing backoff, any other answer final."""
 
 from __future__ import annotations
 
-import email.utils
 import time
 import urllib.parse
-from datetime import datetime, timezone
 from typing import NamedTuple
 
 import httpx
+
+from gateway.http_answers import problem_detail, retry_after_s
 
 RETRY_STATUSES = {429, 503}
 RETRY_AFTER_CAP_S = 60.0
@@ -28,27 +28,9 @@ def classify_path(patient_id: str) -> str:
     return f"/patients/{urllib.parse.quote(patient_id, safe='')}/classify"
 
 
-def _retry_after_s(response: httpx.Response) -> float | None:
-    """Retry-After in seconds (a number or an HTTP date); None when absent or unreadable."""
-    value = response.headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max((when - datetime.now(timezone.utc)).total_seconds(), 0.0)
-
-
 def _retry_delay_s(response: httpx.Response | None, attempt: int) -> float:
     """The gateway's Retry-After when it gives one, else 2, 4, 8 ... s; at most a minute either way."""
-    given = _retry_after_s(response) if response is not None else None
+    given = retry_after_s(response) if response is not None else None
     delay = given if given is not None else FIRST_BACKOFF_S * 2 ** attempt
     return min(delay, RETRY_AFTER_CAP_S)
 
@@ -57,17 +39,10 @@ def _wait(seconds: float) -> None:
     time.sleep(seconds)
 
 
-def _error_detail(response: httpx.Response) -> str:
-    try:
-        return str(response.json().get("detail", response.text[:200]))
-    except (ValueError, AttributeError):
-        return response.text[:200]
-
-
 def _answer(response: httpx.Response) -> Result:
     """A 200's report, or the gateway's error as the row's text."""
     if response.status_code != 200:
-        return Result(None, f"HTTP {response.status_code}: {_error_detail(response)}")
+        return Result(None, f"HTTP {response.status_code}: {problem_detail(response)}")
     try:
         report = response.json()
     except ValueError:
@@ -91,7 +66,7 @@ def post(client: httpx.Client, patient_id: str, files: list, retries: int) -> Re
         else:
             if response.status_code not in RETRY_STATUSES:
                 return _answer(response)
-            failure = Result(None, f"HTTP {response.status_code}: {_error_detail(response)} "
+            failure = Result(None, f"HTTP {response.status_code}: {problem_detail(response)} "
                                    f"(after {attempt + 1} tries)", True)
         if attempt < retries:
             _wait(_retry_delay_s(response, attempt))
