@@ -35,7 +35,7 @@ from gateway.batch.folders import (DEFAULT_MAX_IMAGE_MIB, DEFAULT_MAX_IMAGES, Li
                                    check_patient_id, patient_folders, patient_images, read_images)
 from gateway.batch.posting import Result, post
 from gateway.batch.results_file import (COLUMNS, IncompatibleResults, check_header, cut_torn_row, done_patients,
-                                        report_row, write_row)
+                                        report_row, write_header, write_row)
 
 STOP_AFTER_UNAVAILABLE = 3  # patients in a row; then the gateway is down, not the patients bad
 
@@ -95,7 +95,7 @@ def _parser() -> argparse.ArgumentParser:
                         help=f"images per patient, as the gateway's MAX_IMAGES (default: {DEFAULT_MAX_IMAGES})")
     parser.add_argument("--max-image-mib", type=float, default=DEFAULT_MAX_IMAGE_MIB,
                         help="MiB per image, as the gateway's GATEWAY_MAX_IMAGE_BYTES "
-                             f"(default: {DEFAULT_MAX_IMAGE_MIB})")
+                             f"(default: {DEFAULT_MAX_IMAGE_MIB:g})")
     return parser
 
 
@@ -141,9 +141,7 @@ def _run(args: argparse.Namespace, todo: list[Path], limits: Limits) -> int:
           open(args.out, "a", newline="", encoding="utf-8") as out):
         writer = csv.DictWriter(out, fieldnames=COLUMNS)
         if new_file:
-            writer.writeheader()  # on disk now: a kill during the first patient must not leave a file without it
-            out.flush()
-            os.fsync(out.fileno())
+            write_header(out, writer)
         for index, folder in enumerate(todo):
             _progress(index, len(todo), folder.name, started)
             row, result = _patient_row(client, folder, limits)

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 from typing import NamedTuple
 
+from gateway.settings import GatewaySettings
 from shared.schemas import PATIENT_ID_PATTERN
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"}
@@ -14,8 +15,9 @@ PATIENT_ID = re.compile(PATIENT_ID_PATTERN)
 HIDDEN_PREFIXES = (".", "@")  # macOS "._x.jpg" and ".DS_Store", ".ipynb_checkpoints", Synology "@eaDir"
 SYSTEM_FOLDERS = {"system volume information", "$recycle.bin", "lost+found", "#recycle", "#snapshot"}
 
-DEFAULT_MAX_IMAGES = 2000  # the gateway's MAX_IMAGES
-DEFAULT_MAX_IMAGE_MIB = 50  # the gateway's GATEWAY_MAX_IMAGE_BYTES
+# the gateway's own defaults (MAX_IMAGES, GATEWAY_MAX_IMAGE_BYTES), read from its settings rather than copied
+DEFAULT_MAX_IMAGES = GatewaySettings.model_fields["max_images"].default
+DEFAULT_MAX_IMAGE_MIB = GatewaySettings.model_fields["max_image_bytes"].default / 2 ** 20
 
 
 class PatientProblem(ValueError):

@@ -92,9 +92,19 @@ def safe_cell(value):
     return value.replace("\r\n", " ").replace("\r", " ").replace("\n", " ")
 
 
+def write_header(out, writer: csv.DictWriter) -> None:
+    """The header on disk at once: a kill during the first patient must not leave a file without it."""
+    writer.writeheader()
+    _sync(out)
+
+
 def write_row(out, writer: csv.DictWriter, row: dict) -> None:
     """One row on disk before the next patient: flushed and synced, so a power cut loses at most it."""
     writer.writerow({key: safe_cell(value) for key, value in row.items()})
+    _sync(out)
+
+
+def _sync(out) -> None:
     out.flush()
     os.fsync(out.fileno())
 
