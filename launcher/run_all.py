@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 
 import httpx
 
@@ -76,18 +77,6 @@ def port_clashes(env: dict[str, str]) -> list[str]:
     return problems
 
 
-def loopback_without_proxy(env: dict[str, str]) -> None:
-    """Add the services' hosts to NO_PROXY (and no_proxy, which wins where both are set) for the children: the
-    gateway's clients honour HTTP_PROXY, and behind a hospital proxy its calls to 127.0.0.1 went to the proxy."""
-    hosts = []
-    for current in (env.get("no_proxy", ""), env.get("NO_PROXY", "")):  # both kept: one set of hosts for both
-        hosts += [host.strip() for host in current.split(",") if host.strip() and host.strip() not in hosts]
-    for host in ["127.0.0.1", "localhost", "::1"] + [_host(env, prefix) for prefix, _ in SERVICE_PORTS]:
-        if host not in hosts:
-            hosts.append(host)
-    env["NO_PROXY"] = env["no_proxy"] = ",".join(hosts)
-
-
 def redis_command(binary: str, socket_dir: str) -> list[str]:
     """redis-server on a unix socket only (``--port 0``: no TCP port), usable by this user alone (the socket
     0700 in a 0700 directory): the cache holds the cell labels differentials are made of. No persistence."""
@@ -117,37 +106,39 @@ def _redis_answers(path: str) -> bool:
         return False
 
 
+def _wait_until(name: str, child: Child, answers: Callable[[], bool], deadline: float, poll_s: float) -> bool:
+    """Poll ``answers`` until it says yes; False (said why) when ``child`` exits or ``deadline`` passes first."""
+    while time.monotonic() < deadline:
+        if not child.running:
+            say(f"{name} exited ({describe_exit(child.process.returncode)})", error=True)
+            return False
+        if answers():
+            return True
+        time.sleep(poll_s)
+    say(f"{name} not ready in time", error=True)
+    return False
+
+
 def _wait_redis(child: Child, path: str, deadline: float) -> bool:
     """redis-server answers on its socket before the gateway starts (else the gateway's first /readyz says
     its cache is unavailable)."""
-    while time.monotonic() < deadline:
-        if not child.running:
-            say(f"{child.name} exited ({describe_exit(child.process.returncode)})", error=True)
-            return False
-        if _redis_answers(path):
-            return True
-        time.sleep(0.1)
-    say(f"{child.name} not ready in time", error=True)
-    return False
+    return _wait_until(child.name, child, lambda: _redis_answers(path), deadline, 0.1)
 
 
 def _wait_ready(name: str, child: Child, url: str, deadline: float) -> bool:
     """Poll ``url``/readyz until 200. trust_env=False: the calls are to the launcher's own loopback services,
     and behind a proxy (HTTP_PROXY) httpx would otherwise send them to the proxy, which never answers 200."""
+    def ready() -> bool:
+        try:
+            return client.get(f"{url}/readyz").status_code == 200
+        except httpx.HTTPError:
+            return False
+
     with httpx.Client(trust_env=False, timeout=1) as client:
-        while time.monotonic() < deadline:
-            if not child.running:
-                say(f"{name} exited ({describe_exit(child.process.returncode)})", error=True)
-                return False
-            try:
-                if client.get(f"{url}/readyz").status_code == 200:
-                    say(f"ready: {name} at {url}")
-                    return True
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-    say(f"{name} not ready in time", error=True)
-    return False
+        if not _wait_until(name, child, ready, deadline, 0.3):
+            return False
+    say(f"ready: {name} at {url}")
+    return True
 
 
 def _watch(children: list[Child]) -> Child:
@@ -228,7 +219,6 @@ def main(timeout_s: float = 180.0) -> int:
                 say(f"cannot start: {problem}", error=True)
             return 1
         deadline = time.monotonic() + timeout_s
-        loopback_without_proxy(env)
         if redis_binary := _own_redis_binary(env):
             socket_dir = private_socket_dir()
             _start_redis(redis_binary, socket_dir, env, children, signals, deadline)

@@ -154,18 +154,6 @@ def test_readiness_checks_ignore_a_proxy_in_the_environment(monkeypatch):
         sleeper.wait()
 
 
-def test_the_services_loopback_hosts_bypass_a_proxy():
-    """The children's NO_PROXY: the gateway's own clients honour HTTP_PROXY."""
-    from launcher.run_all import loopback_without_proxy
-
-    env = {"NO_PROXY": "intranet.example", "CELL_HOST": "cells.local"}
-    loopback_without_proxy(env)
-    hosts = env["no_proxy"].split(",")
-    assert env["NO_PROXY"] == env["no_proxy"]
-    assert hosts[0] == "intranet.example" and {"127.0.0.1", "localhost", "::1", "cells.local"} <= set(hosts)
-    assert len(hosts) == len(set(hosts))
-
-
 # --- shutdown: the gateway first, then the services, then redis; a second signal hurries ---------------------------
 
 CHILD = textwrap.dedent("""
