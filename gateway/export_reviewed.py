@@ -28,7 +28,10 @@ import json
 import os
 import re
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TextIO
 
 from gateway.settings import GatewaySettings
 from gateway.store.database import current_revision, make_engine, revision_at_least
@@ -76,11 +79,19 @@ async def _check_unmarked_export(out: Path, store: ReportStore) -> None:
             "check DATABASE_URL (and DATABASE_SCHEMA, DATA_DIR), or choose a new folder")
 
 
+@contextmanager
+def _replacing(path: Path) -> Iterator[TextIO]:
+    """``path`` written in one step: a kill leaves the old file or the new one, never part of one."""
+    partial = path.with_name(path.name + ".partial")
+    with open(partial, "w", newline="") as handle:
+        yield handle
+    os.replace(partial, path)
+
+
 def _write_marker(out: Path, store_id: str) -> None:
-    """export.json, replaced in one step, after cells.csv (a kill between leaves a folder the next run accepts)."""
-    partial = out / f"{MARKER}.partial"
-    partial.write_text(json.dumps({"store": store_id}) + "\n")
-    os.replace(partial, out / MARKER)
+    """export.json, after cells.csv (a kill between leaves a folder the next run accepts)."""
+    with _replacing(out / MARKER) as handle:
+        handle.write(json.dumps({"store": store_id}) + "\n")
 
 
 def _is_listing(path: Path) -> bool:
@@ -101,12 +112,10 @@ def _exported_from(out: Path) -> str | None:
 
 def _write_listing(out: Path, rows: list[dict]) -> None:
     """cells.csv, replaced in one step (a kill leaves the old listing or the new one)."""
-    partial = out / "cells.csv.partial"
-    with open(partial, "w", newline="") as handle:
+    with _replacing(out / "cells.csv") as handle:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(partial, out / "cells.csv")
 
 
 def _remove_stale(out: Path, current: set[Path]) -> int:

@@ -38,7 +38,6 @@ from shared.schemas import REVIEW_COMMENT_MAX, PatientReport
 HL7_MEDIA_TYPE = "application/hl7-v2"
 RESULT_STATUS = {"preliminary": "P", "final": "F", "amended": "C"}
 _SPECIAL = re.compile(r"[|^~\\&\r\n]")
-COMMENT_MAX = REVIEW_COMMENT_MAX  # the reviewer's comment goes into the note whole
 NOTE_MAX = 2000  # the note's length before the warnings are cut (a longer comment makes a longer note)
 WARNINGS_MIN = 200  # the warnings' room however long the comment
 
@@ -143,7 +142,7 @@ def to_oru_r01(report: PatientReport, sending_facility: str = "LAB", receiving_a
     note += (f"Automated pre-classification from {report.n_images} cell images; decision support only. "
             + (f"Reviewed by {_text(report.reviewed_by)}." if report.reviewed_by else "Not yet reviewed."))
     if report.review_comment:  # whole (the API takes at most 4000 characters), before the warnings
-        note += f" Comment: {_text(report.review_comment, COMMENT_MAX)}"
+        note += f" Comment: {_text(report.review_comment, REVIEW_COMMENT_MAX)}"
     if report.warnings:
         # the warnings fill the note up to NOTE_MAX characters (at least WARNINGS_MIN of them however long the
         # comment), the cut visible: more warnings than fit (the FHIR report has them all)
