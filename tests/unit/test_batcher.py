@@ -53,6 +53,18 @@ class Held:
         self.gate.set()
 
 
+async def cancel_behind_a_held_batch(batcher: DynamicBatcher, held: Held, items: list[int]):
+    """Submit [1] and hold its batch in the handler, queue ``items`` behind it and cancel that request once its
+    items are queued: (the held request's task, what the cancelled request ended with)."""
+    first = asyncio.create_task(batcher.submit(np.array([1])))
+    await held.reached()
+    abandoned = asyncio.create_task(batcher.submit(np.array(items)))
+    await until(lambda: batcher.queued == len(items))  # queued behind the held batch
+    abandoned.cancel()
+    (ended,) = await asyncio.gather(abandoned, return_exceptions=True)
+    return first, ended
+
+
 def test_results_come_back_in_order_per_request():
     async def main():
         handler = Recorder()
@@ -167,12 +179,7 @@ def test_cancelled_request_is_not_computed():
         batcher = DynamicBatcher(held, max_batch=1, max_delay_s=0.0, max_queue=100)
         batcher.start()
         try:
-            first = asyncio.create_task(batcher.submit(np.array([1])))
-            await held.reached()
-            abandoned = asyncio.create_task(batcher.submit(np.array([2, 3])))
-            await until(lambda: batcher.queued == 2)  # queued behind the held batch
-            abandoned.cancel()
-            (cancelled,) = await asyncio.gather(abandoned, return_exceptions=True)
+            first, cancelled = await cancel_behind_a_held_batch(batcher, held, [2, 3])
             assert isinstance(cancelled, asyncio.CancelledError)
         finally:
             held.release()
@@ -296,12 +303,7 @@ def test_a_cancelled_requests_items_leave_the_queue_limit_at_once():
         batcher = DynamicBatcher(held, max_batch=1, max_delay_s=0.0, max_queue=4)
         batcher.start()
         try:
-            first = asyncio.create_task(batcher.submit(np.array([1])))
-            await held.reached()  # taken by the handler (held)
-            abandoned = asyncio.create_task(batcher.submit(np.array([2, 3, 4])))
-            await until(lambda: batcher.queued == 3)
-            abandoned.cancel()
-            await asyncio.gather(abandoned, return_exceptions=True)  # its cancellation has been handled
+            first, _ = await cancel_behind_a_held_batch(batcher, held, [2, 3, 4])  # its cancellation handled
             assert batcher.queued == 0, "nothing will compute them: they hold no room"
             later = asyncio.create_task(batcher.submit(np.array([5, 6, 7, 8])))  # the whole limit, not QueueFull
             await until(lambda: later.done() or batcher.queued == 4)
