@@ -8,8 +8,9 @@ from part of its cells). Hidden entries (names starting with "." or "@", such as
 Synology "@eaDir") and system folders are skipped. Each patient is sent to the gateway and one CSV
 row is appended to --out (counts, differential, prediction, probabilities, APL probability and alert,
 empty where the services have no APL model);
-a patient that cannot be read, is over --max-images or --max-image-mib, or is refused by the gateway
-gets an error row and the batch goes on.
+a patient that cannot be read, is over --max-images or --max-image-mib, has an image that changes size
+while it is sent, or is refused by the gateway gets an error row and the batch goes on. Images are read
+from disk as they are sent, one at a time.
 
 The file is append-only: a rerun skips the patients whose last row says "ok" and appends a new row
 for every other one, so a patient can have several rows and A PATIENT'S LAST ROW IS ITS RESULT. Each
@@ -32,8 +33,9 @@ from pathlib import Path
 import httpx
 
 from gateway.batch.folders import (DEFAULT_MAX_IMAGE_MIB, DEFAULT_MAX_IMAGES, Limits, PatientProblem, check_limits,
-                                   check_patient_id, patient_folders, patient_images, read_images)
+                                   check_patient_id, patient_folders, patient_images)
 from gateway.batch.posting import Result, post
+from gateway.batch.upload_parts import close_parts, image_parts
 from gateway.batch.results_file import (COLUMNS, IncompatibleResults, check_header, cut_torn_row, done_patients,
                                         report_row, write_header, write_row)
 
@@ -41,13 +43,17 @@ STOP_AFTER_UNAVAILABLE = 3  # patients in a row; then the gateway is down, not t
 
 
 def classify_patient(client: httpx.Client, folder: Path, limits: Limits) -> Result:
-    """Check, read and send one patient folder; a folder that must not be sent raises PatientProblem."""
+    """Check and send one patient folder, its images read from disk as they are sent; a folder that must
+    not be sent, or an image that cannot be read or changes size on the way, raises PatientProblem."""
     check_patient_id(folder.name)
     images = patient_images(folder)
     if not images:
         return Result(None, "no images in folder")
-    check_limits(images, limits)
-    return post(client, folder.name, read_images(images), limits.retries)
+    parts = image_parts(check_limits(images, limits))
+    try:
+        return post(client, folder.name, parts, limits.retries)
+    finally:
+        close_parts(parts)
 
 
 def _describe(exc: Exception) -> str:

@@ -58,8 +58,9 @@ def patient_images(folder: Path) -> list[Path]:
     return sorted(p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def check_limits(images: list[Path], limits: Limits) -> None:
-    """Refuse what the gateway would refuse with 413, before uploading it on every rerun."""
+def check_limits(images: list[Path], limits: Limits) -> dict[Path, int]:
+    """Refuse what the gateway would refuse with 413, before uploading it on every rerun; the images'
+    sizes in bytes, which the upload then holds them to."""
     if len(images) > limits.max_images:
         raise PatientProblem(f"{len(images)} images, more than --max-images {limits.max_images} "
                              "(the gateway's MAX_IMAGES)")
@@ -69,9 +70,10 @@ def check_limits(images: list[Path], limits: Limits) -> None:
         mib = limits.max_image_bytes / 2 ** 20
         named = ", ".join(f"{p.name} ({sizes[p] / 2 ** 20:.1f} MiB)" for p in too_big[:5])
         raise PatientProblem(f"image(s) over --max-image-mib {mib:g} (the gateway's GATEWAY_MAX_IMAGE_BYTES): {named}")
+    return sizes
 
 
-def _unreadable(path: Path, exc: OSError) -> PatientProblem:
+def unreadable(path: Path, exc: OSError) -> PatientProblem:
     return PatientProblem(f"cannot read {path.name}: {exc.strerror or type(exc).__name__}"
                           + (" (a broken link?)" if path.is_symlink() else ""))
 
@@ -80,15 +82,5 @@ def _size(path: Path) -> int:
     try:
         return path.stat().st_size
     except OSError as exc:
-        raise _unreadable(path, exc) from exc
+        raise unreadable(path, exc) from exc
 
-
-def read_images(images: list[Path]) -> list[tuple[str, tuple[str, bytes, str]]]:
-    files = []
-    for path in images:
-        try:
-            content = path.read_bytes()
-        except OSError as exc:
-            raise _unreadable(path, exc) from exc
-        files.append(("images", (path.name, content, "application/octet-stream")))
-    return files

@@ -1,14 +1,17 @@
 """aml-classify over a batch, against a small local HTTP server standing in for the gateway: one bad
 patient is that patient's error row and the batch goes on; subfolders, invalid ids and over-limit
 folders are refused without an upload; hidden entries are skipped; 429/503 and connection errors are
-retried; an unreachable gateway stops the run; cell texts cannot run as spreadsheet formulas."""
+retried; an unreachable gateway stops the run; images are sent from disk, not memory, and one that changes
+size on the way is an error row; cell texts cannot run as spreadsheet formulas."""
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import socket
 import threading
+import tracemalloc
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -19,22 +22,37 @@ from gateway.batch import posting, results_file
 from tests.helpers.reports import sample_report
 
 KEY = "aml_x_" + "y" * 20
+PART_MARKER = b'name="images"'
 
 
 class FakeGateway:
     """Answers POST /patients/{id}/classify with a sample report, or with the answers queued for a path
-    (status, headers, body). Records each request's path and number of image parts."""
+    (status, headers, body). Records each request's path and number of image parts, and each body's
+    sha256 and length, reading it in chunks (a test of the client's memory use must not count a copy
+    of the body here)."""
 
     def __init__(self):
         self.requests: list[tuple[str, int]] = []
+        self.bodies: list[tuple[str, int]] = []
         self.queued: dict[str, list[tuple[int, dict, bytes]]] = {}
         self.report_overrides: dict = {}
         gateway = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                gateway.requests.append((self.path, body.count(b'name="images"')))
+                digest, length, parts, tail = hashlib.sha256(), 0, 0, b""
+                left = int(self.headers["Content-Length"])
+                while left:
+                    chunk = self.rfile.read(min(left, 2 ** 16))
+                    if not chunk:
+                        return  # the client gave up part-way: no request to record, no answer
+                    digest.update(chunk)
+                    length, left = length + len(chunk), left - len(chunk)
+                    window = tail + chunk  # a marker across two chunks is counted once, in the later one
+                    parts += window.count(PART_MARKER)
+                    tail = window[-(len(PART_MARKER) - 1):]
+                gateway.requests.append((self.path, parts))
+                gateway.bodies.append((digest.hexdigest(), length))
                 status, headers, payload = gateway.answer(self.path)
                 self.send_response(status)
                 for name, value in {"Content-Type": "application/json", **headers}.items():
@@ -193,7 +211,7 @@ def test_a_subfolder_is_an_error_row_and_hidden_entries_are_skipped(tmp_path, ga
     assert gateway.requests == [(path_of("PAT-B"), 3)], "PAT-A not sent; PAT-B without its hidden files"
 
 
-# --- 4: retries and stopping ----------------------------------------------------------------------------
+# --- 3: retries and stopping ----------------------------------------------------------------------------
 
 def test_429_with_retry_after_is_retried(tmp_path, gateway, waits):
     root = tmp_path / "patients"
@@ -203,7 +221,8 @@ def test_429_with_retry_after_is_retried(tmp_path, gateway, waits):
     out = tmp_path / "results.csv"
     assert run(root, out, gateway.url) == 0
     assert rows(out)["PAT-A"]["status"] == "ok"
-    assert gateway.paths() == [path_of("PAT-A")] * 3
+    assert gateway.requests == [(path_of("PAT-A"), 2)] * 3, "each retry sends every image again"
+    assert len({length for _, length in gateway.bodies}) == 1, "each retry sends the images whole"
     assert waits == [7.0, 60.0], "Retry-After, capped at a minute"
 
 
@@ -229,6 +248,49 @@ def test_other_errors_are_not_retried(tmp_path, gateway, waits):
     assert run(root, out, gateway.url) == 1
     assert rows(out)["PAT-A"]["error"] == "HTTP 422: no decodable image"
     assert len(gateway.requests) == 1 and waits == []
+
+
+# --- 4: the images are read from disk as they are sent ---------------------------------------------------
+
+def test_the_images_are_sent_from_disk_not_held_in_memory(tmp_path, gateway):
+    folder = tmp_path / "patients" / "PAT-A"
+    folder.mkdir(parents=True)
+    for index in range(3):
+        with open(folder / f"c{index}.jpg", "wb") as image:
+            image.truncate(16 * 2 ** 20)
+    out = tmp_path / "results.csv"
+    tracemalloc.start()
+    try:
+        assert run(folder.parent, out, gateway.url) == 0
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert gateway.requests == [(path_of("PAT-A"), 3)]
+    assert gateway.bodies[0][1] > 48 * 2 ** 20, "every byte of the three images was sent"
+    assert peak < 8 * 2 ** 20, f"{peak / 2 ** 20:.1f} MiB held while sending 48 MiB of images"
+
+
+@pytest.mark.parametrize("change, how", [(b"jpeg bytes and more", "grew"), (b"jpeg", "shrank")])
+def test_an_image_that_changes_size_before_it_is_sent_is_an_error_row(tmp_path, gateway, monkeypatch, change, how):
+    root = tmp_path / "patients"
+    changing = make_patient(root, "PAT-A")
+    make_patient(root, "PAT-B")
+    checked = cli.check_limits
+
+    def check_then_change(images, limits):
+        sizes = checked(images, limits)
+        if images[0].parent == changing:
+            images[-1].write_bytes(change)  # still being copied in, say
+        return sizes
+
+    monkeypatch.setattr(cli, "check_limits", check_then_change)
+    out = tmp_path / "results.csv"
+    assert run(root, out, gateway.url) == 1
+    result = rows(out)
+    assert result["PAT-A"]["status"] == "error"
+    assert f"c1.jpg {how} while it was being sent (was 10 bytes)" in result["PAT-A"]["error"]
+    assert result["PAT-B"]["status"] == "ok"
+    assert gateway.paths() == [path_of("PAT-B")], "no body of PAT-A reached the gateway whole"
 
 
 def closed_port_url() -> str:
