@@ -12,7 +12,7 @@ from uvicorn.main import STARTUP_FAILURE
 
 from services.cell_classifier.app import create_app
 from services.cell_classifier.inference import check_servable
-from services.cell_classifier.metrics import MULTIPROCESS_DIR_ENV
+from services.cell_classifier.metrics import MULTIPROCESS_DIR_ENV, forget_dead_worker
 from services.cell_classifier.settings import CellServiceSettings
 from shared.serving import run
 
@@ -37,8 +37,9 @@ def prepare_metrics_dir(workers: int) -> Path | None:
 
 
 def check_before_workers(settings: CellServiceSettings) -> None:
-    """With several workers, uvicorn's process manager stops when a worker cannot start, but exits 0; a
-    model directory that cannot be served is refused here first, with uvicorn's own startup-failure status.
+    """With several workers, a model directory that cannot be served is refused here first, once, with uvicorn's
+    startup-failure status and the reason on one line (uvicorn's process manager, still used off Linux, exits 0
+    when its workers cannot start; shared/worker_processes.py exits 3 too, but after every worker has failed).
 
     The model is loaded as each worker loads it (``check_servable``: not only the CNN's card and sha256 but
     the APL head's, the sessions and the provider that runs; checking the CNN alone let a tampered head
@@ -59,7 +60,8 @@ if __name__ == "__main__":
         check_before_workers(settings)
     own_metrics_dir = prepare_metrics_dir(settings.workers)
     try:
-        run(create_app, settings, access_log=settings.access_log, workers=settings.workers)
+        run(create_app, settings, access_log=settings.access_log, workers=settings.workers,
+            on_worker_exit=forget_dead_worker)
     finally:
         if own_metrics_dir:
             shutil.rmtree(own_metrics_dir, ignore_errors=True)

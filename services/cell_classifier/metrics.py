@@ -73,3 +73,10 @@ class CellMetrics:
             self.queue_wait.observe(wait)
         if not stats.ok:
             self.failed_batches.inc()
+
+
+def forget_dead_worker(pid: int) -> None:
+    """In the process manager, for a worker that died without ``close()`` (killed, crashed): its live gauges
+    (its last queue depth) leave the sum; its counters stay, as the requests it answered did happen."""
+    if os.environ.get(MULTIPROCESS_DIR_ENV):
+        multiprocess.mark_process_dead(pid)
