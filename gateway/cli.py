@@ -35,9 +35,9 @@ import httpx
 from gateway.batch.folders import (DEFAULT_MAX_IMAGE_MIB, DEFAULT_MAX_IMAGES, Limits, PatientProblem, check_limits,
                                    check_patient_id, patient_folders, patient_images)
 from gateway.batch.posting import Result, post
-from gateway.batch.upload_parts import close_parts, image_parts
 from gateway.batch.results_file import (COLUMNS, IncompatibleResults, check_header, cut_torn_row, done_patients,
                                         report_row, write_header, write_row)
+from gateway.batch.upload_parts import close_parts, image_parts
 
 STOP_AFTER_UNAVAILABLE = 3  # patients in a row; then the gateway is down, not the patients bad
 

@@ -83,4 +83,3 @@ def _size(path: Path) -> int:
         return path.stat().st_size
     except OSError as exc:
         raise unreadable(path, exc) from exc
-
