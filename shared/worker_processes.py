@@ -113,7 +113,7 @@ class WorkerProcesses:
         # (process, its ready event) pairs; the event is kept as long as the process: a multiprocessing Event
         # dropped by the parent is unlinked, and a worker spawned with it fails to start
         self.processes = [self._start_one() for _ in range(self.workers)]
-        if not self._all_ready(self.processes):
+        if not self._all_ready():
             self._stop()
             return 0 if self.stopping.is_set() else STARTUP_FAILURE
         logger.info("%d worker processes serving on %s:%d, each on its own socket (SO_REUSEPORT)",
@@ -138,9 +138,9 @@ class WorkerProcesses:
         except Exception:  # noqa: BLE001 - tidying must not stop the manager and leave the workers unmanaged
             logger.exception("tidying after worker process %d failed", pid)
 
-    def _all_ready(self, started) -> bool:
+    def _all_ready(self) -> bool:
         deadline = time.monotonic() + READY_TIMEOUT_S
-        for process, ready in started:
+        for process, ready in self.processes:
             while not ready.wait(0.2):
                 if self.stopping.is_set() or not process.is_alive() or time.monotonic() > deadline:
                     if not self.stopping.is_set():

@@ -61,8 +61,9 @@ def workers_of(pid: int) -> list[psutil.Process]:
         except (psutil.ZombieProcess, psutil.NoSuchProcess):
             return ""
 
-    return [c for c in psutil.Process(pid).children() if "multiprocessing.spawn" in command(c)
-            and "resource_tracker" not in command(c)]
+    commands = {child: command(child) for child in psutil.Process(pid).children()}
+    return [child for child, line in commands.items()
+            if "multiprocessing.spawn" in line and "resource_tracker" not in line]
 
 
 def test_two_worker_processes_share_the_port_and_the_metrics(tmp_path):
@@ -147,8 +148,12 @@ def test_a_worker_that_dies_is_replaced_and_its_queue_depth_leaves_the_sum(tmp_p
         until_sync(lambda: "2 worker processes serving" in service.log_tail(10 ** 6), what="both workers started")
         assert (metrics_dir / f"gauge_livesum_{victim.pid}.db").exists()
         victim.send_signal(signal.SIGKILL)
-        until_sync(lambda: len(workers_of(service.pid)) == 2 and victim.pid not in {w.pid for w in workers_of(service.pid)},
-                   timeout_s=120, what="a new worker in place of the killed one")
+
+        def replaced() -> bool:
+            pids = {w.pid for w in workers_of(service.pid)}
+            return len(pids) == 2 and victim.pid not in pids
+
+        until_sync(replaced, timeout_s=120, what="a new worker in place of the killed one")
         assert not (metrics_dir / f"gauge_livesum_{victim.pid}.db").exists(), "the dead worker's gauge left the sum"
         _, path = fullsize_images()[0]
         for _ in range(8):  # fresh connections, spread over both workers
