@@ -17,6 +17,7 @@ from gateway import apl, cell_identity
 from gateway.cache import Cache
 from gateway.clients import CellServiceClient, SubtypeServiceClient, UpstreamError, UpstreamRejected
 from gateway.quality import assess
+from gateway.report_keys import content_key, images_key
 from gateway.store.repository import ReportStore, StoredReport
 from gateway.thumbnails import make_thumbnails
 from shared.differential import per_100_leukocytes
@@ -40,38 +41,15 @@ def report_key_prefix(patient_id: str) -> str:
 
 
 def _models_info(card: dict) -> dict[str, str]:
-    return {"name": card["name"], "version": card["version"], "sha256": card["sha256"]}
-
-
-def _cell_info(card: dict) -> dict[str, str]:
-    """The cell model's part of ``models``: with the hash of its labelling rules where the service reports it."""
+    """A model's part of ``models``: name, version, file hash and, where its service reports it, the hash of the
+    rules that decide its answers besides the file (``rules_sha256``)."""
     rules = card.get("rules_sha256")
-    return _models_info(card) | ({"rules_sha256": rules} if rules else {})
+    return ({"name": card["name"], "version": card["version"], "sha256": card["sha256"]}
+            | ({"rules_sha256": rules} if rules else {}))
 
 
 def _optional_info(card: dict | None) -> dict[str, str] | None:
     return _models_info(card) if card else None
-
-
-def _apl_key(models: dict) -> list[str]:
-    """The APL models' part of a report's content key (nothing when neither is deployed)."""
-    head, patient = models.get("apl_cell_head"), models.get("apl_patient")
-    if not head and not patient:
-        return []
-    return [f"apl {(head or {}).get('sha256')} {(patient or {}).get('sha256')}"]
-
-
-def _rules_key(models: dict) -> list[str]:
-    """The cell model's labelling rules' part of a report's content key (nothing from an older service)."""
-    rules = models["cell"].get("rules_sha256")
-    return [f"rules {rules}"] if rules else []
-
-
-def content_key(models: dict, hashes: list[str], images: list[tuple[str, bytes]]) -> str:
-    """A report's cache key part: the models and the (image hash, file name) pairs."""
-    return hashlib.sha256("\n".join(
-        [models["cell"]["sha256"], models["subtype"]["sha256"]] + _rules_key(models) + _apl_key(models)
-        + sorted(f"{sha} {name}" for sha, (name, _) in zip(hashes, images))).encode()).hexdigest()
 
 
 def duplicates_warning(n_copies: int, n_images: int, copies: list[tuple[str, str]] | None = None) -> str:
@@ -134,7 +112,7 @@ class PatientClassifier:
         """(models, the cell model card's appearance thresholds), read together, as copies for one request."""
         if time.monotonic() - self._models_checked > MODELS_RECHECK_S or len(self._models) < 2:
             cell, subtype = await asyncio.gather(self.cells.model(), self.subtype.model())
-            self._models = {"cell": _cell_info(cell), "subtype": _models_info(subtype),
+            self._models = {"cell": _models_info(cell), "subtype": _models_info(subtype),
                             "apl_cell_head": _optional_info(cell.get("apl_head")),
                             "apl_patient": _optional_info(subtype.get("apl"))}
             self._appearance = {k: v for k, v in (cell.get("appearance") or {}).items() if k.endswith("_threshold")}
@@ -180,7 +158,7 @@ class PatientClassifier:
                                      "progress?): retry in a minute")
         if target in model_of and target != cell_identity.cell_model_identity_of(models):
             body_model = model_of[target]  # the service was upgraded
-            models["cell"] = _cell_info(body_model)
+            models["cell"] = _models_info(body_model)
             models["apl_cell_head"] = _optional_info(body_model.get("apl_head"))
             self._models_changed()
         return results, target
@@ -222,7 +200,8 @@ class PatientClassifier:
         report (``cached`` true, reviews included) without calling the cell service; otherwise a new report."""
         hashes = await asyncio.to_thread(lambda: [hashlib.sha256(data).hexdigest() for _, data in images])
         models, appearance = await self._snapshot()
-        stored = await self.store.for_content(patient_id, content_key(models, hashes, images))
+        by_images = images_key(hashes, images)
+        stored = await self.store.for_content(patient_id, content_key(models, hashes, images), by_images, models)
         if stored is not None:
             return stored.model_copy(update={"cached": True})
 
@@ -247,8 +226,10 @@ class PatientClassifier:
         labelled = {c.sha256 for c in report.cells or []}
         thumbnails = await asyncio.to_thread(
             make_thumbnails, {sha: data for sha, (_, data) in zip(hashes, images) if sha in labelled})
-        # stored under the models that made it (the snapshot follows an upgrade met on the way)
-        return await self.store.add_report(report, content_key(models, hashes, images), appearance, thumbnails)
+        # stored under the models that made it (the snapshot follows an upgrade met on the way); an identical
+        # upload stored meanwhile (a double submit) is answered instead of a second report
+        return await self.store.add_report(report, content_key(models, hashes, images), appearance, thumbnails,
+                                           images_key=by_images)
 
     async def _report(self, patient_id, request_id, images, hashes, per_hash, models: dict,
                       appearance: dict) -> PatientReport:

@@ -29,6 +29,8 @@ class ReportRow(Base):
                                                    unique=True, nullable=True)
     status: Mapped[str] = mapped_column(String(16), nullable=False)
     content_key: Mapped[str] = mapped_column(String(64), nullable=False, doc="hash of models + images")
+    images_key: Mapped[str | None] = mapped_column(String(64), nullable=True,
+                                                   doc="hash of the images alone (null before revision 0004)")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
     reviewed_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
     reviewed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
@@ -37,7 +39,8 @@ class ReportRow(Base):
     body: Mapped[dict] = mapped_column(JSON, nullable=False, doc="the PatientReport, cells included")
 
     __table_args__ = (UniqueConstraint("patient_id", "seq"), Index("ix_reports_patient_seq", "patient_id", "seq"),
-                      Index("ix_reports_patient_content", "patient_id", "content_key"))
+                      Index("ix_reports_patient_content", "patient_id", "content_key"),
+                      Index("ix_reports_patient_images", "patient_id", "images_key"))
 
 
 class ReportImageRow(Base):

@@ -19,6 +19,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, Operation
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway.cell_identity import cell_cache_model_of
+from gateway.report_keys import same_models
 from gateway.store.models import ReportImageRow, ReportRow, ReviewRow, StoreIdentityRow, ThumbnailRow
 from shared.schemas import ModelsUsed, PatientReport, ReportSummary
 
@@ -51,6 +52,7 @@ class StoredReport:
     content_key: str
     appearance: dict
     superseded_by: str | None
+    images_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -139,14 +141,19 @@ class ReportStore:
         await conn.execute(insert(ThumbnailRow).on_conflict_do_nothing(index_elements=["sha256"]), rows)
 
     async def _lock_patient(self, conn: AsyncConnection, patient_id: str) -> None:
-        """PostgreSQL: hold a per-patient lock until the transaction ends, so that writes of one patient
-        (the next sequence number, an erasure) take turns instead of colliding. SQLite has one writer at a
-        time anyway; a collision there is retried by the callers."""
+        """Hold a lock until the transaction ends, so that writes of one patient (the next sequence number, an
+        erasure, the check for an identical upload before storing one) take turns instead of colliding and
+        read what the other one wrote. PostgreSQL: a per-patient advisory lock. SQLite has one writer at a
+        time, but a transaction takes its write lock only at its first write: a write that changes nothing
+        takes it now, so that the reads after it are not overtaken by another writer."""
         if self.kind == "postgresql":
             await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:patient))"), {"patient": patient_id})
+        else:
+            await conn.execute(ReportRow.__table__.update().where(text("0 = 1")).values(seq=ReportRow.seq))
 
     async def _insert_version(self, conn: AsyncConnection, report: PatientReport, content_key: str,
-                              appearance: dict, created: datetime, reviewed_at: datetime | None) -> None:
+                              appearance: dict, created: datetime, reviewed_at: datetime | None,
+                              images_key: str | None) -> None:
         await self._lock_patient(conn, report.patient_id)
         seq = (await conn.execute(select(func.coalesce(func.max(ReportRow.seq), 0))
                                   .where(ReportRow.patient_id == report.patient_id))).scalar_one() + 1
@@ -154,7 +161,7 @@ class ReportStore:
             id=report.report_id, patient_id=report.patient_id, seq=seq, version=report.version,
             supersedes=report.supersedes, status=report.status, content_key=content_key, created_at=created,
             reviewed_by=report.reviewed_by, reviewed_at=reviewed_at, appearance=appearance,
-            body=report.model_dump(mode="json")))
+            body=report.model_dump(mode="json"), **({"images_key": images_key} if images_key else {})))
         shas = sorted({c.sha256 for c in report.cells or []})
         if shas:
             present = set((await conn.execute(select(ThumbnailRow.sha256).where(ThumbnailRow.sha256.in_(shas))))
@@ -164,19 +171,26 @@ class ReportStore:
                 await conn.execute(ReportImageRow.__table__.insert(), links)
 
     async def add_report(self, report: PatientReport, content_key: str, appearance: dict,
-                         thumbnails: list[Thumbnail]) -> PatientReport:
-        """Store the models' report as version 1 of a new report (status preliminary); its id is set here."""
+                         thumbnails: list[Thumbnail], images_key: str | None = None) -> PatientReport:
+        """Store the models' report as version 1 of a new report (status preliminary); its id is set here.
+        With ``images_key``: when a report of the same images by the same models was stored meanwhile (the
+        same upload sent twice at once), that report is answered (``cached`` true) and nothing is stored."""
         report_id = new_report_id()
         report = report.model_copy(update={"report_id": report_id, "version": 1, "status": "preliminary",
                                            "supersedes": None, "first_report_id": report_id, "cached": False})
         created = _now()
 
         async def work(conn):
+            if images_key is not None:
+                await self._lock_patient(conn, report.patient_id)
+                stored = await self._head_of_images(conn, report.patient_id, images_key, report.models.model_dump())
+                if stored is not None:
+                    return stored.model_copy(update={"cached": True})
             await self._insert_thumbnails(conn, thumbnails)
-            await self._insert_version(conn, report, content_key, appearance, created, None)
+            await self._insert_version(conn, report, content_key, appearance, created, None, images_key)
+            return report
 
-        await self._write_retrying(work, "could not allocate a report sequence number")
-        return report
+        return await self._write_retrying(work, "could not allocate a report sequence number")
 
     async def add_review(self, base: StoredReport, report: PatientReport, reviewer: str, comment: str,
                          sign_off: bool, corrections: list[dict], key_id: str | None = None,
@@ -197,7 +211,7 @@ class ReportStore:
                      ).scalar_one_or_none()
             if newer is not None:
                 raise StaleVersion(newer)
-            await self._insert_version(conn, report, base.content_key, base.appearance, now, now)
+            await self._insert_version(conn, report, base.content_key, base.appearance, now, now, base.images_key)
             await conn.execute(ReviewRow.__table__.insert().values(
                 report_id=report.report_id, reviewer=reviewer, comment=comment, sign_off=sign_off,
                 corrections=corrections, key_id=key_id))
@@ -241,11 +255,13 @@ class ReportStore:
 
     @staticmethod
     def _stored(row, superseded_by: str | None) -> StoredReport:
-        return StoredReport(PatientReport(**row.body), row.content_key, row.appearance or {}, superseded_by)
+        return StoredReport(PatientReport(**row.body), row.content_key, row.appearance or {}, superseded_by,
+                            getattr(row, "images_key", None))
 
     async def get(self, report_id: str) -> StoredReport | None:
         async def work(conn):
-            row = (await conn.execute(select(ReportRow.body, ReportRow.content_key, ReportRow.appearance)
+            row = (await conn.execute(select(ReportRow.body, ReportRow.content_key, ReportRow.appearance,
+                                             ReportRow.images_key)
                                       .where(ReportRow.id == report_id))).first()
             if row is None:
                 return None
@@ -272,9 +288,32 @@ class ReportStore:
 
         return await self._run(work, write=False)
 
-    async def for_content(self, patient_id: str, content_key: str) -> PatientReport | None:
-        """The newest version made from these images by these models (a repeated upload), or None."""
-        return await self._newest(patient_id, ReportRow.content_key == content_key)
+    @staticmethod
+    async def _head_of_images(conn, patient_id: str, images_key: str, models: dict) -> PatientReport | None:
+        """The newest chain head (a version no review replaced) of these images whose models are ``models``."""
+        replaced = select(ReportRow.supersedes).where(ReportRow.patient_id == patient_id,
+                                                      ReportRow.supersedes.is_not(None))
+        bodies = (await conn.execute(select(ReportRow.body)
+                                     .where(ReportRow.patient_id == patient_id, ReportRow.images_key == images_key,
+                                            ReportRow.id.not_in(replaced))
+                                     .order_by(ReportRow.seq.desc()))).scalars()
+        for body in bodies:
+            if same_models(body["models"], models):
+                return PatientReport(**body)
+        return None
+
+    async def for_content(self, patient_id: str, content_key: str, images_key: str | None = None,
+                          models: dict | None = None) -> PatientReport | None:
+        """The newest version of the report made from these images by these models (a repeated upload), or None:
+        with ``images_key``, the newest chain head of these images whose models are ``models``
+        (``report_keys.same_models``); else, or when there is none, the newest version stored under
+        ``content_key`` before revision 0004 (no ``images_key``)."""
+        if images_key is not None:
+            found = await self._run(lambda conn: self._head_of_images(conn, patient_id, images_key, models or {}),
+                                    write=False)
+            if found is not None:
+                return found
+        return await self._newest(patient_id, ReportRow.content_key == content_key, ReportRow.images_key.is_(None))
 
     async def latest(self, patient_id: str) -> PatientReport | None:
         return await self._newest(patient_id)

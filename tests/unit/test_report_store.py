@@ -37,13 +37,13 @@ def test_migrations_from_empty_and_back(database):
         try:
             assert not (await _tables(engine)) & TABLES
             await migrate(engine, database.schema)
-            assert await current_revision(engine) == "0003"
+            assert await current_revision(engine) == "0004"
             assert TABLES <= await _tables(engine)
             await migrate(engine, database.schema)  # idempotent
             await downgrade(engine, "base")
             assert (await _tables(engine)) & TABLES <= {"alembic_version"}
             await migrate(engine, database.schema)
-            assert await current_revision(engine) == "0003"
+            assert await current_revision(engine) == "0004"
         finally:
             await engine.dispose()
 
@@ -154,7 +154,7 @@ def test_replicas_migrating_at_once(database):
         engines = [make_engine(database.settings()) for _ in range(3)]
         try:
             await asyncio.gather(*(migrate(e, database.schema) for e in engines))
-            assert {await current_revision(e) for e in engines} == {"0003"}
+            assert {await current_revision(e) for e in engines} == {"0004"}
         finally:
             for e in engines:
                 await e.dispose()
@@ -176,7 +176,7 @@ def test_migrate_command(tmp_path):
     migrated = subprocess.run([sys.executable, "-m", "gateway.store", "migrate"], cwd=REPO_ROOT, env=env,
                               capture_output=True, text=True, timeout=60)
     assert migrated.returncode == 0, migrated.stderr
-    assert "sqlite: schema revision 0003" in migrated.stdout
+    assert "sqlite: schema revision 0004" in migrated.stdout
 
 
 def test_upgrade_from_0001_keeps_the_reports(database):
@@ -193,7 +193,7 @@ def test_upgrade_from_0001_keeps_the_reports(database):
         try:
             old = await store.add_report(sample_report("P-old"), "k-old", {}, thumbs(sample_report("P-old")))
             await migrate(engine, database.schema)
-            assert await current_revision(engine) == "0003"
+            assert await current_revision(engine) == "0004"
             assert (await store.latest("P-old")) == old
             assert (await store.for_content("P-old", "k-old")) == old and await store.for_content("P-old", "k") is None
             base = await store.get(old.report_id)
@@ -220,6 +220,69 @@ def test_concurrent_reports_of_one_patient_all_stored(database):
                                              for i in range(12)))
             listed = await store.list("P-busy")
             assert len(listed) == 12 and {r.id for r in listed} == {r.report_id for r in reports}
+        finally:
+            await store.close()
+
+    run(main())
+
+
+SUBTYPE_A = {"name": "subtype", "version": "2.0.0", "sha256": "b" * 64, "rules_sha256": "1" * 64}
+SUBTYPE_B = {"name": "subtype", "version": "2.1.0", "sha256": "c" * 64, "rules_sha256": "2" * 64}
+
+
+def with_subtype(report, subtype: dict):
+    return report.model_copy(update={"models": report.models.model_copy(update={"subtype": subtype})})
+
+
+def test_a_review_under_an_upgraded_subtype_model_is_found_by_a_repeated_upload(database):
+    """Version 1 by subtype A, reviewed after the subtype service became B (the review names B): the same images
+    sent again under B answer the reviewed version, never a new preliminary report; under A, nothing answers
+    (the chain's newest version is B's); a model's rules changed with the same file are another model."""
+    async def main():
+        engine = make_engine(database.settings())
+        await migrate(engine, database.schema)
+        store = ReportStore(engine)
+        try:
+            draft = with_subtype(sample_report("P-up"), SUBTYPE_A)
+            first = await store.add_report(draft, "key-a", {}, [], images_key="imgs")
+            assert await store.for_content("P-up", "key-a", "imgs", draft.models.model_dump()) == first
+            base = await store.get(first.report_id)
+            assert base.images_key == "imgs"
+            signed = await store.add_review(base, with_subtype(first, SUBTYPE_B).model_copy(
+                update={"status": "final"}), "Dr A", "", True, [])
+            models_b = signed.models.model_dump()
+            assert await store.for_content("P-up", "key-b", "imgs", models_b) == signed
+            assert await store.for_content("P-up", "key-a", "imgs", draft.models.model_dump()) is None
+            assert await store.for_content("P-up", "key-b", "other-images", models_b) is None
+            new_rules = {**models_b, "subtype": {**SUBTYPE_B, "rules_sha256": "3" * 64}}
+            assert await store.for_content("P-up", "key-b", "imgs", new_rules) is None
+            unnamed_rules = {**models_b, "subtype": {k: v for k, v in SUBTYPE_B.items() if k != "rules_sha256"}}
+            assert await store.for_content("P-up", "key-b", "imgs", unnamed_rules) == signed, \
+                "a service that names no rules is matched by its files"
+        finally:
+            await store.close()
+
+    run(main())
+
+
+def test_the_same_upload_stored_twice_at_once_makes_one_report(database):
+    """A double submit: both writes come with the same images and models; one report is stored and the
+    second write answers it (cached) instead of opening a second report chain for one sample."""
+    async def main():
+        engine = make_engine(database.settings())
+        await migrate(engine, database.schema)
+        store = ReportStore(engine)
+        try:
+            report = sample_report("P-twice")
+            answers = await asyncio.gather(*(store.add_report(report, "k", {}, thumbs(report), images_key="imgs")
+                                             for _ in range(4)))
+            listed = await store.list("P-twice")
+            assert len(listed) == 1
+            assert {a.report_id for a in answers} == {listed[0].id}
+            assert sorted(a.cached for a in answers) == [False, True, True, True]
+            other = with_subtype(report, SUBTYPE_B)
+            again = await store.add_report(other, "k2", {}, [], images_key="imgs")
+            assert not again.cached and len(await store.list("P-twice")) == 2, "other models: a new report"
         finally:
             await store.close()
 
