@@ -28,6 +28,12 @@ class ModelIdentity(BaseModel):
     sha256: str
 
 
+class AplModelIdentity(ModelIdentity):
+    rules_sha256: str | None = Field(
+        None, description="sha256 of what else decides an assessment: features, pooling, alert threshold, cell "
+                          "minimum and the APL cell head expected (None: a service older than this field)")
+
+
 class CellModelInfo(BaseModel):
     name: str
     version: str
@@ -126,13 +132,16 @@ class AplAssessment(BaseModel):
     threshold: float = Field(ge=0.0, le=1.0, description="chosen in cross-validation for sensitivity >= 0.90")
     n_cells: int = Field(ge=1, description="cells whose logits were pooled")
     features: dict[str, float]
-    model: ModelIdentity
+    model: AplModelIdentity
 
 
 class SubtypeModelInfo(BaseModel):
     name: str
     version: str
-    sha256: str
+    sha256: str = Field(description="sha256 over the member files' hashes")
+    rules_sha256: str | None = Field(
+        None, description="sha256 of what else decides an answer: each stage's classes, members and voting weights, "
+                          "the features and the leukocyte minimum (None: a service older than this field)")
 
 
 class SubtypePrediction(BaseModel):
@@ -156,7 +165,9 @@ class SubtypeModelCard(BaseModel):
     sha256: str
     classes: list[str]
     feature_names: list[str]
-    apl: dict[str, Any] | None = Field(None, description="the APL model's card (apl_card.json); None: absent")
+    rules_sha256: str = Field(description="the sha256 of the card's decision fields, as in answers' `model`")
+    apl: dict[str, Any] | None = Field(None, description="the APL model's card (apl_card.json) with its "
+                                                         "`rules_sha256`; None: absent")
 
 
 # --- gateway ---------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ no pickle), sha256-checked at load. Its input row is ``shared.apl.feature_row`` 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -15,9 +16,17 @@ import onnxruntime as ort
 from services.subtype.ensemble import ModelIntegrityError
 from shared.apl import feature_row
 from shared.hashing import file_sha256
-from shared.schemas import AplAssessment, ModelIdentity
+from shared.schemas import AplAssessment, AplModelIdentity
 
 APL_CARD_FILE = "apl_card.json"
+
+
+def rules_sha256(card: dict) -> str:
+    """The sha256 of what decides an assessment besides the model file: the features, their pooling, the alert
+    threshold, the cell minimum and the APL cell head expected. A threshold retuned in the card alone changes it,
+    so that stored reports made under the old threshold are not served as current."""
+    decides = {key: card.get(key) for key in ("features", "pooling", "threshold", "min_cells", "cell_head_sha256")}
+    return hashlib.sha256(json.dumps(decides, sort_keys=True).encode()).hexdigest()
 
 
 class AplModel:
@@ -32,7 +41,8 @@ class AplModel:
             raise ModelIntegrityError(f"the APL card's threshold {self.threshold} is not a probability")
         self.cell_head_sha256: str = self.card["cell_head_sha256"]
         self.min_cells = int(self.card.get("min_cells", 1))
-        self.identity = ModelIdentity(name=self.card["name"], version=self.card["version"], sha256=actual)
+        self.identity = AplModelIdentity(name=self.card["name"], version=self.card["version"], sha256=actual,
+                                         rules_sha256=rules_sha256(self.card))
         feature_row(self.card, [0.0], {})  # refuses a card that asks for features shared.apl does not compute
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1

@@ -96,7 +96,8 @@ def create_app(settings: SubtypeServiceSettings | None = None) -> FastAPI:
     def model_card(request: Request) -> SubtypeModelCard:
         """The ensemble's card; `apl`: the APL model's card (null when this service has no APL model)."""
         predictor = request.app.state.predictor
-        return SubtypeModelCard(**predictor.ensemble.card, apl=predictor.apl.card if predictor.apl else None)
+        apl = {**predictor.apl.card, "rules_sha256": predictor.apl.identity.rules_sha256} if predictor.apl else None
+        return SubtypeModelCard(**predictor.ensemble.card, rules_sha256=predictor.ensemble.rules_sha256, apl=apl)
 
     @app.get("/healthz", response_model=Health)
     async def healthz() -> Health:

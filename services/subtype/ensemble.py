@@ -29,6 +29,17 @@ def combined_sha256(member_hashes: list[str]) -> str:
     return hashlib.sha256("".join(member_hashes).encode()).hexdigest()
 
 
+def rules_sha256(card: dict) -> str:
+    """The sha256 of what decides an answer besides the member files: each stage's classes, members and voting
+    weights, the features and the leukocyte minimum. 2.1.0 and 2.1.1 share every member file and differ only in
+    stage 1's weights: a stored report keyed by the files' hash alone would outlive such a change."""
+    decides = {"stages": {stage: {"classes": spec["classes"], "members": sorted(spec["members"]),
+                                  "weights": spec.get("weights", {})}
+                          for stage, spec in card["stages"].items()},
+               "feature_names": card["feature_names"], "min_leukocytes": card["min_leukocytes"]}
+    return hashlib.sha256(json.dumps(decides, sort_keys=True).encode()).hexdigest()
+
+
 def _probabilities(outputs: list, n_classes: int) -> np.ndarray:
     """The class-probability output of a classifier, whatever its converter's convention."""
     for output in outputs:
@@ -74,10 +85,12 @@ class SubtypeEnsemble:
         self.sha256 = combined_sha256(hashes)
         if self.sha256 != self.card["sha256"]:
             raise ModelIntegrityError("the combined sha256 of the members does not match the card")
+        self.rules_sha256 = rules_sha256(self.card)
 
     @property
     def info(self) -> dict:
-        return {"name": self.card["name"], "version": self.card["version"], "sha256": self.sha256}
+        return {"name": self.card["name"], "version": self.card["version"], "sha256": self.sha256,
+                "rules_sha256": self.rules_sha256}
 
     def stage_probabilities(self, stage: str, x: np.ndarray) -> np.ndarray:
         """Soft vote of the stage's members, weighted as in the card."""

@@ -240,3 +240,12 @@ def test_old_reports_without_apl_fields_still_load():
         body.pop(key)
     report = PatientReport(**body)
     assert report.apl_probability is None and report.apl_top_cells == [] and report.models.apl_cell_head is None
+
+
+def test_rules_hash_changes_with_the_threshold_and_features_not_the_file(tmp_path):
+    """A threshold retuned in the card alone is another APL model for a stored report (``rules_sha256``)."""
+    usual = _apl_model(tmp_path).identity
+    stricter = _apl_model(tmp_path, threshold=0.9).identity
+    assert usual.sha256 == stricter.sha256 and usual.rules_sha256 != stricter.rules_sha256
+    assert _apl_model(tmp_path, min_cells=1).identity.rules_sha256 != usual.rules_sha256
+    assert _apl_model(tmp_path).identity.rules_sha256 == usual.rules_sha256

@@ -93,3 +93,24 @@ def test_any_valid_counts_give_consistent_probabilities(predictor, counts):
     assert sum(p[s] for s in SUBTYPES) == pytest.approx(answer.aml_probability, abs=1e-6)
     assert answer.prediction == max(p, key=p.get)
     assert bool(answer.warnings) == (leukocytes < 50)
+
+
+def test_rules_hash_follows_the_cards_decisions_not_its_figures():
+    """2.1.0 and 2.1.1 shared every member file and differed in stage 1's weights only: the weights, the
+    classes, the members and the leukocyte minimum change ``rules_sha256``; the card's CV figures do not."""
+    from services.subtype.ensemble import rules_sha256
+
+    card = json.loads((DEFAULT_MODEL_DIR / "model_card.json").read_text())
+    base = rules_sha256(card)
+    assert SubtypeEnsemble(DEFAULT_MODEL_DIR).info["rules_sha256"] == base
+
+    def edited(change) -> str:
+        copy = json.loads(json.dumps(card))
+        change(copy)
+        return rules_sha256(copy)
+
+    assert edited(lambda c: c["stages"]["aml_vs_control"]["weights"].update(logistic_regression=1.0)) != base
+    assert edited(lambda c: c["stages"]["subtype"]["weights"].update(xgboost=2.0)) != base
+    assert edited(lambda c: c["stages"]["subtype"]["members"].pop("xgboost")) != base
+    assert edited(lambda c: c.update(min_leukocytes=c["min_leukocytes"] + 1)) != base
+    assert edited(lambda c: c.update(cross_validation={"macro_f1": 0.0})) == base
