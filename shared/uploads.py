@@ -3,7 +3,8 @@
 Two paths give the same parts: a body of at most ``FAST_PATH_MAX_BYTES`` whose every part is a
 well-formed file part named ``images`` is split in one pass over the bytes (``_split_image_parts``);
 anything else (larger or chunked bodies, other fields, odd headers, malformed bodies) goes through
-Starlette's streaming form parser, which also words every error. The fast path exists for the
+Starlette's streaming form parser, which also words every error; a body that ends before its closing
+boundary is refused (that parser would drop its unfinished last part without a word). The fast path exists for the
 many small requests of a busy cell service: the general parser's per-part callbacks, spooled
 files and form objects cost several times more than the split (issue 12).
 """
@@ -11,12 +12,13 @@ files and form objects cost several times more than the split (issue 12).
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncIterator
+from contextlib import aclosing
 
 from fastapi import Request
 from python_multipart.multipart import parse_options_header
 from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException
-from starlette.formparsers import MultiPartException
+from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
 from shared.problems import ProblemError
@@ -110,6 +112,25 @@ def _split_image_parts(body: bytes, boundary: bytes, max_images: int) -> list[tu
         position += 2
 
 
+class _ClosingWatch:
+    """Passes a body's chunks on and notes whether the closing delimiter (``--boundary--``) went by: the
+    general parser takes a body cut off before it as complete and silently drops the unfinished last part."""
+
+    def __init__(self, content_type: str):
+        _, params = parse_options_header(content_type)
+        self.closing = b"--" + params.get(b"boundary", b"") + b"--"
+        self.seen = False
+
+    async def chunks(self, stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        tail = b""
+        async for chunk in stream:
+            if not self.seen and chunk:
+                window = tail + chunk
+                self.seen = self.closing in window
+                tail = window[-(len(self.closing) - 1):]
+            yield chunk
+
+
 def _image_too_large(filename: str, max_image_bytes: int) -> ProblemError:
     return ProblemError(413, f"image {filename!r} is larger than the limit of {max_image_bytes} bytes per image")
 
@@ -145,17 +166,19 @@ async def read_image_parts(request: Request, max_images: int, per: str = "reques
                         if len(data) > max_image_bytes:
                             raise _image_too_large(filename, max_image_bytes)
                 return named
+    watch = _ClosingWatch(content_type)
     try:
-        form = await request.form(max_files=max_images + 1, max_fields=MAX_FIELDS)
+        async with aclosing(watch.chunks(request.stream())) as stream:
+            form = await MultiPartParser(request.headers, stream, max_files=max_images + 1,
+                                         max_fields=MAX_FIELDS).parse()
     except ClientDisconnect:
         raise _disconnected() from None
-    except MultiPartException as exc:  # outside an app (a bare Request)
+    except MultiPartException as exc:
         raise _parser_problem(exc.message, max_images, per) from None
-    except HTTPException as exc:  # in an app, Starlette turns the parser's errors into a plain 400 first
-        if not isinstance(exc.__context__, MultiPartException):
-            raise
-        raise _parser_problem(exc.__context__.message, max_images, per) from None
     try:
+        if not watch.seen:
+            raise ProblemError(422, "malformed multipart body: it ends before its closing boundary (the last "
+                                    "image may be cut off); nothing was processed, send the upload again")
         parts = form.getlist("images")
         files = [part for part in parts if isinstance(part, UploadFile)]
         if len(files) != len(parts):

@@ -24,11 +24,11 @@ def body(*parts: bytes, epilogue: bytes = b"\r\n") -> bytes:
 
 
 def request(data: bytes, content_type: str = f"multipart/form-data; boundary={BOUNDARY}",
-            length: bool = True) -> Request:
+            length: bool = True, split: int = 7) -> Request:
     headers = [(b"content-type", content_type.encode())]
     if length:
         headers.append((b"content-length", str(len(data)).encode()))
-    chunks = [data[:7], data[7:]]
+    chunks = [data[:split], data[split:]]
 
     async def receive():
         chunk = chunks.pop(0) if chunks else b""
@@ -80,7 +80,7 @@ def test_fast_path_agrees_with_the_general_parser(data):
 def test_fast_path_answers_common_bodies_itself(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the general parser was used")
-    monkeypatch.setattr(Request, "form", refuse)
+    monkeypatch.setattr(uploads, "MultiPartParser", refuse)
     data = body(part(b"one", filename="x.jpg"), part(b"two", filename=""))
     assert asyncio.run(uploads.read_image_parts(request(data), 4)) == [("x.jpg", b"one"), ("image-1", b"two")]
 
@@ -99,8 +99,8 @@ def test_not_multipart_is_415():
 
 def in_an_app(data: bytes, max_images: int = 4, content_type: str = f"multipart/form-data; boundary={BOUNDARY}",
               fast: bool = False):
-    """Status, media type and body of an app's answer: in an app, Starlette turns the multipart parser's
-    errors into HTTPException(400) before read_image_parts sees them (no "app" in the scope above)."""
+    """Status, media type and body of an app's answer (``Request.form`` would turn the multipart parser's errors
+    into a plain HTTPException(400) in an app, not outside one: both must give the same problem)."""
     from fastapi import FastAPI
     from fastapi.testclient import TestClient
 
@@ -182,3 +182,26 @@ def test_a_large_image_is_refused_before_it_is_read_into_memory(monkeypatch):
     data = body(part(b"s"), part(b"b" * (2 << 20), filename="big.jpg"))  # spooled to disk by the parser
     assert both(data, max_image_bytes=1 << 20)[1][0] == 413
     assert read == []
+
+
+@pytest.mark.parametrize("cut", [0, 6, 12, 40])
+def test_a_body_cut_before_its_closing_boundary_is_422_never_a_short_list(cut):
+    """The general parser alone returns the parts before the cut as if the body were whole: one image lost
+    without a word. Both paths refuse it."""
+    whole = body(part(b"first image"), part(b"second image"))
+    data = whole[:whole.rindex(f"--{BOUNDARY}--".encode()) - cut]
+    fast, general = both(data)
+    assert fast == general and fast[0] == 422 and "closing boundary" in fast[1]
+    assert in_an_app(data)[0] == 422
+
+
+def test_a_closing_boundary_split_between_chunks_is_seen():
+    data = body(part(b"one"), part(b"two"))
+    for split in range(len(data) - 14, len(data)):  # every cut through "--b0undary--\r\n"
+        original = uploads.FAST_PATH_MAX_BYTES
+        uploads.FAST_PATH_MAX_BYTES = -1
+        try:
+            parts = asyncio.run(uploads.read_image_parts(request(data, split=split), 4))
+        finally:
+            uploads.FAST_PATH_MAX_BYTES = original
+        assert parts == [("a.jpg", b"one"), ("a.jpg", b"two")], split
