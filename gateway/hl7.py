@@ -1,13 +1,14 @@
 """A report as an HL7 v2.5.1 ORU^R01 message (built and checked with hl7apy), for LIS interfaces
 that do not speak FHIR.
 
-- MSH: sender AML-CLASSIFIER, message control id = the report version's id (one per version), processing id P.
+- MSH: sender AML-CLASSIFIER, message control id = the first 20 characters of the report version's id (MSH-10
+  is at most 20 in v2.5.1; one per version), processing id P, character set UNICODE UTF-8 (MSH-18).
 - PID-3: the patient id (assigning authority AML, type PI). PID-5: name type U (the gateway
   never holds names).
 - OBR: the panel LOINC 57021-8 as in the FHIR report, OBR-3 (filler order number) the id of the
   report's first version, the same for every version (so that a LIS replaces the preliminary result
-  with the final or corrected one instead of filing a new order), OBR-7 when the models produced the
-  result, OBR-22 when this version was made, OBR-25 the result status (P preliminary, F final,
+  with the final or corrected one instead of filing a new order), OBR-7 when this version's result was
+  produced (the models' time for version 1, the review's for later versions), OBR-22 when this version was made, OBR-25 the result status (P preliminary, F final,
   C corrected = amended), OBR-32 the reviewer.
 - OBX: one per leukocyte category (same LOINC codes as the FHIR Observations, % of leukocytes),
   nucleated RBC 58413-6, smudge cells, AML probability and the predicted subtype under local
@@ -37,7 +38,9 @@ from shared.schemas import REVIEW_COMMENT_MAX, PatientReport
 
 HL7_MEDIA_TYPE = "application/hl7-v2"
 RESULT_STATUS = {"preliminary": "P", "final": "F", "amended": "C"}
-_SPECIAL = re.compile(r"[|^~\\&\r\n]")
+# HL7 delimiters and every control character (C0, DEL, C1): MLLP frames a message with 0x0B and 0x1C, and a
+# LIS parser may stop at a NUL, so none of them may reach free text
+_SPECIAL = re.compile(r"[|^~\\&\x00-\x1f\x7f-\x9f]")
 NOTE_MAX = 2000  # the note's length before the warnings are cut (a longer comment makes a longer note)
 WARNINGS_MIN = 200  # the warnings' room however long the comment
 
@@ -84,6 +87,7 @@ def to_oru_r01(report: PatientReport, sending_facility: str = "LAB", receiving_a
     msh.msh_10 = (report.report_id or report.request_id)[:20]
     msh.msh_11 = "P"
     msh.msh_12 = "2.5.1"
+    msh.msh_18 = "UNICODE UTF-8"  # names and comments are Unicode; an empty MSH-18 would mean ASCII
     result = message.add_group("ORU_R01_PATIENT_RESULT")
     patient = result.add_group("ORU_R01_PATIENT")
     patient.pid.pid_1 = "1"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -317,13 +318,24 @@ class ReviewRequest(BaseModel):
         description="who checked the cells (name or staff id). With a personal API key (one that names its "
                     "reviewer) it may be left out, and if given must be that name; with a shared key it is required")
     corrections: list[CellCorrection] = Field(default_factory=list, max_length=10_000)
-    comment: str = Field("", max_length=REVIEW_COMMENT_MAX)
+    comment: str = Field("", max_length=REVIEW_COMMENT_MAX,
+                         description="free text; line breaks and tabs allowed, no other control characters")
     sign_off: bool = Field(False, description="true: the new version is final (amended when correcting a final one)")
 
     @field_validator("reviewer", mode="before")
     @classmethod
     def _blank_is_none(cls, value):  # "" or spaces: no name given (a personal key signs; a shared key's is 422)
         return (value.strip() or None) if isinstance(value, str) else value
+
+    @field_validator("comment")
+    @classmethod
+    def _no_control_characters(cls, value: str) -> str:
+        """A NUL cannot be stored by PostgreSQL (it answered 503, every retry alike) and control characters frame
+        or cut messages to a LIS: refused here (422) rather than changed silently."""
+        bad = sorted({f"U+{ord(c):04X}" for c in value if unicodedata.category(c) == "Cc" and c not in "\t\n\r"})
+        if bad:
+            raise ValueError(f"comment: control characters are not allowed ({', '.join(bad[:5])})")
+        return value
 
 
 class KeyIdentity(BaseModel):

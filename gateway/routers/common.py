@@ -72,7 +72,7 @@ def render(request: Request, report: PatientReport, include_cells: bool) -> Resp
     if FHIR_MEDIA_TYPE in accept:
         return JSONResponse(to_diagnostic_report(report), media_type=FHIR_MEDIA_TYPE)
     if HL7_MEDIA_TYPE in accept:
-        return Response(to_oru_r01(report), media_type=HL7_MEDIA_TYPE)
+        return Response(to_oru_r01(report), media_type=f"{HL7_MEDIA_TYPE}; charset=utf-8")
     body = report.model_dump(exclude={"cells"} if not include_cells else None)
     return JSONResponse(body)
 

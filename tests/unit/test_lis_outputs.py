@@ -220,3 +220,27 @@ def test_hl7_note_keeps_the_reviewer_comment_whole_however_many_warnings(comment
     _, note = _observations_by_code(report)
     assert f"Comment: {_text(comment, len(comment))} Warnings: warning 0" in note, "whole, and before the warnings"
     assert note.endswith("...") and len(note) == max(2000, note.index(" Warnings:") + 200)
+
+
+def test_hl7_free_text_carries_no_control_characters_and_says_utf8():
+    """MLLP frames messages with 0x0B ... 0x1C: a file name or an older stored comment holding them (or a NUL)
+    must not reach the message; names and comments are Unicode, and MSH-18 says so."""
+    report = sample_report().model_copy(update={
+        "status": "final", "version": 2, "reviewed_by": "Dr Jürgen Groß", "reviewed_at": "2026-11-28T13:00:00+00:00",
+        "review_comment": "Blasten \x1c\x0b\x00\x07 gezählt — Prüfung\u0085", "warnings": ["file a\x1cb.jpg = c.jpg"]})
+    message = to_oru_r01(report)
+    assert not [c for c in message if (ord(c) < 32 and c != "\r") or 0x7f <= ord(c) <= 0x9f]
+    parsed = parse_message(message, validation_level=VALIDATION_LEVEL.STRICT)
+    assert parsed.msh.msh_18.value == "UNICODE UTF-8"
+    assert "gezählt — Prüfung" in message and "Groß" in message
+
+
+def test_a_review_comment_with_control_characters_is_refused_line_breaks_kept():
+    from pydantic import ValidationError
+
+    from shared.schemas import ReviewRequest
+
+    assert ReviewRequest(comment="two lines\r\nand a\ttab").comment == "two lines\r\nand a\ttab"
+    for bad in ("a\x00b", "mllp \x0b", "end \x1c", "c1 \x85"):
+        with pytest.raises(ValidationError, match="control characters"):
+            ReviewRequest(comment=bad)
