@@ -124,8 +124,8 @@ def to_oru_r01(report: PatientReport, sending_facility: str = "LAB", receiving_a
                          f"{report.prediction}^{report.prediction}^L", ""))
     if report.apl_probability is not None and report.apl_threshold is not None:
         observations.append(("NM", "apl-probability^Probability of acute promyelocytic leukaemia (PML::RARA)^L",
-                             f"{100 * report.apl_probability:.1f}", "%^%^UCUM",
-                             f"<{100 * report.apl_threshold:.1f}", "AA" if report.apl_alert else "N"))
+                             f"{100 * report.apl_probability:.2f}", "%^%^UCUM",
+                             f"<{100 * report.apl_threshold:.2f}", "AA" if report.apl_alert else "N"))
     observations += _quality_observations(report)
     for i, (kind, code, value, units, *flags) in enumerate(observations, start=1):
         obx = order.add_group("ORU_R01_OBSERVATION").obx

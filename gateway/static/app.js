@@ -502,7 +502,7 @@ function showApl(report) {
   $("r-apl").classList.toggle("alert", report.apl_alert === true);
   $("r-apl").textContent = known ? `APL probability ${pct(report.apl_probability)}` +
     (typeof report.apl_threshold === "number" ? ` (alert at ${pct(report.apl_threshold)} or more)` : "") +
-    (report.apl_alert ? ": suspected APL" : "") : "";
+    (report.apl_alert ? ": suspected APL" : ": below the alert threshold") : "";
 }
 
 function cellBox(view, c, note) {

@@ -51,10 +51,15 @@ class SubtypePredictor:
         if total < self.min_leukocytes:
             warnings.append(f"only {int(total)} leukocytes counted (minimum {self.min_leukocytes}): "
                             "the result is unreliable")
+        prediction, aml_probability = PATIENT_CLASSES[int(np.argmax(p))], float(1.0 - p[0])
+        if prediction == PATIENT_CLASSES[0] and aml_probability >= 0.5:
+            warnings.append(f"the most probable single class is {prediction} ({p[0]:.0%}), but P(AML) is "
+                            f"{aml_probability:.0%}, split among the subtypes: AML is more likely than not; "
+                            "review the differential")
         return SubtypePrediction(
             model=self.model_info,
-            aml_probability=float(1.0 - p[0]),
-            prediction=PATIENT_CLASSES[int(np.argmax(p))],
+            aml_probability=aml_probability,
+            prediction=prediction,
             probabilities={c: float(v) for c, v in zip(PATIENT_CLASSES, p)},
             features=feature_row,
             per_100_leukocytes=per_100_leukocytes(counts),

@@ -472,6 +472,7 @@ def test_apl_alert_banner_and_the_top_cells_first(browser, alerting_gateway, art
     quiet.goto(alerting_gateway.url + "/")
     quiet.evaluate("""report => render(report, [])""", {**report, "apl_alert": False, "apl_threshold": 1.0})
     assert quiet.locator("#r-apl-banner").is_hidden() and "APL probability" in quiet.inner_text("#r-apl")
+    assert quiet.inner_text("#r-apl").endswith("below the alert threshold"), "however close the rounded figures"
     quiet.evaluate("""report => render(report, [])""", {**report, "apl_alert": None, "apl_probability": None,
                                                         "apl_threshold": None, "apl_top_cells": []})
     assert quiet.locator("#r-apl-banner").is_hidden() and quiet.locator("#r-apl").is_hidden()

@@ -114,3 +114,24 @@ def test_rules_hash_follows_the_cards_decisions_not_its_figures():
     assert edited(lambda c: c["stages"]["subtype"]["members"].pop("xgboost")) != base
     assert edited(lambda c: c.update(min_leukocytes=c["min_leukocytes"] + 1)) != base
     assert edited(lambda c: c.update(cross_validation={"macro_f1": 0.0})) == base
+
+
+def test_control_predicted_while_aml_is_more_likely_than_not_is_warned():
+    """The prediction is the most probable of the 5 classes: P(control) 0.31 beats each subtype when P(AML)
+    0.69 is split four ways. The answer keeps the prediction and says that AML is more likely than not."""
+    class Split:
+        card = {"min_leukocytes": 1}
+        info = {"name": "split", "version": "0", "sha256": "0" * 64}
+
+        def __init__(self, p):
+            self.p = p
+
+        def predict(self, x):
+            return np.array([self.p] * len(x))
+
+    counts = {label: 0 for label in CELL_LABELS} | {"neutrophil": 50, "blast": 50}
+    split = SubtypePredictor(Split([0.31, 0.18, 0.17, 0.17, 0.17])).predict_many([counts])[0]
+    assert split.prediction == "control" and split.aml_probability == pytest.approx(0.69)
+    assert any("AML is more likely than not" in w for w in split.warnings)
+    clear = SubtypePredictor(Split([0.8, 0.05, 0.05, 0.05, 0.05])).predict_many([counts])[0]
+    assert clear.prediction == "control" and not clear.warnings
