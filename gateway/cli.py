@@ -18,7 +18,11 @@ row is flushed and synced to disk as soon as written; a last row cut off by a po
 is removed at the next start and that patient redone. 429 and 503 answers and connection errors are
 retried (--retries, waiting Retry-After or a growing backoff); after 3 patients in a row fail with the
 gateway unreachable or still refusing, the run stops (exit 1) so a rerun can finish the batch later.
-Progress goes to stderr. Exit status: 0 all ok, 1 some patient failed or the run stopped, 2 usage.
+A patient folder whose images change while it is sent (still being copied in) gets an error row, so a rerun
+sends it again whole. A gateway on this machine (127.0.0.1, localhost, ::1) is reached directly, never
+through HTTP_PROXY. Progress goes to stderr. Exit status: 0 all ok, 1 some patient failed or the run
+stopped, 2 usage (DIR holding images but no patient folders included), 130 interrupted (Ctrl-C; a rerun
+resumes).
 """
 
 from __future__ import annotations
@@ -40,20 +44,42 @@ from gateway.batch.results_file import (COLUMNS, IncompatibleResults, check_head
 from gateway.batch.upload_parts import close_parts, image_parts
 
 STOP_AFTER_UNAVAILABLE = 3  # patients in a row; then the gateway is down, not the patients bad
+INTERRUPTED = 130  # Ctrl-C, as a shell reports it
 
 
 def classify_patient(client: httpx.Client, folder: Path, limits: Limits) -> Result:
     """Check and send one patient folder, its images read from disk as they are sent; a folder that must
-    not be sent, or an image that cannot be read or changes size on the way, raises PatientProblem."""
+    not be sent, or an image that cannot be read or changes size on the way, raises PatientProblem. A folder
+    whose images changed while it was sent (one still being copied in) gives an error, never an ``ok`` row."""
     check_patient_id(folder.name)
     images = patient_images(folder)
     if not images:
         return Result(None, "no images in folder")
-    parts = image_parts(check_limits(images, limits))
+    sizes = check_limits(images, limits)
+    parts = image_parts(sizes)
     try:
-        return post(client, folder.name, parts, limits.retries)
+        result = post(client, folder.name, parts, limits.retries)
     finally:
         close_parts(parts)
+    changed = folder_changes(folder, sizes)
+    if result.report is not None and changed:
+        report = result.report.get("report_id") or "?"
+        return Result(None, f"the folder changed while it was sent ({changed}): report {report} is of the "
+                            f"{len(sizes)} images present then, not of the patient; rerun once it is copied in")
+    return result
+
+
+def folder_changes(folder: Path, sizes: dict[Path, int]) -> str:
+    """What changed in ``folder`` since its images were listed with ``sizes`` ("" when nothing did)."""
+    try:
+        now = {p: p.stat().st_size for p in patient_images(folder)}
+    except (OSError, PatientProblem) as exc:
+        return f"it cannot be listed again: {exc}"
+    added, removed = sorted(set(now) - set(sizes)), sorted(set(sizes) - set(now))
+    resized = sorted(p for p in set(now) & set(sizes) if now[p] != sizes[p])
+    said = [f"{len(paths)} image(s) {what}, e.g. {paths[0].name}"
+            for paths, what in ((added, "added"), (removed, "removed"), (resized, "resized")) if paths]
+    return "; ".join(said)
 
 
 def _describe(exc: Exception) -> str:
@@ -114,12 +140,20 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--retries must be 0 or more, --max-images and --max-image-mib more than 0")
     if not args.gateway.startswith(("http://", "https://")):
         parser.error(f"--gateway must be an http:// or https:// URL, not {args.gateway!r}")
+    if not args.timeout > 0:
+        parser.error("--timeout must be more than 0 seconds")
     if not args.api_key:
         parser.error("an API key is needed: --api-key or AML_API_KEY")
+    if args.out.is_dir() or not args.out.parent.is_dir():
+        parser.error(f"--out {args.out}: " + ("is a directory" if args.out.is_dir() else
+                                             f"its folder {args.out.parent} does not exist"))
     try:
         patients = patient_folders(args.directory)
-    except OSError as exc:
-        parser.error(f"cannot list {args.directory}: {exc.strerror or exc}")
+        if not patients and patient_images(args.directory):
+            parser.error(f"{args.directory} holds images but no patient folders: DIR must hold one folder of "
+                         f"images per patient (for one patient: its folder's parent, or a folder holding it)")
+    except (OSError, PatientProblem) as exc:
+        parser.error(f"cannot list {args.directory}: {getattr(exc, 'strerror', None) or exc}")
     warning = cut_torn_row(args.out)
     if warning:
         print(warning, file=sys.stderr)
@@ -143,22 +177,30 @@ def _run(args: argparse.Namespace, todo: list[Path], limits: Limits) -> int:
     stopped = False
     started = time.monotonic()
     headers = {"Authorization": f"Bearer {args.api_key}"}
-    with (httpx.Client(base_url=args.gateway, timeout=args.timeout, headers=headers) as client,
+    # a gateway on this machine is never reached through the environment's proxy (HTTP_PROXY): the images and
+    # the key would go to the proxy, as the launcher and the gateway's own calls avoid too
+    local = httpx.URL(args.gateway).host in ("127.0.0.1", "localhost", "::1")
+    with (httpx.Client(base_url=args.gateway, timeout=args.timeout, headers=headers, trust_env=not local) as client,
           open(args.out, "a", newline="", encoding="utf-8") as out):
         writer = csv.DictWriter(out, fieldnames=COLUMNS)
         if new_file:
             write_header(out, writer)
-        for index, folder in enumerate(todo):
-            _progress(index, len(todo), folder.name, started)
-            row, result = _patient_row(client, folder, limits)
-            write_row(out, writer, row)
-            failures += result.report is None
-            unavailable_in_row = unavailable_in_row + 1 if result.unavailable else 0
-            if unavailable_in_row >= STOP_AFTER_UNAVAILABLE:
-                stopped = True
-                break
-        else:
-            _progress(len(todo), len(todo), "", started)
+        try:
+            for index, folder in enumerate(todo):
+                _progress(index, len(todo), folder.name, started)
+                row, result = _patient_row(client, folder, limits)
+                write_row(out, writer, row)
+                failures += result.report is None
+                unavailable_in_row = unavailable_in_row + 1 if result.unavailable else 0
+                if unavailable_in_row >= STOP_AFTER_UNAVAILABLE:
+                    stopped = True
+                    break
+            else:
+                _progress(len(todo), len(todo), "", started)
+        except KeyboardInterrupt:
+            print(f"\ninterrupted: the rows so far are in {args.out}; rerun the same command to do the rest "
+                  "(the interrupted patient is redone)", file=sys.stderr)
+            return INTERRUPTED
     sys.stderr.write("\n")
     if stopped:
         print(f"stopped: the gateway at {args.gateway} was unreachable or refusing for {unavailable_in_row} "

@@ -4,7 +4,7 @@ For the newest version of every reviewed report (status final or amended) each c
 thumbnail (at most 144x144 px; the gateway keeps no originals) is written as
 ``DIR/<label>/<sha256>.jpg`` under the reviewer's label, and ``DIR/cells.csv`` lists
 sha256, label, model_label (the model's label where the reviewer corrected it), report_id,
-reviewed_by, reviewed_at, cell and subtype model versions. No patient ids are written (the report
+reviewed_by, reviewed_at, cell_model (the cell model's name and version) and file. No patient ids are written (the report
 id links back for those allowed to look). A cell seen in several reports is written once, under
 the label of the newest review. ``python -m training.train_cells --extra-labelled DIR`` trains on it.
 

@@ -389,3 +389,75 @@ def test_help_says_a_patients_last_row_is_its_result(capsys):
     with pytest.raises(SystemExit):
         cli.main(["--help"])
     assert "last row is its result" in capsys.readouterr().out.lower().replace("\n", " ")
+
+
+# --- folders still being copied in, usage errors, proxies, Ctrl-C ---------------------------------------
+
+def test_a_folder_that_gains_an_image_while_it_is_sent_is_an_error_row_and_redone(tmp_path, gateway, monkeypatch):
+    """Small images copy in within a millisecond each: the listing falls between two files, no size ever
+    changes, and the report is of part of the cells. The folder is listed again after the upload."""
+    root = tmp_path / "patients"
+    copying = make_patient(root, "PAT-A")
+    make_patient(root, "PAT-B")
+    posted = cli.post
+
+    def post_while_copying(client, patient_id, parts, retries):
+        result = posted(client, patient_id, parts, retries)
+        if patient_id == "PAT-A" and not (copying / "c9.jpg").exists():
+            (copying / "c9.jpg").write_bytes(b"the next cell")
+        return result
+
+    monkeypatch.setattr(cli, "post", post_while_copying)
+    out = tmp_path / "results.csv"
+    assert run(root, out, gateway.url) == 1
+    first = rows(out)
+    assert first["PAT-A"]["status"] == "error" and first["PAT-B"]["status"] == "ok"
+    assert "the folder changed while it was sent (1 image(s) added, e.g. c9.jpg)" in first["PAT-A"]["error"]
+    assert run(root, out, gateway.url) == 0
+    assert rows(out)["PAT-A"]["status"] == "ok"
+    assert gateway.requests[-1] == (path_of("PAT-A"), 3), "the rerun sent the folder whole"
+
+
+@pytest.mark.parametrize("mistake", ["one patient's folder", "missing out folder", "out is a folder", "timeout 0"])
+def test_usage_mistakes_exit_2_before_any_upload(tmp_path, gateway, mistake, capsys):
+    root = tmp_path / "patients"
+    folder = make_patient(root, "PAT-A")
+    directory, out, extra = root, tmp_path / "results.csv", []
+    if mistake == "one patient's folder":
+        directory = folder
+    elif mistake == "missing out folder":
+        out = tmp_path / "nowhere" / "results.csv"
+    elif mistake == "out is a folder":
+        out = tmp_path
+    else:
+        extra = ["--timeout", "0"]
+    with pytest.raises(SystemExit) as exited:
+        run(directory, out, gateway.url, *extra)
+    assert exited.value.code == 2 and gateway.requests == []
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_a_local_gateway_is_reached_without_the_environments_proxy(tmp_path, gateway, monkeypatch):
+    make_patient(tmp_path / "patients", "PAT-A")
+    monkeypatch.setenv("HTTP_PROXY", closed_port_url())  # a proxy that would refuse every patient
+    assert run(tmp_path / "patients", tmp_path / "results.csv", gateway.url) == 0
+    assert gateway.paths() == [path_of("PAT-A")]
+
+
+def test_ctrl_c_keeps_the_rows_written_and_exits_130(tmp_path, gateway, monkeypatch, capsys):
+    root = tmp_path / "patients"
+    for name in ("PAT-A", "PAT-B", "PAT-C"):
+        make_patient(root, name)
+    one_row = cli._patient_row
+
+    def interrupted_at_b(client, folder, limits):
+        if folder.name == "PAT-B":
+            raise KeyboardInterrupt
+        return one_row(client, folder, limits)
+
+    monkeypatch.setattr(cli, "_patient_row", interrupted_at_b)
+    out = tmp_path / "results.csv"
+    assert run(root, out, gateway.url) == cli.INTERRUPTED == 130
+    assert list(rows(out)) == ["PAT-A"] and "rerun the same command" in capsys.readouterr().err
+    monkeypatch.setattr(cli, "_patient_row", one_row)
+    assert run(root, out, gateway.url) == 0 and list(rows(out)) == ["PAT-A", "PAT-B", "PAT-C"]
