@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
@@ -19,6 +20,7 @@ from gateway.cache import make_cache
 from gateway.clients import CellServiceClient, SubtypeServiceClient
 from gateway.pipeline import PatientClassifier
 from gateway.routers import access, patients, reports
+from gateway.routers.reports import audit_invalid_review
 from gateway.routers.common import (PATIENT_ID, REPORT_RESPONSES, audit, authorize, check_patient_id,
                                     failure_status, render, store_errors, upstream_errors)
 from gateway.security import KeyStore, RateLimiter
@@ -26,7 +28,7 @@ from gateway.settings import GatewaySettings
 from gateway.store.database import check_schema, make_engine, migrate
 from gateway.store.repository import ReportStore
 from shared.body_limit import BodySizeLimitMiddleware
-from shared.problems import ProblemError, install_problem_handlers
+from shared.problems import ProblemError, install_problem_handlers, validation_problem
 from shared.request_id import install_request_id
 from shared.uploads import read_image_parts
 from shared.schemas import Health, PatientReport, Readiness
@@ -93,6 +95,12 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
                               "differential and the AML subtype prediction. Decision support only.")
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     install_problem_handlers(app)
+
+    @app.exception_handler(RequestValidationError)
+    async def _audited_validation(request: Request, exc: RequestValidationError):
+        """As every service answers a refused body (422), and a review's is audited like any other outcome."""
+        audit_invalid_review(request, 422)
+        return validation_problem(request, exc)
 
     install_request_id(app)
 

@@ -37,6 +37,12 @@ def _request_id(request: Request) -> str | None:
     return getattr(request.state, "request_id", None) or request.headers.get("x-request-id")
 
 
+def validation_problem(request: Request, exc: RequestValidationError):
+    """A request that FastAPI's validation refused, as a 422 problem+json naming each field's error."""
+    parts = [f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors()]
+    return problem_response(422, "; ".join(parts) or "invalid request", request_id=_request_id(request))
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     """Answer every error (ours, HTTP, validation, unexpected) as problem+json."""
 
@@ -52,8 +58,7 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
-        parts = [f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors()]
-        return problem_response(422, "; ".join(parts) or "invalid request", request_id=_request_id(request))
+        return validation_problem(request, exc)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):

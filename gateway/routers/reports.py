@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
 from gateway.routers.common import (PROBLEMS, REPORT_RESPONSES, audit, authorize, check_report_id,
@@ -55,22 +55,23 @@ async def get_report(request: Request, report_id: str,
                        **{s: PROBLEMS[s] for s in (401, 403, 404, 503)}})
 async def cell_thumbnail(request: Request, report_id: str, sha256: str):
     """The stored thumbnail of one cell of this report (for review days later)."""
-    status = 200
+    status, patient_id = 200, None
     try:
         authorize(request, "read")
         check_report_id(report_id)
         if not SHA256.fullmatch(sha256):
             raise ProblemError(404, "no such cell")
         with store_errors():
-            jpeg = await request.app.state.store.thumbnail(report_id, sha256)
-        if jpeg is None:
+            found = await request.app.state.store.thumbnail_of_patient(report_id, sha256)
+        if found is None:
             raise ProblemError(404, f"report {report_id} has no stored thumbnail for cell {sha256[:12]}")
+        jpeg, patient_id = found
         return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "private, no-store"})
     except BaseException as exc:  # audited as the status it ends in
         status = failure_status(exc, status)
         raise
-    finally:  # an image of a patient's blood was shown: audited like a report read
-        audit(request, "read-thumbnail", status, None, report_id=report_id[:32], detail={"cell": sha256[:64]})
+    finally:  # an image of a patient's blood was shown: audited like a report read, linked to the patient
+        audit(request, "read-thumbnail", status, patient_id, report_id=report_id[:32], detail={"cell": sha256[:64]})
 
 
 def signed_review(request: Request, key: ApiKey, review: ReviewRequest) -> ReviewRequest:
@@ -92,10 +93,33 @@ def signed_review(request: Request, key: ApiKey, review: ReviewRequest) -> Revie
                                 "digit)") from None
 
 
+def review_caller(request: Request, report_id: str) -> ApiKey:
+    """The reviewer's key, checked before the body is validated (FastAPI runs dependencies first): a request
+    without a valid key is 401 whatever its body, and a refused key is audited here, as the handler that would
+    audit it does not run. A body refused after the key was accepted is audited by ``audit_invalid_review``."""
+    try:
+        key = authorize(request, "review")
+    except BaseException as exc:
+        audit(request, "review", failure_status(exc, 401), None, report_id=report_id[:32])
+        raise
+    request.state.invalid_body_audit = ("review", report_id[:32])
+    return key
+
+
+def audit_invalid_review(request: Request, status: int) -> None:
+    """The audit line of a review whose body FastAPI refused (422) after its key was accepted (``review_caller``);
+    nothing for other requests."""
+    endpoint_and_report = getattr(request.state, "invalid_body_audit", None)
+    if endpoint_and_report is not None:
+        endpoint, report_id = endpoint_and_report
+        audit(request, endpoint, status, None, report_id=report_id, detail={"invalid_body": True})
+
+
 @router.post("/reports/{report_id}/review", response_model=PatientReport, status_code=201,
              responses={201: {"description": "the new version"},
                         **{s: PROBLEMS[s] for s in (401, 403, 404, 409, 422, 429, 502, 503, 504)}})
 async def review_report(request: Request, report_id: str, review: ReviewRequest,
+                        key: ApiKey = Depends(review_caller),
                         include: str | None = Query(None, description="'cells' adds the per-image labels")):
     """Correct cell labels and (optionally) sign off: makes the next version of this report.
 
@@ -106,10 +130,9 @@ async def review_report(request: Request, report_id: str, review: ReviewRequest,
     the `reviewer` a shared key's request names.
     """
     state = request.app.state
-    status, base, report, key, signed = 201, None, None, None, None
+    status, base, report, signed = 201, None, None, None
     claimed = review.reviewer
     try:
-        key = authorize(request, "review")
         review = signed = signed_review(request, key, review)
         base = await _load(request, report_id)
         if base.superseded_by:

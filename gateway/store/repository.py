@@ -340,10 +340,18 @@ class ReportStore:
 
     async def thumbnail(self, report_id: str, sha256: str) -> bytes | None:
         """The JPEG of a cell of this report (None when the report does not show that cell)."""
+        found = await self.thumbnail_of_patient(report_id, sha256)
+        return found[0] if found else None
+
+    async def thumbnail_of_patient(self, report_id: str, sha256: str) -> tuple[bytes, str] | None:
+        """The JPEG of a cell of this report and the report's patient id (for the audit), or None."""
         async def work(conn):
-            return (await conn.execute(
-                select(ThumbnailRow.jpeg).join(ReportImageRow, ReportImageRow.sha256 == ThumbnailRow.sha256)
-                .where(ReportImageRow.report_id == report_id, ThumbnailRow.sha256 == sha256))).scalar_one_or_none()
+            row = (await conn.execute(
+                select(ThumbnailRow.jpeg, ReportRow.patient_id)
+                .join(ReportImageRow, ReportImageRow.sha256 == ThumbnailRow.sha256)
+                .join(ReportRow, ReportRow.id == ReportImageRow.report_id)
+                .where(ReportImageRow.report_id == report_id, ThumbnailRow.sha256 == sha256))).first()
+            return (row.jpeg, row.patient_id) if row else None
 
         return await self._run(work, write=False)
 

@@ -218,3 +218,32 @@ def test_a_gateway_can_take_reviews_from_personal_keys_only(tmp_path, stack):
         assert personal.status_code == 201 and personal.json()["reviewed_by"] == PERSONAL_REVIEWER
     finally:
         gateway.stop()
+
+
+def test_a_review_body_is_checked_after_the_key_and_every_outcome_is_audited(stack):
+    """A review with a label the vocabulary lacks: 401 without a key (not 422: who asks comes first), 422 with
+    the reviewer's key; both, and a NUL in the comment, leave an audit line."""
+    url = stack["gateway"].url
+    report = classify(url, AUTH, patient="SEC-BODY-1", n=2)
+    assert report.status_code == 200, report.text
+    report_id = report.json()["report_id"]
+    cells = httpx.get(f"{url}/reports/{report_id}", params={"include": "cells"}, headers=AUTH, timeout=10).json()
+    sha = cells["cells"][0]["sha256"]
+    bad_label = {"corrections": [{"sha256": sha, "label": "blasts"}], "reviewer": "Dr Body"}
+    anonymous = httpx.post(f"{url}/reports/{report_id}/review", json=bad_label, timeout=30)
+    assert anonymous.status_code == 401
+    refused = _review(url, report_id, REVIEW_KEY, **bad_label)
+    assert refused.status_code == 422 and "corrections.0.label" in refused.json()["detail"]
+    nul = _review(url, report_id, REVIEW_KEY, reviewer="Dr Body", comment="cut\x00here")
+    assert nul.status_code == 422 and "control characters" in nul.json()["detail"]
+
+    thumbnail = httpx.get(f"{url}/reports/{report_id}/cells/{sha}.jpg", headers=AUTH, timeout=10)
+    assert thumbnail.status_code == 200 and thumbnail.content[:2] == b"\xff\xd8"
+
+    lines = [json.loads(line) for line in stack["audit"].read_text().splitlines()]
+    reviews = [e for e in lines if e["endpoint"] == "review" and e.get("report_id") == report_id]
+    assert [(e["outcome"], e["key_id"]) for e in reviews] == [(401, None), (422, "reviewer"), (422, "reviewer")], reviews
+    made = next(e for e in lines if e["endpoint"] == "classify" and e.get("report_id") == report_id)
+    shown = [e for e in lines if e["endpoint"] == "read-thumbnail" and e.get("report_id") == report_id]
+    assert [e["patient"] for e in shown] == [made["patient"]] and made["patient"], \
+        "a cell image shown is linked to its patient in the audit, like a report read"
