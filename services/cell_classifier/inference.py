@@ -135,14 +135,6 @@ def check_model(model_dir: Path, provider: str = "auto", variant: str = "auto") 
 class CellModel:
     def __init__(self, model_dir: Path, provider: str = "auto", threads: int = 0, variant: str = "auto"):
         checked = check_model(model_dir, provider, variant)
-        self.card: dict = checked.card
-        self.input_size: int = checked.input_size
-        self.variant: str = checked.variant
-        entry, model_path, providers = checked.entry, checked.path, checked.providers
-        shape = checked.card["input"]["shape"]
-        self.file: str = entry["file"]
-        self.sha256: str = entry["sha256"]
-        self.rules_sha256: str = rules_sha256(checked.card)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -151,13 +143,32 @@ class CellModel:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         # the bytes check_model hashed, not the path: a file replaced between the check and the load would
         # otherwise run unchecked (the session keeps its copy of the bytes: a few MB)
-        self.session = ort.InferenceSession(checked.data, options, providers=providers)
+        self.session = ort.InferenceSession(checked.data, options, providers=checked.providers)
         self.provider: str = self.session.get_providers()[0]
         # onnxruntime falls back to the CPU, with a warning only, when the CUDA provider it lists cannot start
         # (no driver, another CUDA or cuDNN): asked for explicitly, CUDA must be what runs (auto reports either)
         if provider.lower() == "cuda" and self.provider != "CUDAExecutionProvider":
             raise RuntimeError(f"CELL_PROVIDER=cuda but onnxruntime runs the model on {self.session.get_providers()}: "
                                "the CUDA provider failed to start (see onnxruntime's warnings above)")
+        if variant.lower() == "auto" and self.provider == "CPUExecutionProvider" \
+                and checked.providers[0] != "CPUExecutionProvider":
+            # the variant was chosen for CUDA, which did not start: the CPU's own choice (int8 where the card
+            # says so) runs instead, as on a machine without a GPU
+            on_cpu = check_model(model_dir, "cpu", "auto")
+            if on_cpu.variant != checked.variant:
+                log.warning("the CUDA provider did not start: the cell model runs on the CPU as %s, not %s",
+                            on_cpu.variant, checked.variant)
+                checked = on_cpu
+                self.session = ort.InferenceSession(checked.data, options, providers=checked.providers)
+                self.provider = self.session.get_providers()[0]
+        self.card: dict = checked.card
+        self.input_size: int = checked.input_size
+        self.variant: str = checked.variant
+        entry, model_path = checked.entry, checked.path
+        shape = checked.card["input"]["shape"]
+        self.file: str = entry["file"]
+        self.sha256: str = entry["sha256"]
+        self.rules_sha256: str = rules_sha256(checked.card)
         self.input_name: str = self.session.get_inputs()[0].name
         if list(self.session.get_inputs()[0].shape[1:]) != [self.input_size, self.input_size, 3]:
             raise ModelIntegrityError(f"{model_path.name} takes {self.session.get_inputs()[0].shape}, its card says "

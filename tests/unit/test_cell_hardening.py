@@ -97,6 +97,18 @@ def test_auto_falls_back_to_the_cpu_and_says_so(cuda_offered_but_not_working):
     assert model.provider == model.info["provider"] == "CPUExecutionProvider"
 
 
+@pytest.mark.filterwarnings("ignore:Specified provider 'CUDAExecutionProvider'")
+def test_auto_variant_follows_the_provider_that_runs_not_the_one_listed(cuda_offered_but_not_working):
+    """CELL_MODEL_VARIANT=auto picks float for CUDA; when CUDA does not start, the CPU's choice runs (the
+    card's default, int8), as on a machine without a GPU, not the float file at half the speed."""
+    import json
+
+    default = json.loads((DEFAULT_MODEL_DIR / "model_card.json").read_text())["serving_variants"]["default"]
+    model = CellModel(DEFAULT_MODEL_DIR, "auto", threads=1, variant="auto")
+    assert model.provider == "CPUExecutionProvider" and model.variant == model.info["variant"] == default
+    assert model.sha256 == CellModel(DEFAULT_MODEL_DIR, "cpu", threads=1, variant="auto").sha256
+
+
 # --- 5. with several workers, the pre-start check verifies what every worker verifies -----------------------
 
 def test_the_pre_start_check_refuses_a_tampered_apl_head(tmp_path, monkeypatch):
