@@ -50,7 +50,11 @@ def _image_filename(disposition: bytes) -> bytes | None:
     return options.get(b"filename") if kind == b"form-data" and options.get(b"name") == b"images" else None
 
 
-def _disconnected() -> ProblemError:
+CLIENT_DISCONNECTED = "client_disconnected"  # set on request.state: no one is left to answer (metrics skip it)
+
+
+def _disconnected(request: Request) -> ProblemError:
+    setattr(request.state, CLIENT_DISCONNECTED, True)
     return ProblemError(400, "the client disconnected during the upload; nothing was processed",
                         title="Client Closed Request")
 
@@ -157,7 +161,7 @@ async def read_image_parts(request: Request, max_images: int, per: str = "reques
             try:
                 body = await request.body()  # kept on the request: the general parser below re-reads it
             except ClientDisconnect:
-                raise _disconnected() from None
+                raise _disconnected(request) from None
             parts = _split_image_parts(body, boundary, max_images)
             if parts is not None:
                 named = [(filename or f"image-{i}", data) for i, (filename, data) in enumerate(parts)]
@@ -172,7 +176,7 @@ async def read_image_parts(request: Request, max_images: int, per: str = "reques
             form = await MultiPartParser(request.headers, stream, max_files=max_images + 1,
                                          max_fields=MAX_FIELDS).parse()
     except ClientDisconnect:
-        raise _disconnected() from None
+        raise _disconnected(request) from None
     except MultiPartException as exc:
         raise _parser_problem(exc.message, max_images, per) from None
     try:

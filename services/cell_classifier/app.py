@@ -28,7 +28,7 @@ from shared.vocabulary import CELL_TYPES, UNCLASSIFIED, VOCABULARY_VERSION
 from shared.internal_auth import InternalTokenMiddleware
 from shared.request_id import install_request_id
 from shared.problems import ProblemError, install_problem_handlers
-from shared.uploads import read_image_parts
+from shared.uploads import CLIENT_DISCONNECTED, read_image_parts
 from shared.schemas import (
     CellModelCard,
     ClassifyCellsResponse,
@@ -68,7 +68,8 @@ class _CountClassifyResponses:
     """Counts every /v1/classify answer by its final status (``CellMetrics.count_response``), whoever gives it:
     the route, the body-size limit (413), the internal token check (401), Starlette's parser (400) or an
     unforeseen exception (500, answered by the server-error handler outside). Counting only the route's
-    ``ProblemError``s left all of these out. A request whose client left before any answer is not counted."""
+    ``ProblemError``s left all of these out. A request whose client left before any answer, or during its upload
+    (``shared.uploads`` marks it: its 400 reaches no one), is not counted: error-rate alerts are for the service."""
 
     def __init__(self, app):
         self.app = app
@@ -92,7 +93,8 @@ class _CountClassifyResponses:
             raise
         finally:
             metrics = getattr(scope["app"].state, "metrics", None)
-            if status is not None and metrics is not None:
+            gone = (scope.get("state") or {}).get(CLIENT_DISCONNECTED, False)
+            if status is not None and metrics is not None and not gone:
                 metrics.count_response(status)
 
 

@@ -5,10 +5,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from PIL import Image
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.internal_auth import checked_token
+
+# Pillow's own decompression-bomb error (twice its warning limit): a higher CELL_MAX_PIXELS could not be honoured
+PILLOW_REFUSES_ABOVE = 2 * Image.MAX_IMAGE_PIXELS
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "model"
 
@@ -47,8 +51,9 @@ class CellServiceSettings(BaseSettings):
     max_images: int = Field(1024, ge=1, validation_alias=AliasChoices("CELL_MAX_IMAGES"))
     max_body_bytes: int = Field(512 * 1024 * 1024, ge=1, validation_alias=AliasChoices("CELL_MAX_BODY_BYTES"))
     max_image_bytes: int = Field(50 * 1024 * 1024, ge=1, validation_alias=AliasChoices("CELL_MAX_IMAGE_BYTES"))
-    max_pixels: int = Field(40_000_000, ge=1, validation_alias=AliasChoices("CELL_MAX_PIXELS"),
-                            description="width x height above which an image is refused (decompression bombs)")
+    max_pixels: int = Field(40_000_000, ge=1, le=PILLOW_REFUSES_ABOVE, validation_alias=AliasChoices("CELL_MAX_PIXELS"),
+                            description="width x height above which an image is refused (decompression bombs); at "
+                                        f"most {PILLOW_REFUSES_ABOVE}, above which Pillow refuses to open any image")
     min_image_side: int = Field(32, ge=1, validation_alias=AliasChoices("CELL_MIN_IMAGE_SIDE"),
                                 description="pixels: an image narrower or lower than this is refused as too small to "
                                             "show a cell (single-cell crops are 100-400 px; a thumbnail or an icon "

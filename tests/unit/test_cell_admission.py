@@ -138,6 +138,48 @@ def test_every_classify_answer_is_counted_once_by_its_status(model, monkeypatch)
         == {"401": 1, "413": 1, "415": 1, "500": 1}
 
 
+class HangUp(Call):
+    """A client that sends part of its body and goes away (the server then receives ``http.disconnect``)."""
+
+    async def __call__(self) -> int | None:
+        sent = []
+
+        async def receive():
+            if not sent:
+                sent.append(True)
+                return {"type": "http.request", "body": self.body[: len(self.body) // 2], "more_body": True}
+            return {"type": "http.disconnect"}
+
+        async def send(message):
+            if message["type"] == "http.response.start":
+                self.status = message["status"]
+
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+                 "scheme": "http", "path": "/v1/classify", "raw_path": b"/v1/classify", "root_path": "",
+                 "query_string": b"", "headers": self.headers, "client": ("127.0.0.1", 1), "server": ("t", 80)}
+        await self.app(scope, receive, send)
+        return self.status
+
+
+@pytest.mark.parametrize("large", [False, True], ids=["fast path", "streamed"])
+def test_a_client_that_hangs_up_mid_upload_is_not_counted_as_an_error(model, monkeypatch, large):
+    """Its 400 reaches no one: counted, it would raise the error rate an alert watches for a fault of the service."""
+    if large:
+        monkeypatch.setattr("shared.uploads.FAST_PATH_MAX_BYTES", -1)
+    app = create_app(settings(), model)
+
+    async def main():
+        async with app.router.lifespan_context(app):
+            assert await HangUp(app, multipart(2))() == 400
+            assert await Call(app, multipart(1))() == 200
+            return app.state.metrics.registry.get_sample_value
+
+    sample = asyncio.run(main())
+    assert sample("cell_requests_total", {"outcome": "ok"}) == 1
+    assert not sample("cell_requests_total", {"outcome": "error"})
+    assert not sample("cell_errors_total", {"status": "400"})
+
+
 # --- 3. the queue-depth gauge is current without a scrape ------------------------------------------------------
 
 class HeldModel:

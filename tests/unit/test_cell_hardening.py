@@ -201,3 +201,17 @@ def test_a_request_that_meets_stopped_decode_workers_gets_503_not_an_image_error
         client.app.state.decode_workers.shutdown()
         answer = client.post("/v1/classify", files=[("images", ("a.png", encode(Image.new("RGB", (8, 8)), "PNG")))])
     assert answer.status_code == 503 and "shutting down" in answer.json()["detail"]
+
+
+def test_a_pixel_limit_pillow_would_not_honour_is_refused_at_start(monkeypatch):
+    """Pillow refuses to open any image above twice its warning limit, whatever CELL_MAX_PIXELS says: a higher
+    setting would reject such images while naming the setting's limit."""
+    from pydantic import ValidationError
+
+    from services.cell_classifier.settings import PILLOW_REFUSES_ABOVE
+
+    monkeypatch.setenv("CELL_MAX_PIXELS", str(PILLOW_REFUSES_ABOVE + 1))
+    with pytest.raises(ValidationError, match="less than or equal to"):
+        CellServiceSettings()
+    monkeypatch.setenv("CELL_MAX_PIXELS", str(PILLOW_REFUSES_ABOVE))
+    assert CellServiceSettings().max_pixels == PILLOW_REFUSES_ABOVE
