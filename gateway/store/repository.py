@@ -153,7 +153,11 @@ class ReportStore:
 
     async def _insert_version(self, conn: AsyncConnection, report: PatientReport, content_key: str,
                               appearance: dict, created: datetime, reviewed_at: datetime | None,
-                              images_key: str | None) -> None:
+                              images_key: str | None, supplied: frozenset[str] = frozenset()) -> None:
+        """Insert one version and link the thumbnails it shows: those in the store, and always those this write
+        ``supplied`` (a concurrent erasure of another patient may have deleted one of them after its insert
+        found it present: the link then violates its foreign key and the write is retried, thumbnail and all,
+        rather than the report stored without the cell's image)."""
         await self._lock_patient(conn, report.patient_id)
         seq = (await conn.execute(select(func.coalesce(func.max(ReportRow.seq), 0))
                                   .where(ReportRow.patient_id == report.patient_id))).scalar_one() + 1
@@ -166,7 +170,7 @@ class ReportStore:
         if shas:
             present = set((await conn.execute(select(ThumbnailRow.sha256).where(ThumbnailRow.sha256.in_(shas))))
                           .scalars())
-            links = [{"report_id": report.report_id, "sha256": s} for s in shas if s in present]
+            links = [{"report_id": report.report_id, "sha256": s} for s in shas if s in present or s in supplied]
             if links:
                 await conn.execute(ReportImageRow.__table__.insert(), links)
 
@@ -187,7 +191,8 @@ class ReportStore:
                 if stored is not None:
                     return stored.model_copy(update={"cached": True})
             await self._insert_thumbnails(conn, thumbnails)
-            await self._insert_version(conn, report, content_key, appearance, created, None, images_key)
+            await self._insert_version(conn, report, content_key, appearance, created, None, images_key,
+                                       frozenset(t.sha256 for t in thumbnails))
             return report
 
         return await self._write_retrying(work, "could not allocate a report sequence number")

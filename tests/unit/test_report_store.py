@@ -287,3 +287,42 @@ def test_the_same_upload_stored_twice_at_once_makes_one_report(database):
             await store.close()
 
     run(main())
+
+
+def test_a_thumbnail_erased_by_another_patient_while_a_report_is_stored_is_stored_again(database, monkeypatch):
+    """Two patients share a cell image; the first is erased while the second's report is being stored, between
+    the thumbnail insert (which found the image present and wrote nothing) and the link: the report must
+    still show the cell (the link's foreign key fails, the write is retried with its thumbnails)."""
+    if database.kind != "postgresql":
+        pytest.skip("SQLite has one writer at a time: an erasure cannot run inside another write")
+    from sqlalchemy import delete as sql_delete
+
+    from gateway.store.models import ThumbnailRow
+
+    async def main():
+        engine = make_engine(database.settings())
+        await migrate(engine, database.schema)
+        store = ReportStore(engine)
+        try:
+            first = sample_report("P-first")
+            shared = first.cells[0].sha256
+            await store.add_report(first, "k1", {}, thumbs(first))
+            second = sample_report("P-first").model_copy(update={"patient_id": "P-second"})
+            insert = store._insert_thumbnails
+            erased = []
+
+            async def insert_then_erased_elsewhere(conn, thumbnails):
+                await insert(conn, thumbnails)
+                if not erased:  # the first patient's erasure commits now, on its own connection
+                    erased.append(await store.erase("P-first"))
+                    async with engine.begin() as other:
+                        await other.execute(sql_delete(ThumbnailRow).where(ThumbnailRow.sha256 == shared))
+
+            monkeypatch.setattr(store, "_insert_thumbnails", insert_then_erased_elsewhere)
+            stored = await store.add_report(second, "k2", {}, thumbs(second))
+            assert erased and erased[0].reports == 1
+            assert (await store.thumbnail(stored.report_id, shared)) is not None, "the cell's image is shown"
+        finally:
+            await store.close()
+
+    run(main())
