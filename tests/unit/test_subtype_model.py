@@ -92,7 +92,11 @@ def test_any_valid_counts_give_consistent_probabilities(predictor, counts):
     assert p["control"] == pytest.approx(1.0 - answer.aml_probability, abs=1e-6)
     assert sum(p[s] for s in SUBTYPES) == pytest.approx(answer.aml_probability, abs=1e-6)
     assert answer.prediction == max(p, key=p.get)
-    assert bool(answer.warnings) == (leukocytes < 50)
+    few = any("leukocytes counted" in w for w in answer.warnings)
+    split = any("AML is more likely than not" in w for w in answer.warnings)
+    assert few == (leukocytes < 50)
+    assert split == (answer.prediction == "control" and answer.aml_probability >= 0.5)
+    assert len(answer.warnings) == few + split
 
 
 def test_rules_hash_follows_the_cards_decisions_not_its_figures():
