@@ -4,6 +4,7 @@ concurrent reviews, thumbnails, erasure, an unreachable database."""
 from __future__ import annotations
 
 import asyncio
+from contextlib import asynccontextmanager
 
 import pytest
 from sqlalchemy import inspect
@@ -25,6 +26,18 @@ def run(coroutine):
 async def _tables(engine) -> set[str]:
     async with engine.connect() as conn:
         return set(await conn.run_sync(lambda c: inspect(c).get_table_names()))
+
+
+@asynccontextmanager
+async def migrated_store(database):
+    """A ReportStore over ``database`` migrated to the newest revision, closed afterwards."""
+    engine = make_engine(database.settings())
+    await migrate(engine, database.schema)
+    store = ReportStore(engine)
+    try:
+        yield store
+    finally:
+        await store.close()
 
 
 def thumbs(report) -> list[Thumbnail]:
@@ -52,10 +65,7 @@ def test_migrations_from_empty_and_back(database):
 
 def test_versions_latest_list_and_concurrent_reviews(database):
     async def main():
-        engine = make_engine(database.settings())
-        await migrate(engine, database.schema)
-        store = ReportStore(engine)
-        try:
+        async with migrated_store(database) as store:
             first = await store.add_report(sample_report("P-1"), "k1", {}, thumbs(sample_report("P-1")))
             assert first.report_id and first.version == 1 and first.status == "preliminary"
             assert (await store.latest("P-1")) == first
@@ -84,18 +94,13 @@ def test_versions_latest_list_and_concurrent_reviews(database):
             assert (await store.thumbnail(second.report_id, sha)).startswith(b"\xff\xd8")
             assert await store.thumbnail(second.report_id, "0" * 64) is None
             assert [h.report.report_id for h in await store.reviewed_heads()] == [second.report_id]
-        finally:
-            await store.close()
 
     run(main())
 
 
 def test_erasure_keeps_what_other_patients_share(database):
     async def main():
-        engine = make_engine(database.settings())
-        await migrate(engine, database.schema)
-        store = ReportStore(engine)
-        try:
+        async with migrated_store(database) as store:
             mine = sample_report("P-gone")
             shared_cell = mine.cells[0]
             other = sample_report("P-stays", salt="x")
@@ -111,8 +116,6 @@ def test_erasure_keeps_what_other_patients_share(database):
             assert await store.get(gone.report_id) is None
             assert await store.thumbnail(kept.report_id, shared_cell.sha256) is not None
             assert (await store.erase("P-gone")).reports == 0
-        finally:
-            await store.close()
 
     run(main())
 
@@ -212,16 +215,11 @@ def test_upgrade_from_0001_keeps_the_reports(database):
 def test_concurrent_reports_of_one_patient_all_stored(database):
     """A LIS sending several uploads of one patient at once: every report is stored, none answers 503."""
     async def main():
-        engine = make_engine(database.settings())
-        await migrate(engine, database.schema)
-        store = ReportStore(engine)
-        try:
+        async with migrated_store(database) as store:
             reports = await asyncio.gather(*(store.add_report(sample_report("P-busy", salt=str(i)), f"k{i}", {}, [])
                                              for i in range(12)))
             listed = await store.list("P-busy")
             assert len(listed) == 12 and {r.id for r in listed} == {r.report_id for r in reports}
-        finally:
-            await store.close()
 
     run(main())
 
@@ -239,10 +237,7 @@ def test_a_review_under_an_upgraded_subtype_model_is_found_by_a_repeated_upload(
     sent again under B answer the reviewed version, never a new preliminary report; under A, nothing answers
     (the chain's newest version is B's); a model's rules changed with the same file are another model."""
     async def main():
-        engine = make_engine(database.settings())
-        await migrate(engine, database.schema)
-        store = ReportStore(engine)
-        try:
+        async with migrated_store(database) as store:
             draft = with_subtype(sample_report("P-up"), SUBTYPE_A)
             first = await store.add_report(draft, "key-a", {}, [], images_key="imgs")
             assert await store.for_content("P-up", "key-a", "imgs", draft.models.model_dump()) == first
@@ -259,8 +254,6 @@ def test_a_review_under_an_upgraded_subtype_model_is_found_by_a_repeated_upload(
             unnamed_rules = {**models_b, "subtype": {k: v for k, v in SUBTYPE_B.items() if k != "rules_sha256"}}
             assert await store.for_content("P-up", "key-b", "imgs", unnamed_rules) == signed, \
                 "a service that names no rules is matched by its files"
-        finally:
-            await store.close()
 
     run(main())
 
@@ -269,10 +262,7 @@ def test_the_same_upload_stored_twice_at_once_makes_one_report(database):
     """A double submit: both writes come with the same images and models; one report is stored and the
     second write answers it (cached) instead of opening a second report chain for one sample."""
     async def main():
-        engine = make_engine(database.settings())
-        await migrate(engine, database.schema)
-        store = ReportStore(engine)
-        try:
+        async with migrated_store(database) as store:
             report = sample_report("P-twice")
             answers = await asyncio.gather(*(store.add_report(report, "k", {}, thumbs(report), images_key="imgs")
                                              for _ in range(4)))
@@ -283,8 +273,6 @@ def test_the_same_upload_stored_twice_at_once_makes_one_report(database):
             other = with_subtype(report, SUBTYPE_B)
             again = await store.add_report(other, "k2", {}, [], images_key="imgs")
             assert not again.cached and len(await store.list("P-twice")) == 2, "other models: a new report"
-        finally:
-            await store.close()
 
     run(main())
 
