@@ -63,6 +63,41 @@ def test_migrations_from_empty_and_back(database):
     run(main())
 
 
+async def _row_counts(engine) -> dict[str, int]:
+    from sqlalchemy import text
+
+    async with engine.connect() as conn:
+        return {table: (await conn.execute(text(f"SELECT count(*) FROM {table}"))).scalar_one()
+                for table in ("reports", "reviews", "report_images", "thumbnails")}
+
+
+@pytest.mark.parametrize("revision", ["0003", "0001"])
+def test_a_downgrade_keeps_every_report_review_and_link(database, revision):
+    """Downgrading drops what a revision added, nothing else: on SQLite a table rebuilt to drop a column would
+    cascade its DROP into every review, review version and thumbnail link (foreign keys are on)."""
+    async def main():
+        engine = make_engine(database.settings())
+        await migrate(engine, database.schema)
+        store = ReportStore(engine)
+        try:
+            first = await store.add_report(sample_report("P-down"), "k", {}, thumbs(sample_report("P-down")),
+                                           images_key="imgs")
+            await store.add_review(await store.get(first.report_id), first.model_copy(update={"status": "final"}),
+                                   "Dr A", "kept", True, [])
+            before = await _row_counts(engine)
+            assert before == {"reports": 2, "reviews": 1, "report_images": 32, "thumbnails": 16}
+            await downgrade(engine, revision)
+            assert await current_revision(engine) == revision
+            assert await _row_counts(engine) == before
+            await migrate(engine, database.schema)
+            assert await _row_counts(engine) == before
+            assert (await store.latest("P-down")).status == "final"
+        finally:
+            await store.close()
+
+    run(main())
+
+
 def test_versions_latest_list_and_concurrent_reviews(database):
     async def main():
         async with migrated_store(database) as store:

@@ -15,12 +15,15 @@ depends_on = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("reports") as batch:
-        batch.add_column(sa.Column("images_key", sa.String(64), nullable=True))
+    op.add_column("reports", sa.Column("images_key", sa.String(64), nullable=True))
     op.create_index("ix_reports_patient_images", "reports", ["patient_id", "images_key"])
 
 
 def downgrade() -> None:
     op.drop_index("ix_reports_patient_images", table_name="reports")
-    with op.batch_alter_table("reports") as batch:
-        batch.drop_column("images_key")
+    if op.get_bind().dialect.name == "sqlite":
+        # SQLite 3.35+ drops a column in place. Alembic's batch mode would copy the table and drop the old one,
+        # and with foreign keys on that DROP cascades: every review, review version and thumbnail link lost
+        op.execute("ALTER TABLE reports DROP COLUMN images_key")
+    else:
+        op.drop_column("reports", "images_key")
