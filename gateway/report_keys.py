@@ -4,7 +4,8 @@ A report chain (version 1 and its reviews) is stored under ``images_key``, the h
 name) pairs alone. A repeated upload answers the newest chain head of those images whose models are the
 models that answer now (``same_models``): a review made after the subtype service was upgraded names the
 new subtype model, and is found under it. Rows stored before revision 0004 have no ``images_key``; they are
-found by ``content_key``, which hashes the models' files with the images, as gateways did then."""
+found by ``content_key``, which hashes the models' files with the images, as gateways did then, and their
+models are compared the same way."""
 
 from __future__ import annotations
 
@@ -46,14 +47,17 @@ def content_key(models: Mapping, hashes: list[str], images: list[tuple[str, byte
 
 
 def same_model(stored: Mapping | None, current: Mapping | None) -> bool:
-    """One model kind: absent on both sides, or the same file and, where both name them, the same rules (a
-    report made before its service named its rules is matched by the file)."""
+    """One model kind: absent on both sides, or the same file and, where both name them, the same rules. Where
+    either names no rules (a report made before its service named them), the same name and version as well:
+    subtype 2.1.0 and 2.1.1 share every file and differ in their weights, which only the version tells."""
     if stored is None or current is None:
         return stored is None and current is None
     if stored.get("sha256") != current.get("sha256"):
         return False
     rules, now = stored.get("rules_sha256"), current.get("rules_sha256")
-    return rules is None or now is None or rules == now
+    if rules is None or now is None:
+        return (stored.get("name"), stored.get("version")) == (current.get("name"), current.get("version"))
+    return rules == now
 
 
 def same_models(stored: Mapping, current: Mapping) -> bool:

@@ -312,13 +312,16 @@ class ReportStore:
         """The newest version of the report made from these images by these models (a repeated upload), or None:
         with ``images_key``, the newest chain head of these images whose models are ``models``
         (``report_keys.same_models``); else, or when there is none, the newest version stored under
-        ``content_key`` before revision 0004 (no ``images_key``)."""
+        ``content_key`` before revision 0004 (no ``images_key``), if its models are ``models`` too."""
         if images_key is not None:
             found = await self._run(lambda conn: self._head_of_images(conn, patient_id, images_key, models or {}),
                                     write=False)
             if found is not None:
                 return found
-        return await self._newest(patient_id, ReportRow.content_key == content_key, ReportRow.images_key.is_(None))
+        legacy = await self._newest(patient_id, ReportRow.content_key == content_key, ReportRow.images_key.is_(None))
+        if legacy is not None and models is not None and not same_models(legacy.models.model_dump(), models):
+            return None  # e.g. a subtype model whose weights changed with the same files (another version)
+        return legacy
 
     async def latest(self, patient_id: str) -> PatientReport | None:
         return await self._newest(patient_id)

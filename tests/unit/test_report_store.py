@@ -349,3 +349,22 @@ def test_a_thumbnail_erased_by_another_patient_while_a_report_is_stored_is_store
             await store.close()
 
     run(main())
+
+
+@pytest.mark.parametrize("stored_as", ["images_key", "content_key before 0004"])
+def test_a_report_made_before_rules_were_named_is_matched_by_version_too(database, stored_as):
+    """Subtype 2.1.0 and 2.1.1 share every member file and differ in their weights: a report stored when the
+    service named no rules is another model's once the version differs, however it is found."""
+    async def main():
+        async with migrated_store(database) as store:
+            old = {"name": "subtype", "version": "2.1.0", "sha256": "b" * 64}
+            report = with_subtype(sample_report("P-rules"), old)
+            images = "imgs" if stored_as == "images_key" else None
+            stored = await store.add_report(report, "legacy-key", {}, [], images_key=images)
+            now = report.models.model_dump()
+            newer = {**now, "subtype": {**old, "version": "2.1.1", "rules_sha256": "9" * 64}}
+            same = {**now, "subtype": {**old, "rules_sha256": "9" * 64}}
+            assert await store.for_content("P-rules", "legacy-key", "imgs", newer) is None
+            assert await store.for_content("P-rules", "legacy-key", "imgs", same) == stored
+
+    run(main())
