@@ -28,7 +28,7 @@ from gateway.settings import GatewaySettings
 from gateway.store.database import check_schema, make_engine, migrate
 from gateway.store.repository import ReportStore
 from shared.body_limit import BodySizeLimitMiddleware
-from shared.problems import ProblemError, install_problem_handlers, validation_problem
+from shared.problems import ProblemError, install_problem_handlers, problem_of, validation_problem
 from shared.request_id import install_request_id
 from shared.uploads import read_image_parts
 from shared.schemas import Health, PatientReport, Readiness
@@ -98,9 +98,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _audited_validation(request: Request, exc: RequestValidationError):
-        """As every service answers a refused body (422), and a review's is audited like any other outcome."""
-        audit_invalid_review(request, 422)
-        return validation_problem(request, exc)
+        """As every service answers a refused body (422); a review's key comes first, and its outcome is audited."""
+        refused = audit_invalid_review(request)
+        return problem_of(request, refused) if refused is not None else validation_problem(request, exc)
 
     install_request_id(app)
 

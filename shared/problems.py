@@ -37,6 +37,12 @@ def _request_id(request: Request) -> str | None:
     return getattr(request.state, "request_id", None) or request.headers.get("x-request-id")
 
 
+def problem_of(request: Request, exc: ProblemError) -> JSONResponse:
+    """A ``ProblemError`` as its problem+json answer (what the handler for it gives)."""
+    return problem_response(exc.status, exc.detail, title=exc.title, request_id=_request_id(request),
+                            headers=exc.headers)
+
+
 def validation_problem(request: Request, exc: RequestValidationError):
     """A request that FastAPI's validation refused, as a 422 problem+json naming each field's error."""
     parts = [f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors()]
@@ -48,8 +54,7 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ProblemError)
     async def _problem(request: Request, exc: ProblemError):
-        return problem_response(exc.status, exc.detail, title=exc.title, request_id=_request_id(request),
-                                headers=exc.headers)
+        return problem_of(request, exc)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):

@@ -102,17 +102,24 @@ def review_caller(request: Request, report_id: str) -> ApiKey:
     except BaseException as exc:
         audit(request, "review", failure_status(exc, 401), None, report_id=report_id[:32])
         raise
-    request.state.invalid_body_audit = ("review", report_id[:32])
+    request.state.review_key_checked = True
     return key
 
 
-def audit_invalid_review(request: Request, status: int) -> None:
-    """The audit line of a review whose body FastAPI refused (422) after its key was accepted (``review_caller``);
-    nothing for other requests."""
-    endpoint_and_report = getattr(request.state, "invalid_body_audit", None)
-    if endpoint_and_report is not None:
-        endpoint, report_id = endpoint_and_report
-        audit(request, endpoint, status, None, report_id=report_id, detail={"invalid_body": True})
+def audit_invalid_review(request: Request) -> ProblemError | None:
+    """For a review whose body FastAPI refused: the key's refusal (401, 403, 429), audited, when the key was not
+    checked yet (a body that is not JSON at all is refused before any dependency runs), else None with the 422
+    audited. Nothing for other requests."""
+    if request.scope.get("endpoint") is not review_report:
+        return None
+    report_id = str(request.path_params.get("report_id", ""))[:32]
+    if not getattr(request.state, "review_key_checked", False):
+        try:
+            review_caller(request, report_id)
+        except ProblemError as refused:
+            return refused  # audited by review_caller
+    audit(request, "review", 422, None, report_id=report_id, detail={"invalid_body": True})
+    return None
 
 
 @router.post("/reports/{report_id}/review", response_model=PatientReport, status_code=201,

@@ -221,8 +221,8 @@ def test_a_gateway_can_take_reviews_from_personal_keys_only(tmp_path, stack):
 
 
 def test_a_review_body_is_checked_after_the_key_and_every_outcome_is_audited(stack):
-    """A review with a label the vocabulary lacks: 401 without a key (not 422: who asks comes first), 422 with
-    the reviewer's key; both, and a NUL in the comment, leave an audit line."""
+    """A review with a label the vocabulary lacks, or a body that is not JSON: 401 without a key (not 422: who
+    asks comes first), 422 with the reviewer's key; each, and a NUL in the comment, leaves an audit line."""
     url = stack["gateway"].url
     report = classify(url, AUTH, patient="SEC-BODY-1", n=2)
     assert report.status_code == 200, report.text
@@ -236,13 +236,20 @@ def test_a_review_body_is_checked_after_the_key_and_every_outcome_is_audited(sta
     assert refused.status_code == 422 and "corrections.0.label" in refused.json()["detail"]
     nul = _review(url, report_id, REVIEW_KEY, reviewer="Dr Body", comment="cut\x00here")
     assert nul.status_code == 422 and "control characters" in nul.json()["detail"]
+    not_json = b'{"reviewer": '  # refused by FastAPI before any dependency runs: the key is still checked first
+    json_type = {"content-type": "application/json"}
+    assert httpx.post(f"{url}/reports/{report_id}/review", content=not_json, headers=json_type,
+                      timeout=30).status_code == 401
+    assert httpx.post(f"{url}/reports/{report_id}/review", content=not_json, timeout=30,
+                      headers={**json_type, "X-API-Key": REVIEW_KEY}).status_code == 422
 
     thumbnail = httpx.get(f"{url}/reports/{report_id}/cells/{sha}.jpg", headers=AUTH, timeout=10)
     assert thumbnail.status_code == 200 and thumbnail.content[:2] == b"\xff\xd8"
 
     lines = [json.loads(line) for line in stack["audit"].read_text().splitlines()]
     reviews = [e for e in lines if e["endpoint"] == "review" and e.get("report_id") == report_id]
-    assert [(e["outcome"], e["key_id"]) for e in reviews] == [(401, None), (422, "reviewer"), (422, "reviewer")], reviews
+    assert [(e["outcome"], e["key_id"]) for e in reviews] == [
+        (401, None), (422, "reviewer"), (422, "reviewer"), (401, None), (422, "reviewer")], reviews
     made = next(e for e in lines if e["endpoint"] == "classify" and e.get("report_id") == report_id)
     shown = [e for e in lines if e["endpoint"] == "read-thumbnail" and e.get("report_id") == report_id]
     assert [e["patient"] for e in shown] == [made["patient"]] and made["patient"], \
