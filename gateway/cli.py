@@ -18,8 +18,8 @@ row is flushed and synced to disk as soon as written; a last row cut off by a po
 is removed at the next start and that patient redone. 429 and 503 answers and connection errors are
 retried (--retries, waiting Retry-After or a growing backoff); after 3 patients in a row fail with the
 gateway unreachable or still refusing, the run stops (exit 1) so a rerun can finish the batch later.
-A patient folder whose images change while it is sent (still being copied in) gets an error row, so a rerun
-sends it again whole. A gateway on this machine (127.0.0.1, localhost, ::1) is reached directly, never
+A patient folder whose images change while it is sent (added, removed or rewritten: still being copied in)
+gets an error row, so a rerun sends it again whole. A gateway on this machine (127.0.0.1, localhost, ::1) is reached directly, never
 through HTTP_PROXY. Progress goes to stderr. Exit status: 0 all ok, 1 some patient failed or the run
 stopped, 2 usage (DIR holding images but no patient folders included), 130 interrupted (Ctrl-C; a rerun
 resumes).
@@ -56,12 +56,13 @@ def classify_patient(client: httpx.Client, folder: Path, limits: Limits) -> Resu
     if not images:
         return Result(None, "no images in folder")
     sizes = check_limits(images, limits)
+    listed = _stamps(images)
     parts = image_parts(sizes)
     try:
         result = post(client, folder.name, parts, limits.retries)
     finally:
         close_parts(parts)
-    changed = folder_changes(folder, sizes)
+    changed = folder_changes(folder, listed)
     if result.report is not None and changed:
         report = result.report.get("report_id") or "?"
         return Result(None, f"the folder changed while it was sent ({changed}): report {report} is of the "
@@ -69,16 +70,22 @@ def classify_patient(client: httpx.Client, folder: Path, limits: Limits) -> Resu
     return result
 
 
-def folder_changes(folder: Path, sizes: dict[Path, int]) -> str:
-    """What changed in ``folder`` since its images were listed with ``sizes`` ("" when nothing did)."""
+def _stamps(images: list[Path]) -> dict[Path, tuple[int, int]]:
+    """Each image's size and modification time (ns): a copy that sets the full size first and fills the file
+    in later (common on Windows shares) changes only the time."""
+    return {p: (stat.st_size, stat.st_mtime_ns) for p in images for stat in (p.stat(),)}
+
+
+def folder_changes(folder: Path, listed: dict[Path, tuple[int, int]]) -> str:
+    """What changed in ``folder`` since its images were ``listed`` (``_stamps``; "" when nothing did)."""
     try:
-        now = {p: p.stat().st_size for p in patient_images(folder)}
+        now = _stamps(patient_images(folder))
     except (OSError, PatientProblem) as exc:
         return f"it cannot be listed again: {exc}"
-    added, removed = sorted(set(now) - set(sizes)), sorted(set(sizes) - set(now))
-    resized = sorted(p for p in set(now) & set(sizes) if now[p] != sizes[p])
+    added, removed = sorted(set(now) - set(listed)), sorted(set(listed) - set(now))
+    rewritten = sorted(p for p in set(now) & set(listed) if now[p] != listed[p])
     said = [f"{len(paths)} image(s) {what}, e.g. {paths[0].name}"
-            for paths, what in ((added, "added"), (removed, "removed"), (resized, "resized")) if paths]
+            for paths, what in ((added, "added"), (removed, "removed"), (rewritten, "rewritten")) if paths]
     return "; ".join(said)
 
 
@@ -178,9 +185,11 @@ def _run(args: argparse.Namespace, todo: list[Path], limits: Limits) -> int:
     started = time.monotonic()
     headers = {"Authorization": f"Bearer {args.api_key}"}
     # a gateway on this machine is never reached through the environment's proxy (HTTP_PROXY): the images and
-    # the key would go to the proxy, as the launcher and the gateway's own calls avoid too
+    # the key would go to the proxy, as the launcher and the gateway's own calls avoid too. A transport of our
+    # own leaves the proxy variables out and still reads SSL_CERT_FILE / SSL_CERT_DIR (trust_env=False would not)
     local = httpx.URL(args.gateway).host in ("127.0.0.1", "localhost", "::1")
-    with (httpx.Client(base_url=args.gateway, timeout=args.timeout, headers=headers, trust_env=not local) as client,
+    transport = httpx.HTTPTransport() if local else None
+    with (httpx.Client(base_url=args.gateway, timeout=args.timeout, headers=headers, transport=transport) as client,
           open(args.out, "a", newline="", encoding="utf-8") as out):
         writer = csv.DictWriter(out, fieldnames=COLUMNS)
         if new_file:

@@ -96,7 +96,7 @@ function clearMessages() {
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 const num = (v, digits) => (typeof v === "number" && Number.isFinite(v) ? v.toFixed(digits) : "n/a");
-const pct = (v) => (typeof v === "number" && Number.isFinite(v) ? `${(v * 100).toFixed(1)}%` : "n/a");
+const pct = (v, digits = 1) => (typeof v === "number" && Number.isFinite(v) ? `${(v * 100).toFixed(digits)}%` : "n/a");
 
 function retryAfterSeconds(value) {
   // Retry-After: seconds or a date; null when absent or unreadable
@@ -500,8 +500,9 @@ function showApl(report) {
   const known = typeof report.apl_probability === "number";
   $("r-apl").hidden = !known;
   $("r-apl").classList.toggle("alert", report.apl_alert === true);
-  $("r-apl").textContent = known ? `APL probability ${pct(report.apl_probability)}` +
-    (typeof report.apl_threshold === "number" ? ` (alert at ${pct(report.apl_threshold)} or more)` : "") +
+  // two decimals: at one, a probability just below the threshold could read as equal to it
+  $("r-apl").textContent = known ? `APL probability ${pct(report.apl_probability, 2)}` +
+    (typeof report.apl_threshold === "number" ? ` (alert at ${pct(report.apl_threshold, 2)} or more)` : "") +
     (report.apl_alert ? ": suspected APL" : ": below the alert threshold") : "";
 }
 

@@ -455,7 +455,7 @@ def test_apl_alert_banner_and_the_top_cells_first(browser, alerting_gateway, art
                        headers={"X-API-Key": LAB_KEY},
                        timeout=10).json()
     assert report["apl_alert"] is True and report["apl_threshold"] == 0.0
-    assert f"APL probability {100 * report['apl_probability']:.1f}%" in page.inner_text("#r-apl")
+    assert f"APL probability {100 * report['apl_probability']:.2f}%" in page.inner_text("#r-apl")
     first_group = page.locator("#gallery .group").first
     assert "apl-top" in first_group.get_attribute("class"), "the top APL cells come first in the gallery"
     shown = first_group.locator(".cell").evaluate_all("boxes => boxes.map(b => b.dataset.sha256)")

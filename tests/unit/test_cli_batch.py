@@ -461,3 +461,25 @@ def test_ctrl_c_keeps_the_rows_written_and_exits_130(tmp_path, gateway, monkeypa
     assert list(rows(out)) == ["PAT-A"] and "rerun the same command" in capsys.readouterr().err
     monkeypatch.setattr(cli, "_patient_row", one_row)
     assert run(root, out, gateway.url) == 0 and list(rows(out)) == ["PAT-A", "PAT-B", "PAT-C"]
+
+
+def test_an_image_rewritten_at_the_same_size_while_the_folder_is_sent_is_an_error_row(tmp_path, gateway, monkeypatch):
+    """Some copy tools set a file's full size first and fill it in later: only its modification time changes."""
+    import os
+
+    root = tmp_path / "patients"
+    folder = make_patient(root, "PAT-A")
+    posted = cli.post
+
+    def post_then_filled_in(client, patient_id, parts, retries):
+        result = posted(client, patient_id, parts, retries)
+        image = folder / "c1.jpg"
+        image.write_bytes(b"JPEG BYTES")  # the same 10 bytes' length, other content
+        stat = image.stat()
+        os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+        return result
+
+    monkeypatch.setattr(cli, "post", post_then_filled_in)
+    out = tmp_path / "results.csv"
+    assert run(root, out, gateway.url) == 1
+    assert "1 image(s) rewritten, e.g. c1.jpg" in rows(out)["PAT-A"]["error"]
