@@ -29,12 +29,14 @@ EJECT_S = 5.0  # how long a replica that refused a connection is left out while 
 
 
 class UpstreamError(Exception):
-    """A service behind the gateway failed: ``status`` is what the gateway answers (502/503/504)."""
+    """A service behind the gateway failed: ``status`` is what the gateway answers (502/503/504);
+    ``retry_after_s``, where given, the wait a 503 announces (else the gateway's usual one)."""
 
-    def __init__(self, status: int, detail: str):
+    def __init__(self, status: int, detail: str, retry_after_s: int | None = None):
         super().__init__(detail)
         self.status = status
         self.detail = detail
+        self.retry_after_s = retry_after_s
 
 
 class UpstreamRejected(Exception):

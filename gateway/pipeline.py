@@ -28,6 +28,7 @@ from shared.vocabulary import CELL_LABELS, CELL_TYPES, LEUKOCYTE_TYPES, UNCLASSI
 log = logging.getLogger("gateway.pipeline")
 MODELS_RECHECK_S = 30.0
 MIXED_MODEL_ROUNDS = 4  # rounds of re-sending chunks answered by another model than the patient's
+MIXED_MODEL_RETRY_AFTER_S = 60  # what a client is told to wait when the replicas still disagree (an upgrade)
 
 
 def latest_key(patient_id: str) -> str:
@@ -62,13 +63,40 @@ def duplicates_warning(n_copies: int, n_images: int, copies: list[tuple[str, str
     return text
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _result_problem(result) -> str | None:
+    """What is wrong with one image's result (None when it is a label this gateway counts, or an error)."""
+    if not isinstance(result, dict):
+        return "a result that is not an object"
+    if "label" not in result:
+        return None if isinstance(result.get("error"), str) else "a result with neither label nor error"
+    if result["label"] not in CELL_LABELS:
+        return f"the label {str(result['label'])[:40]!r}, which this gateway's vocabulary lacks"
+    if not _is_number(result.get("confidence")):
+        return "a label without a numeric confidence"
+    for optional in ("appearance_distance", "apl_logit"):
+        if result.get(optional) is not None and not _is_number(result[optional]):
+            return f"a non-numeric {optional}"
+    return None
+
+
 def _check_answer(chunk: list, body) -> None:
-    """502 unless ``body`` is the cell service's classification of exactly this chunk."""
+    """502 unless ``body`` is the cell service's classification of exactly this chunk, every result a label of
+    this gateway's vocabulary (or an error): checked before anything is cached, so that a wrong answer is a 502
+    now and not a 500 served from the cache for days."""
     if not isinstance(body, dict) or not isinstance(body.get("results"), list) \
             or not isinstance(body.get("model"), dict) or "sha256" not in body["model"]:
         raise UpstreamError(502, "cell service returned an answer that is not a classification")
     if len(body["results"]) != len(chunk):
         raise UpstreamError(502, "cell service returned a wrong number of results")
+    for result in body["results"]:
+        problem = _result_problem(result)
+        if problem is not None:
+            raise UpstreamError(502, f"cell service returned {problem} (another vocabulary version behind "
+                                     "CELL_URL?)")
 
 
 def split_chunks(items: list[tuple[str, str, bytes]], max_count: int, max_bytes: int) -> list[list]:
@@ -136,6 +164,7 @@ class PatientClassifier:
         chunks = split_chunks(missing, self.chunk_size, self.chunk_max_bytes)
         results: dict[str, dict] = {}
         model_of: dict[tuple, dict] = {}
+        set_aside: list[str] = []  # cache keys of the labels of other models than the patient's
         for _ in range(MIXED_MODEL_ROUNDS):
             answered = await self._send_chunks(chunks, request_id)
             by_model: dict[tuple, list] = {}
@@ -148,6 +177,8 @@ class PatientClassifier:
             for chunk, body in by_model.pop(target, []):
                 for (sha, _, _), result in zip(chunk, body["results"]):
                     results[sha] = result
+            set_aside += [cell_identity.cell_cache_key(cell_identity.cell_cache_model(*identity), sha)
+                          for identity, answers in by_model.items() for chunk, _ in answers for sha, _, _ in chunk]
             chunks = [chunk for answers in by_model.values() for chunk, _ in answers]
             if not chunks:
                 break
@@ -155,13 +186,25 @@ class PatientClassifier:
                         "sent again so that the patient's cells come from one model", len(chunks))
         else:
             raise UpstreamError(503, "the cell service's replicas answer with different models (an upgrade in "
-                                     "progress?): retry in a minute")
+                                     "progress?): retry in a minute", retry_after_s=MIXED_MODEL_RETRY_AFTER_S)
+        await self._forget(set_aside)
         if target in model_of and target != cell_identity.cell_model_identity_of(models):
             body_model = model_of[target]  # the service was upgraded
             models["cell"] = _models_info(body_model)
             models["apl_cell_head"] = _optional_info(body_model.get("apl_head"))
             self._models_changed()
         return results, target
+
+    async def _forget(self, keys: list[str]) -> None:
+        """Remove the cached labels of the models the report does not name (chunks sent again during an upgrade):
+        an erasure finds a patient's cache entries through the models its reports name, and would miss these.
+        Best effort: a cache that cannot delete them now lets them expire."""
+        if not keys:
+            return
+        try:
+            await self.cache.delete(keys)
+        except Exception as exc:  # noqa: BLE001 - the report does not depend on it
+            log.warning("could not remove %d cached labels of another model (%s)", len(keys), type(exc).__name__)
 
     async def _send_chunks(self, chunks: list, request_id: str) -> list[tuple[list, dict]]:
         """Every chunk to the cell service (``chunk_concurrency`` at once). Each answer's labels are cached

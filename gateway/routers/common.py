@@ -94,7 +94,7 @@ def upstream_errors():
     try:
         yield
     except UpstreamError as exc:
-        retry = {"Retry-After": str(RETRY_AFTER_S)} if exc.status == 503 else None
+        retry = {"Retry-After": str(exc.retry_after_s or RETRY_AFTER_S)} if exc.status == 503 else None
         raise ProblemError(exc.status, exc.detail, headers=retry) from None
     except UpstreamRejected as exc:
         raise ProblemError(502, f"a service behind the gateway refused the request: {exc.detail}") from None

@@ -109,3 +109,45 @@ def test_chunks_end_at_a_count_or_a_size_and_a_large_image_goes_alone():
     assert [[len(data) for _, _, data in chunk] for chunk in chunks] == [[10, 10, 10], [50], [10, 10, 10], [10]]
     assert [item for chunk in chunks for item in chunk] == items, "every image once, in order"
     assert split_chunks([], 3, 30) == []
+
+
+def test_labels_of_the_model_set_aside_leave_the_cache_once_the_patients_model_answered_all():
+    """An erasure finds a patient's cache entries through the models its reports name: the chunk answered by
+    OLD and sent again to NEW must not leave OLD's labels behind."""
+    cells = ScriptedCells([NEW, OLD, NEW, NEW])
+    pipeline = classifier(cells)
+    asyncio.run(pipeline._classify_missing(images(6), "r5", snapshot()))
+    def keys(model):
+        return [f"cell:{cell_cache_model(*cell_model_identity(model))}:{sha}" for sha, _, _ in images(6)]
+    assert all(c is not None for c in asyncio.run(pipeline.cache.get_many(keys(NEW))))
+    assert asyncio.run(pipeline.cache.get_many(keys(OLD))) == [None] * 6
+
+
+@pytest.mark.parametrize("result", [{"filename": "a", "label": "myeloblast", "confidence": 0.9},
+                                    {"filename": "a", "label": "blast"},
+                                    {"filename": "a", "label": "blast", "confidence": "high"},
+                                    {"filename": "a"}, "blast"])
+def test_a_result_this_gateway_cannot_count_is_502_and_never_cached(result):
+    class Odd(ScriptedCells):
+        async def classify(self, images, request_id):
+            self.calls.append([name for name, _ in images])
+            return {"model": OLD, "results": [result for _ in images]}
+
+    pipeline = classifier(Odd([OLD]))
+    with pytest.raises(UpstreamError) as failure:
+        asyncio.run(pipeline._classify_missing(images(2), "r6", snapshot()))
+    assert failure.value.status == 502
+    key = f"cell:{cell_cache_model(*cell_model_identity(OLD))}:{images(1)[0][0]}"
+    assert asyncio.run(pipeline.cache.get_many([key])) == [None]
+
+
+def test_replicas_that_keep_disagreeing_ask_for_a_wait_as_long_as_the_upgrade():
+    from gateway.pipeline import MIXED_MODEL_RETRY_AFTER_S
+    from gateway.routers.common import upstream_errors
+    from shared.problems import ProblemError
+
+    with pytest.raises(ProblemError) as answered:
+        with upstream_errors():
+            asyncio.run(classifier(ScriptedCells([NEW, OLD, OLD]))._classify_missing(images(4), "r7", snapshot()))
+    assert answered.value.status == 503
+    assert answered.value.headers["Retry-After"] == str(MIXED_MODEL_RETRY_AFTER_S) == "60"
