@@ -54,10 +54,15 @@ async def erase_patient(request: Request, patient_id: str) -> ErasureResult:
     try:
         authorize(request, "admin")
         check_patient_id(patient_id)
-        # the cache first: were it down, an erased report could come back from it later
-        removed = await _clear_cache(state.cache, [latest_key(patient_id)], patient_id)
+        # the cache first, while the database still says which entries are the patient's: were the cache down
+        # after the database was erased, a repeated request could no longer find them
+        with store_errors():
+            shas, cell_models = await state.store.cached_cells_of(patient_id)
+        removed = await _clear_cache(state.cache, [latest_key(patient_id)] + [
+            cell_cache_key(model, sha) for model in cell_models for sha in shas], patient_id)
         with store_errors():
             erased = await state.store.erase(patient_id)
+        # and again for what a report stored in between added (usually nothing: already removed above)
         removed += await _clear_cache(state.cache, [latest_key(patient_id)] + [
             cell_cache_key(model, sha) for model in erased.cell_models for sha in erased.sha256s], patient_id)
         result = ErasureResult(patient_id=patient_id, reports_deleted=erased.reports,

@@ -229,21 +229,37 @@ class ReportStore:
         await self._write_retrying(work, "could not store the review", replaced_first)
         return report
 
+    @staticmethod
+    async def _patient_cells(conn, patient_id: str) -> tuple[list, list[str], list[str]]:
+        """(the patient's report rows, the image hashes they show, the cell models that labelled them)."""
+        rows = (await conn.execute(select(ReportRow.id, ReportRow.content_key, ReportRow.body)
+                                   .where(ReportRow.patient_id == patient_id))).all()
+        if not rows:
+            return [], [], []
+        shas = sorted(set((await conn.execute(select(ReportImageRow.sha256)
+                                              .where(ReportImageRow.report_id.in_([r.id for r in rows])))).scalars())
+                      | {c["sha256"] for r in rows for c in (r.body.get("cells") or [])})
+        return rows, shas, sorted({cell_cache_model_of(r.body["models"]) for r in rows})
+
+    async def cached_cells_of(self, patient_id: str) -> tuple[list[str], list[str]]:
+        """(image hashes, cell models) whose per-cell cache entries belong to this patient's reports: read before
+        an erasure, so that the cache can be cleared first and a repeat after any failure still finds them."""
+        async def work(conn):
+            _, shas, models = await self._patient_cells(conn, patient_id)
+            return shas, models
+
+        return await self._run(work, write=False)
+
     async def erase(self, patient_id: str) -> Erased:
         """Delete every report version, review and thumbnail link of a patient, and the thumbnails
         that no other patient's report shows."""
 
         async def work(conn):
             await self._lock_patient(conn, patient_id)
-            rows = (await conn.execute(select(ReportRow.id, ReportRow.content_key, ReportRow.body)
-                                       .where(ReportRow.patient_id == patient_id))).all()
+            rows, shas, models = await self._patient_cells(conn, patient_id)
             ids = [r.id for r in rows]
             if not ids:
                 return Erased(0, 0, [], [], [])
-            shas = sorted(set((await conn.execute(select(ReportImageRow.sha256)
-                                                  .where(ReportImageRow.report_id.in_(ids)))).scalars())
-                          | {c["sha256"] for r in rows for c in (r.body.get("cells") or [])})
-            models = sorted({cell_cache_model_of(r.body["models"]) for r in rows})
             await conn.execute(delete(ReviewRow).where(ReviewRow.report_id.in_(ids)))
             await conn.execute(delete(ReportImageRow).where(ReportImageRow.report_id.in_(ids)))
             await conn.execute(ReportRow.__table__.update().where(ReportRow.id.in_(ids)).values(supersedes=None))
