@@ -195,6 +195,16 @@ class PatientClassifier:
             self._models_changed()
         return results, target
 
+    async def _appearance_of(self, models: dict) -> dict:
+        """The appearance thresholds of the cell model that answered, when it is not the snapshot's (an upgrade met
+        during the request): the old card's thresholds would judge the new model's distances. Asked of the service;
+        when it still answers with another model (replicas mid-upgrade), none, and the report says so."""
+        card = await self.cells.model()
+        if cell_identity.cell_model_identity(card) == cell_identity.cell_model_identity_of(models):
+            return {k: v for k, v in (card.get("appearance") or {}).items() if k.endswith("_threshold")}
+        log.warning("the cell model's appearance thresholds could not be read for the model that answered")
+        return {}
+
     async def _forget(self, keys: list[str]) -> None:
         """Remove the cached labels of the models the report does not name (chunks sent again during an upgrade):
         an erasure finds a patient's cache entries through the models its reports name, and would miss these.
@@ -264,6 +274,8 @@ class PatientClassifier:
             again, _ = await self._classify_missing(stale, request_id, models, target=answered_by)
             fresh.update(again)
             known = {sha: None for sha in unique}
+        if answered_by != looked_up:
+            appearance = await self._appearance_of(models)
         per_hash = {**{sha: v for sha, v in known.items() if v is not None}, **fresh}
         report = await self._report(patient_id, request_id, images, hashes, per_hash, models, appearance)
         labelled = {c.sha256 for c in report.cells or []}

@@ -44,6 +44,10 @@ def assess(counts: Mapping[str, int], distances: Sequence[float | None], appeara
             f"these images look unlike the images the cell model was trained on (median appearance distance "
             f"{median:.1f}, threshold {patient_threshold:.1f}; {out_of_domain:.0%} of cells out of domain): "
             "another scanner, stain, magnification or focus? The counts may be wrong: review every cell")
+    if known and patient_threshold is None:
+        warnings.append("the images' appearance could not be judged: the cell model's appearance thresholds are "
+                        "unknown (its service was being upgraded during this request); check that they look like "
+                        "the training data, or send them again")
     if unclassified >= UNCLASSIFIED_WARNING:
         warnings.append(f"{unclassified:.0%} of cells are unclassified (the model could not place them): "
                         "review them before trusting the differential")

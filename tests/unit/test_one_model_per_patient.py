@@ -151,3 +151,23 @@ def test_replicas_that_keep_disagreeing_ask_for_a_wait_as_long_as_the_upgrade():
             asyncio.run(classifier(ScriptedCells([NEW, OLD, OLD]))._classify_missing(images(4), "r7", snapshot()))
     assert answered.value.status == 503
     assert answered.value.headers["Retry-After"] == str(MIXED_MODEL_RETRY_AFTER_S) == "60"
+
+
+def test_a_model_met_mid_request_is_judged_by_its_own_cards_appearance_thresholds():
+    """The snapshot holds the old card's thresholds; the report names the model that answered, so its quality
+    must use that model's card (asked again), and say so when the service cannot give it."""
+    class Cards(ScriptedCells):
+        def __init__(self, script, card):
+            super().__init__(script)
+            self.card = card
+
+        async def model(self):
+            return self.card
+
+    new_card = {**NEW, "appearance": {"patient_threshold": 40.0, "image_threshold": 50.0, "reference": {}}}
+    pipeline = classifier(Cards([NEW], new_card))
+    models = snapshot()
+    asyncio.run(pipeline._classify_missing(images(2), "r8", models))
+    assert asyncio.run(pipeline._appearance_of(models)) == {"patient_threshold": 40.0, "image_threshold": 50.0}
+    pipeline.cells.card = {**OLD, "appearance": {"patient_threshold": 4.0}}  # a replica still on the old model
+    assert asyncio.run(pipeline._appearance_of(models)) == {}

@@ -86,3 +86,10 @@ def test_unclassified_and_smudge_shares_warn_at_their_thresholds():
 def test_a_model_without_appearance_reference_reports_none():
     quality, warnings = assess(counts(lymphocyte=10), [None] * 10, None)
     assert quality.appearance_distance is None and quality.looks_out_of_domain is False and warnings == []
+
+
+def test_distances_without_thresholds_say_the_appearance_could_not_be_judged():
+    """A cell model met mid-upgrade whose thresholds could not be read: the report says so, never silence."""
+    quality, warnings = assess(counts(lymphocyte=10), [9.0] * 10, {})
+    assert quality.appearance_distance == 9.0 and quality.looks_out_of_domain is False
+    assert len(warnings) == 1 and "could not be judged" in warnings[0]
