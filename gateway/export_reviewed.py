@@ -4,7 +4,8 @@ For the newest version of every reviewed report (status final or amended) each c
 thumbnail (at most 144x144 px; the gateway keeps no originals) is written as
 ``DIR/<label>/<sha256>.jpg`` under the reviewer's label, and ``DIR/cells.csv`` lists
 sha256, label, model_label (the model's label where the reviewer corrected it), report_id,
-reviewed_by, reviewed_at, cell_model (the cell model's name and version) and file. No patient ids are written (the report
+split_group (what training splits by: the report's first version's id, shared by reports that share
+cells), reviewed_by, reviewed_at, cell_model (the cell model's name and version) and file. No patient ids are written (the report
 id links back for those allowed to look). A cell seen in several reports is written once, under
 the label of the newest review. ``python -m training.train_cells --extra-labelled DIR`` trains on it.
 
@@ -38,7 +39,8 @@ from gateway.store.database import current_revision, make_engine, revision_at_le
 from gateway.store.repository import ReportStore, StoreUnavailable
 from shared.vocabulary import CELL_LABELS
 
-COLUMNS = ["sha256", "label", "model_label", "report_id", "reviewed_by", "reviewed_at", "cell_model", "file"]
+COLUMNS = ["sha256", "label", "model_label", "report_id", "split_group", "reviewed_by", "reviewed_at", "cell_model",
+           "file"]
 _EXPORTED_NAME = re.compile(r"[0-9a-f]{64}\.jpg")
 
 
@@ -133,6 +135,36 @@ def _remove_stale(out: Path, current: set[Path]) -> int:
     return removed
 
 
+def _chain(report) -> str:
+    """The id every version of a report shares (its first version's)."""
+    return report.first_report_id or report.report_id
+
+
+def split_groups(reports: list) -> dict[str, str]:
+    """Report chain id -> the group training splits it by: the smallest chain id among the chains that share a
+    cell with it, directly or through others. A chain keeps its group when it is amended (its id does not
+    change), and a patient's re-upload that repeats some images of an earlier report joins that report's
+    group, so no report's cells sit on both sides of a split."""
+    parent: dict[str, str] = {}
+
+    def root(chain: str) -> str:
+        while parent.setdefault(chain, chain) != chain:
+            parent[chain] = parent[parent[chain]]
+            chain = parent[chain]
+        return chain
+
+    first_chain_of_cell: dict[str, str] = {}
+    for report in reports:
+        chain = root(_chain(report))
+        for cell in report.cells or []:
+            other = root(first_chain_of_cell.setdefault(cell.sha256, chain))
+            chain = root(chain)
+            if other != chain:
+                keep, drop = sorted((other, chain))
+                parent[drop] = keep
+    return {chain: root(chain) for chain in list(parent)}
+
+
 async def export(out: Path, settings: GatewaySettings) -> tuple[int, int]:
     """(cells written, stale cell images removed)."""
     store = ReportStore(make_engine(settings))
@@ -148,13 +180,15 @@ async def export(out: Path, settings: GatewaySettings) -> tuple[int, int]:
         _check_out(out, store_id)
         await _check_unmarked_export(out, store)
         heads = await store.reviewed_heads()
+        group_of = split_groups([stored.report for stored in heads])
         chosen: dict[str, dict] = {}
         for stored in heads:  # oldest first: a newer review of the same cell wins
             report = stored.report
             for cell in report.cells or []:
                 chosen[cell.sha256] = {
                     "sha256": cell.sha256, "label": cell.label, "model_label": cell.model_label or "",
-                    "report_id": report.report_id, "reviewed_by": report.reviewed_by or "",
+                    "report_id": report.report_id, "split_group": group_of[_chain(report)],
+                    "reviewed_by": report.reviewed_by or "",
                     "reviewed_at": report.reviewed_at or "",
                     "cell_model": f"{report.models.cell['name']} {report.models.cell['version']}"}
         written = []

@@ -3,10 +3,11 @@
 DIR holds ``<label>/<sha256>.jpg`` (thumbnails, at most 144x144 px: upscaled to the network
 input by the same preprocessing as every image) and optionally ``cells.csv``. Labels are the
 vocabulary's cell types; ``unclassified`` cells (a reviewer could not place them either) and
-unknown folders are left out. The split is by a hash of the cell's report (``report_id`` in
-``cells.csv``; the file name where a cell has none), 80 / 10 / 10 % train / validation / test: one
-patient's cells of one report never sit on both sides, and the split is stable however many cells
-are added later, so a cell never moves from test to train.
+unknown folders are left out. The split is by a hash of the cell's ``split_group`` in ``cells.csv`` (the
+id of its report's first version, shared by every later version and by reports that share cells; exports
+made before that column: ``report_id``; the file name where a cell has none), 80 / 10 / 10 % train /
+validation / test: one report's cells never sit on both sides, and the split is stable however many cells
+are added or amended later, so a cell never moves from test to train.
 """
 
 from __future__ import annotations
@@ -30,20 +31,22 @@ def split_of(name: str) -> str:
 
 
 def report_of_cells(root: Path) -> dict[str, str]:
-    """sha256 -> the (first listed) report the cell comes from, from ``root/cells.csv`` (empty without one)."""
+    """sha256 -> the (first listed) group the cell is split by, from ``root/cells.csv``: its ``split_group``, or
+    its ``report_id`` in an export made before that column (empty without a listing)."""
     listing = Path(root) / "cells.csv"
     if not listing.is_file():
         return {}
     with listing.open(newline="") as handle:
         reports: dict[str, str] = {}
         for row in csv.DictReader(handle):
-            if row.get("sha256") and row.get("report_id"):
-                reports.setdefault(row["sha256"], row["report_id"])
+            group = row.get("split_group") or row.get("report_id")
+            if row.get("sha256") and group:
+                reports.setdefault(row["sha256"], group)
     return reports
 
 
 def split_key(path: Path, reports: dict[str, str]) -> str:
-    """What a cell's split is drawn from: its report, else its file name."""
+    """What a cell's split is drawn from: its group, else its file name."""
     return reports.get(path.stem, path.name)
 
 

@@ -231,3 +231,46 @@ def test_an_unmarked_earlier_export_is_this_stores_only_if_its_reports_are_here(
     assert _files(out) == before and not (out / "export.json").exists()
     assert asyncio.run(export(out, mine)) == (len(shas), 0)
     assert (out / "export.json").is_file(), "marked as this store's from now on"
+
+
+
+def test_split_groups_survive_amendments_and_join_reports_that_share_cells(database, tmp_path):
+    """Training splits by ``split_group``: an amendment (a new version id) moves no cell, and a re-upload that
+    repeats some of an earlier report's images is split with it, so no report's cells are on both sides."""
+    from gateway.store.repository import Thumbnail
+    from training.reviewed_dataset import report_of_cells
+
+    first = sample_report("P-split")
+    again = sample_report("P-split").model_copy(update={"cells": first.cells[:4] + sample_report(
+        "P-split", salt="more").cells[:4]})
+    alone = sample_report("P-alone", salt="alone")
+
+    async def reviewed(store, report):
+        thumbnails = [Thumbnail(c.sha256, b"\xff\xd8jpeg-" + c.sha256.encode()[:8], 10, 10) for c in report.cells]
+        stored = await store.add_report(report, report.patient_id, {}, thumbnails)
+        base = await store.get(stored.report_id)
+        return await store.add_review(base, stored.model_copy(update={"status": "final"}), "Dr S", "", True, [])
+
+    async def fill():
+        engine = make_engine(database.settings())
+        await migrate(engine, database.schema)
+        store = ReportStore(engine)
+        try:
+            signed = [await reviewed(store, report) for report in (first, again, alone)]
+            amended = await store.add_review(await store.get(signed[0].report_id),
+                                             signed[0].model_copy(update={"status": "amended"}), "Dr S",
+                                             "a comment only", True, [])
+            return signed, amended
+        finally:
+            await store.close()
+
+    signed, amended = asyncio.run(fill())
+    out = tmp_path / "split-export"
+    asyncio.run(export(out, database.settings(data_dir=tmp_path)))
+    groups = report_of_cells(out)
+    assert len(groups) == len(first.cells) + 4 + len(alone.cells)
+    shared = {groups[c.sha256] for c in first.cells} | {groups[c.sha256] for c in again.cells}
+    assert shared == {min(signed[0].first_report_id, signed[1].first_report_id)}
+    assert {groups[c.sha256] for c in alone.cells} == {signed[2].first_report_id}
+    assert amended.first_report_id == signed[0].first_report_id and amended.report_id != signed[0].report_id, \
+        "the amended version has a new id but keeps its chain, and so its group"
