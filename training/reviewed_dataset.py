@@ -18,10 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
+from shared.appearance import FEATURE_NAMES as APPEARANCE_FEATURES
 from shared.vocabulary import CELL_TYPES
 
 SUFFIXES = {".jpg", ".jpeg", ".png"}
 SPLITS = ("train", "val", "test")
+# the fewest training cells a run takes from an export: the appearance reference fits a covariance over the
+# appearance features of each source's training cells, which needs more cells than features
+MIN_TRAINING_CELLS = len(APPEARANCE_FEATURES) + 1
 
 
 def split_of(name: str) -> str:

@@ -403,6 +403,13 @@ def load_data(args: argparse.Namespace):
 
         print(f"loading extra labelled cells from {args.extra_labelled} ...", flush=True)
         sources["reviewed"] = reviewed_dataset.split_dataset(args.extra_labelled, cache_dir, args.per_class_limit)
+        n_train = len(sources["reviewed"][0].labels)
+        if n_train < reviewed_dataset.MIN_TRAINING_CELLS:
+            # checked before the fit: the appearance reference is fitted on each source's training cells after it,
+            # and fewer than this gave an error at the end of the run (0 cells) or NaN thresholds (1 cell)
+            raise SystemExit(f"--extra-labelled {args.extra_labelled}: {n_train} cells fall in its training split "
+                             f"(whole reports go to one split), fewer than {reviewed_dataset.MIN_TRAINING_CELLS}: "
+                             "export more reviewed reports first")
     edits = {"excluded_training_cells": None, "second_reading": None}
     if args.exclude_cells:
         from training import excluded_cells

@@ -82,3 +82,20 @@ def test_cells_of_one_report_share_a_split(tmp_path):
         by_report.setdefault(reports[path.stem], set()).add(split_of(split_key(path, reports)))
     assert len(by_report) == 3 and all(len(splits) == 1 for splits in by_report.values()), by_report
     assert split_key(tmp_path / "x" / "abc.jpg", reports) == "abc.jpg", "a cell without a report: its file name"
+
+
+def test_train_cells_refuses_an_export_too_small_to_train_on_before_the_fit(tmp_path):
+    """Whole reports go to one split: a small export can leave its training split empty (the appearance fit then
+    failed at the end of the run) or with one cell (NaN thresholds in the card, the out-of-domain warning off)."""
+    pytest.importorskip("sklearn")
+    from training.reviewed_dataset import MIN_TRAINING_CELLS
+    from training.train_cells import load_data, parse_args
+    from tests.helpers.images import DATA_DIR
+
+    export_like(tmp_path / "reviewed", n_per_label=1)
+    cells = list_cells(tmp_path / "reviewed")
+    assert sum(split_of(path.name) == "train" for path, _ in cells) < MIN_TRAINING_CELLS
+    args = parse_args(["--extra-labelled", str(tmp_path / "reviewed"), "--no-deepapl", "--per-class-limit", "12",
+                       "--cache-dir", "", "--data-dir", str(DATA_DIR / "pbc")])
+    with pytest.raises(SystemExit, match="fall in its training split"):
+        load_data(args)
