@@ -199,8 +199,11 @@ class PatientClassifier:
         """The appearance thresholds of the cell model that answered, when it is not the snapshot's (an upgrade met
         during the request): the old card's thresholds would judge the new model's distances. Asked of the service;
         when it still answers with another model (replicas mid-upgrade), none, and the report says so."""
-        card = await self.cells.model()
-        if cell_identity.cell_model_identity(card) == cell_identity.cell_model_identity_of(models):
+        try:
+            card = await self.cells.model()
+        except (UpstreamError, UpstreamRejected):  # the labels are in hand: the report says what it lacks
+            card = None
+        if card and cell_identity.cell_model_identity(card) == cell_identity.cell_model_identity_of(models):
             return {k: v for k, v in (card.get("appearance") or {}).items() if k.endswith("_threshold")}
         log.warning("the cell model's appearance thresholds could not be read for the model that answered")
         return {}

@@ -171,3 +171,9 @@ def test_a_model_met_mid_request_is_judged_by_its_own_cards_appearance_threshold
     assert asyncio.run(pipeline._appearance_of(models)) == {"patient_threshold": 40.0, "image_threshold": 50.0}
     pipeline.cells.card = {**OLD, "appearance": {"patient_threshold": 4.0}}  # a replica still on the old model
     assert asyncio.run(pipeline._appearance_of(models)) == {}
+
+    async def unreachable():
+        raise UpstreamError(503, "cell service is unreachable")
+
+    pipeline.cells.model = unreachable  # the labels are in hand: the report goes on without thresholds
+    assert asyncio.run(pipeline._appearance_of(models)) == {}
