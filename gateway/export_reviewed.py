@@ -34,6 +34,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
 
+from gateway.fhir import chain_id
 from gateway.settings import GatewaySettings
 from gateway.store.database import current_revision, make_engine, revision_at_least
 from gateway.store.repository import ReportStore, StoreUnavailable
@@ -135,11 +136,6 @@ def _remove_stale(out: Path, current: set[Path]) -> int:
     return removed
 
 
-def _chain(report) -> str:
-    """The id every version of a report shares (its first version's)."""
-    return report.first_report_id or report.report_id
-
-
 def split_groups(reports: list) -> dict[str, str]:
     """Report chain id -> the group training splits it by: the smallest chain id among the chains that share a
     cell with it, directly or through others. A chain keeps its group when it is amended (its id does not
@@ -155,7 +151,7 @@ def split_groups(reports: list) -> dict[str, str]:
 
     first_chain_of_cell: dict[str, str] = {}
     for report in reports:
-        chain = root(_chain(report))
+        chain = root(chain_id(report))
         for cell in report.cells or []:
             other = root(first_chain_of_cell.setdefault(cell.sha256, chain))
             chain = root(chain)
@@ -187,7 +183,7 @@ async def export(out: Path, settings: GatewaySettings) -> tuple[int, int]:
             for cell in report.cells or []:
                 chosen[cell.sha256] = {
                     "sha256": cell.sha256, "label": cell.label, "model_label": cell.model_label or "",
-                    "report_id": report.report_id, "split_group": group_of[_chain(report)],
+                    "report_id": report.report_id, "split_group": group_of[chain_id(report)],
                     "reviewed_by": report.reviewed_by or "",
                     "reviewed_at": report.reviewed_at or "",
                     "cell_model": f"{report.models.cell['name']} {report.models.cell['version']}"}

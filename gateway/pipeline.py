@@ -49,6 +49,11 @@ def _models_info(card: dict) -> dict[str, str]:
             | ({"rules_sha256": rules} if rules else {}))
 
 
+def _appearance_thresholds(card: dict) -> dict:
+    """The thresholds of a cell model card's ``appearance`` section (what quality is judged by)."""
+    return {k: v for k, v in (card.get("appearance") or {}).items() if k.endswith("_threshold")}
+
+
 def _optional_info(card: dict | None) -> dict[str, str] | None:
     return _models_info(card) if card else None
 
@@ -143,7 +148,7 @@ class PatientClassifier:
             self._models = {"cell": _models_info(cell), "subtype": _models_info(subtype),
                             "apl_cell_head": _optional_info(cell.get("apl_head")),
                             "apl_patient": _optional_info(subtype.get("apl"))}
-            self._appearance = {k: v for k, v in (cell.get("appearance") or {}).items() if k.endswith("_threshold")}
+            self._appearance = _appearance_thresholds(cell)
             self._models_checked = time.monotonic()
         return dict(self._models), dict(self._appearance)
 
@@ -204,7 +209,7 @@ class PatientClassifier:
         except (UpstreamError, UpstreamRejected):  # the labels are in hand: the report says what it lacks
             card = None
         if card and cell_identity.cell_model_identity(card) == cell_identity.cell_model_identity_of(models):
-            return {k: v for k, v in (card.get("appearance") or {}).items() if k.endswith("_threshold")}
+            return _appearance_thresholds(card)
         log.warning("the cell model's appearance thresholds could not be read for the model that answered")
         return {}
 
