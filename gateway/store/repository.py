@@ -277,7 +277,7 @@ class ReportStore:
     @staticmethod
     def _stored(row, superseded_by: str | None) -> StoredReport:
         return StoredReport(PatientReport(**row.body), row.content_key, row.appearance or {}, superseded_by,
-                            getattr(row, "images_key", None))
+                            row.images_key)
 
     async def get(self, report_id: str) -> StoredReport | None:
         async def work(conn):
@@ -362,13 +362,9 @@ class ReportStore:
 
         return await self._run(work, write=False)
 
-    async def thumbnail(self, report_id: str, sha256: str) -> bytes | None:
-        """The JPEG of a cell of this report (None when the report does not show that cell)."""
-        found = await self.thumbnail_of_patient(report_id, sha256)
-        return found[0] if found else None
-
     async def thumbnail_of_patient(self, report_id: str, sha256: str) -> tuple[bytes, str] | None:
-        """The JPEG of a cell of this report and the report's patient id (for the audit), or None."""
+        """The JPEG of a cell of this report and the report's patient id (for the audit); None when the report does
+        not show that cell."""
         async def work(conn):
             row = (await conn.execute(
                 select(ThumbnailRow.jpeg, ReportRow.patient_id)
@@ -383,7 +379,8 @@ class ReportStore:
         """The newest version of every reviewed report chain (status final or amended)."""
         async def work(conn):
             replaced = select(ReportRow.supersedes).where(ReportRow.supersedes.is_not(None))
-            rows = (await conn.execute(select(ReportRow.body, ReportRow.content_key, ReportRow.appearance)
+            rows = (await conn.execute(select(ReportRow.body, ReportRow.content_key, ReportRow.appearance,
+                                              ReportRow.images_key)
                                        .where(ReportRow.status.in_(("final", "amended")),
                                               ReportRow.id.not_in(replaced))
                                        .order_by(ReportRow.created_at))).all()

@@ -126,8 +126,8 @@ def test_versions_latest_list_and_concurrent_reviews(database):
             assert [r.id for r in listed] == [second.report_id, first.report_id]
             assert listed[1].superseded_by == second.report_id and listed[0].status == "final"
             sha = first.cells[0].sha256
-            assert (await store.thumbnail(second.report_id, sha)).startswith(b"\xff\xd8")
-            assert await store.thumbnail(second.report_id, "0" * 64) is None
+            assert (await store.thumbnail_of_patient(second.report_id, sha))[0].startswith(b"\xff\xd8")
+            assert await store.thumbnail_of_patient(second.report_id, "0" * 64) is None
             assert [h.report.report_id for h in await store.reviewed_heads()] == [second.report_id]
 
     run(main())
@@ -149,7 +149,7 @@ def test_erasure_keeps_what_other_patients_share(database):
             assert shared_cell.sha256 in erased.sha256s and erased.content_keys == ["k1"]
             assert await store.latest("P-gone") is None and await store.list("P-gone") == []
             assert await store.get(gone.report_id) is None
-            assert await store.thumbnail(kept.report_id, shared_cell.sha256) is not None
+            assert await store.thumbnail_of_patient(kept.report_id, shared_cell.sha256) is not None
             assert (await store.erase("P-gone")).reports == 0
 
     run(main())
@@ -344,7 +344,7 @@ def test_a_thumbnail_erased_by_another_patient_while_a_report_is_stored_is_store
             monkeypatch.setattr(store, "_insert_thumbnails", insert_then_erased_elsewhere)
             stored = await store.add_report(second, "k2", {}, thumbs(second))
             assert erased and erased[0].reports == 1
-            assert (await store.thumbnail(stored.report_id, shared)) is not None, "the cell's image is shown"
+            assert (await store.thumbnail_of_patient(stored.report_id, shared)) is not None, "the cell's image is shown"
         finally:
             await store.close()
 
