@@ -13,7 +13,10 @@ from shared.schemas import ErasureResult, ReportList
 router = APIRouter(tags=["patients"])
 
 
-async def _clear_cache(cache, keys: list[str], patient_id: str) -> int:
+async def _clear_cache(cache, patient_id: str, sha256s: list[str], cell_models: list[str]) -> int:
+    """Delete the patient's cache entries: the labels of these cells under these cell models, and the report
+    entries of older gateways."""
+    keys = [latest_key(patient_id)] + [cell_cache_key(model, sha) for model in cell_models for sha in sha256s]
     try:
         return await cache.delete(keys, prefixes=[report_key_prefix(patient_id)])
     except Exception as exc:  # noqa: BLE001 - an erasure that cannot clear the cache must not pass silently
@@ -58,13 +61,11 @@ async def erase_patient(request: Request, patient_id: str) -> ErasureResult:
         # after the database was erased, a repeated request could no longer find them
         with store_errors():
             shas, cell_models = await state.store.cached_cells_of(patient_id)
-        removed = await _clear_cache(state.cache, [latest_key(patient_id)] + [
-            cell_cache_key(model, sha) for model in cell_models for sha in shas], patient_id)
+        removed = await _clear_cache(state.cache, patient_id, shas, cell_models)
         with store_errors():
             erased = await state.store.erase(patient_id)
         # and again for what a report stored in between added (usually nothing: already removed above)
-        removed += await _clear_cache(state.cache, [latest_key(patient_id)] + [
-            cell_cache_key(model, sha) for model in erased.cell_models for sha in erased.sha256s], patient_id)
+        removed += await _clear_cache(state.cache, patient_id, erased.sha256s, erased.cell_models)
         result = ErasureResult(patient_id=patient_id, reports_deleted=erased.reports,
                                thumbnails_deleted=erased.thumbnails, cache_entries_deleted=removed)
         return result
